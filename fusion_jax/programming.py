@@ -1,0 +1,166 @@
+"""Simulated programming of weights onto the Fusion chip, in the gradient path."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from fusion_jax import _validation
+from fusion_jax.conversion import _prepare_g_max, _prepare_weights, _reconstruct, _signed_conductances
+
+__all__ = ["DEFAULT_NOISE", "GradientMode", "NoiseModel", "program"]
+
+GradientMode = Literal["exact", "ste"]
+
+
+@runtime_checkable
+class NoiseModel(Protocol):
+    """What :func:`program` needs of a conductance-space noise model.
+
+    A noise model is a pytree (its numeric fields can be traced or vmapped)
+    with a ``sample`` method mapping target conductances (uS) to the
+    conductances read back ``t_inference`` seconds after programming.
+    """
+
+    def sample(
+        self,
+        conductances: Float[Array, "*shape"],
+        key: PRNGKeyArray,
+        *,
+        g_max: Float[ArrayLike, ""],
+        t_inference: Float[ArrayLike, ""],
+    ) -> Float[Array, "*shape"]:
+        """Read-back conductances for ``conductances`` (uS), never negative."""
+        ...
+
+
+class _DefaultNoise:
+    """Sentinel: the chip model calibrated on the real LeNet5 read-back."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT_NOISE"
+
+
+#: Use the default noise model, ``fj.noise.FusionChipNoise.lenet5_readback()``.
+DEFAULT_NOISE: Any = _DefaultNoise()
+
+
+def resolve_noise(noise: Any) -> NoiseModel | None:
+    """Turn the ``noise`` argument into a noise model (``None``: noise-free)."""
+    if noise is DEFAULT_NOISE:
+        from fusion_jax.noise import default_noise
+
+        return default_noise()
+    if noise is None:
+        return None
+    if not hasattr(noise, "sample"):
+        raise TypeError(
+            f"noise must be a noise model with a .sample method (see fj.noise) or None, "
+            f"got {type(noise).__name__}."
+        )
+    return noise
+
+
+def _check_gradient_mode(gradient: str) -> None:
+    if gradient not in ("exact", "ste"):
+        raise ValueError(f"gradient must be 'exact' or 'ste' (straight-through), got {gradient!r}.")
+
+
+def program(
+    weights: Float[ArrayLike, "*batch out in"],
+    key: PRNGKeyArray | None = None,
+    *,
+    g_max: float | ArrayLike = 40.0,
+    noise: NoiseModel | None = DEFAULT_NOISE,
+    t_inference: float | ArrayLike = 0.0,
+    strict_aihwkit: bool = False,
+    gradient: GradientMode = "exact",
+) -> Float[Array, "*batch out in"]:
+    """Program weights onto the simulated chip and read them back.
+
+    Converts to conductances (per-row scale and clamp to ``[0, g_max]``),
+    applies the noise model in conductance space, and converts back with the
+    per-row regression slope against the original weights: the reference's
+    export, chip, import path as one differentiable, jittable function.
+
+    Args:
+        weights: Weights ``[..., out, in]`` (reference layout, one row per
+            output; Flax kernels are ``[..., in, out]``, see
+            :mod:`fusion_jax.layout`).
+        key: PRNG key for the noise; unused (may be ``None``) when
+            ``noise=None``.
+        g_max: Largest conductance in uS, in [10, 40]; may be traced.
+        noise: A noise model (:mod:`fusion_jax.noise`); by default the chip
+            model calibrated on the real LeNet5 read-back; ``None`` for the
+            noise-free round trip.
+        t_inference: Seconds since programming at which the chip is read.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        gradient: ``"exact"`` differentiates through scale, clamp, noise and
+            regression (exact: the noise-free round trip has the identity as
+            its Jacobian); ``"ste"`` is straight-through: the forward value
+            is the programmed weights, the gradient passes to the weights
+            unchanged.
+
+    Returns:
+        The weights as read back from the simulated chip, shape and dtype of
+        ``weights``.
+
+    Raises:
+        ArgumentError: for a concrete ``g_max`` outside [10, 40].
+        ValueError: for bad weights (see :func:`convert_to_conductances`), a
+            missing key when noise is on, or an unknown ``gradient``.
+
+    References:
+        aihwkit ``FusionConductanceConverter``, ``fusion_export`` /
+        ``fusion_import``; Nandakumar et al. 2019 (PCM noise).
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import fusion_jax as fj
+        >>> w = jnp.array([[1.0, -2.0, 0.5], [0.3, 0.3, 0.3]])
+        >>> fj.program(w, noise=None)
+        Array([[ 1. , -2. ,  0.5],
+               [ 0.3,  0.3,  0.3]], dtype=float32)
+        >>> w_chip = fj.program(w, jax.random.key(0), g_max=25.0)
+        >>> w_chip.shape
+        (2, 3)
+    """
+    _check_gradient_mode(gradient)
+    model = resolve_noise(noise)
+    if model is not None and key is None:
+        raise ValueError("program needs a PRNG key when noise is on (pass key=, or noise=None).")
+    w = _prepare_weights(weights)
+    out_dtype = _validation.result_dtype(w.dtype)
+    dtype = _validation.compute_dtype(w.dtype)
+    g = _prepare_g_max(g_max, dtype)
+    wc = w.astype(dtype)
+    w_hat = _program_core(wc, key, g, model, jnp.asarray(t_inference, dtype), strict_aihwkit)
+    if gradient == "ste":
+        w_hat = wc + jax.lax.stop_gradient(w_hat - wc)
+    return w_hat.astype(out_dtype)
+
+
+def _program_core(
+    w: jax.Array,
+    key: PRNGKeyArray | None,
+    g_max: jax.Array,
+    noise: NoiseModel | None,
+    t_inference: jax.Array,
+    strict_aihwkit: bool,
+) -> jax.Array:
+    """Convert, apply noise, reconstruct (validated inputs, compute dtype)."""
+    x, scale, row_max = _signed_conductances(w, g_max)
+    if noise is not None:
+        g_read = noise.sample(jnp.abs(x), key, g_max=g_max, t_inference=t_inference)
+        x = g_read.astype(w.dtype) * jnp.sign(w)
+    return _reconstruct(
+        x,
+        w,
+        strict_aihwkit=strict_aihwkit,
+        x_scale=jnp.broadcast_to(g_max, row_max.shape[:-1]),
+        y_scale=row_max[..., 0],
+        zero_default=1.0 / scale[..., 0],
+    )
