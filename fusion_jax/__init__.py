@@ -4,18 +4,26 @@ The public API is re-exported here; submodules whose names start with an
 underscore are internal.
 """
 
+from fusion_jax import chip_file, datasets, layout
 from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert_to_conductances
 from fusion_jax.converter import FusionConductanceConverter
 from fusion_jax.errors import ArgumentError
+from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, program
 from fusion_jax.regression import regression_slope
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_NOISE",
     "ArgumentError",
     "FusionConductanceConverter",
     "FusionParams",
+    "NoiseModel",
     "convert_back_to_weights",
+    "chip_file",
     "convert_to_conductances",
+    "datasets",
+    "layout",
+    "program",
     "regression_slope",
 ]
