@@ -4,10 +4,11 @@ The public API is re-exported here; submodules whose names start with an
 underscore are internal.
 """
 
-from fusion_jax import chip_file, datasets, layout
+from fusion_jax import chip_file, datasets, fusion_io, layout
 from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert_to_conductances
 from fusion_jax.converter import FusionConductanceConverter
 from fusion_jax.errors import ArgumentError
+from fusion_jax.fusion_io import FusionExport, fusion_export, fusion_import
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, program
 from fusion_jax.regression import regression_slope
 
@@ -17,12 +18,16 @@ __all__ = [
     "DEFAULT_NOISE",
     "ArgumentError",
     "FusionConductanceConverter",
+    "FusionExport",
     "FusionParams",
     "NoiseModel",
     "convert_back_to_weights",
     "chip_file",
     "convert_to_conductances",
     "datasets",
+    "fusion_export",
+    "fusion_import",
+    "fusion_io",
     "layout",
     "program",
     "regression_slope",

@@ -49,7 +49,7 @@ def check_g_max(g_max: Any) -> None:
             g_max=g,
         )
         return
-    if value.dtype.kind not in "biuf":
+    if not _is_real_numeric(value.dtype):
         raise ArgumentError(f"{G_MAX_MESSAGE} Got a non-numeric g_max of dtype {value.dtype}.")
     if value.size == 0 or not np.all((value >= G_MAX_MIN) & (value <= G_MAX_MAX)):
         raise ArgumentError(G_MAX_MESSAGE)
@@ -79,7 +79,7 @@ def as_matrix_stack(x: Any, name: str) -> jax.Array:
     """Convert ``x`` to a JAX array of rank >= 2 with a non-empty last axis."""
     if not isinstance(x, jax.Array | np.ndarray | jax.core.Tracer):
         x = np.asarray(x)
-    if x.dtype.kind not in "biuf":
+    if not _is_real_numeric(x.dtype):
         raise TypeError(f"{name} must be a real numeric array, got dtype {x.dtype}.")
     if x.ndim < 2:
         raise ValueError(
@@ -92,6 +92,13 @@ def as_matrix_stack(x: Any, name: str) -> jax.Array:
             "every output row needs at least one input."
         )
     return jnp.asarray(x)
+
+
+def _is_real_numeric(dtype: Any) -> bool:
+    dtype = jnp.dtype(dtype)
+    return dtype == jnp.bool_ or (
+        jnp.issubdtype(dtype, jnp.number) and not jnp.issubdtype(dtype, jnp.complexfloating)
+    )
 
 
 def check_finite(x: jax.Array, name: str) -> None:
@@ -114,7 +121,9 @@ def check_finite(x: jax.Array, name: str) -> None:
     if count == 0:
         return
     rows = np.argwhere(bad.any(axis=-1))
-    listed = [tuple(int(i) for i in r) if len(r) > 1 else int(r[0]) for r in rows[:_MAX_LISTED_ROWS]]
+    listed = [
+        tuple(int(i) for i in r) if len(r) > 1 else int(r[0]) for r in rows[:_MAX_LISTED_ROWS]
+    ]
     more = f" and {len(rows) - _MAX_LISTED_ROWS} more" if len(rows) > _MAX_LISTED_ROWS else ""
     raise ValueError(
         f"{name} contain {count} NaN or Inf value{'s' if count != 1 else ''} "

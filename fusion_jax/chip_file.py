@@ -1,27 +1,66 @@
 """The Fusion chip's CSV file: the upload (targets) and the read-back.
 
 Six header lines (ids, classes, weight counts, heights, widths, names), then
-one line per layer with its conductance matrix flattened row-major. Files
-written by Python's csv module end data lines with ``\\r\\n``; the chip
-service writes ``\\n``; both are read.
+one line per layer with its conductance matrix flattened row-major.
+
+Bytes as the reference (aihwkit 1.1.0 ``fusion_export``) writes them, and as
+:func:`write_chip_file` writes them too: header lines 1-5 end with ``\\n``
+(written directly), line 6 (names) and the data lines end with ``\\r\\n``
+(Python's csv writer); each value is ``repr`` of the conductance as a Python
+float, i.e. the shortest decimal that reads back to the same float32 value.
+The chip service returns read-backs with ``\\n`` throughout and more digits;
+:func:`read_chip_file` accepts both.
+
+The chip has 512 word-lines x 2048 bit-lines, one PCM device per weight, so a
+file may hold at most :data:`CHIP_DEVICES` = 1,048,576 conductances.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from jaxtyping import ArrayLike, Float
 
-__all__ = ["ChipFile", "read_chip_file"]
+__all__ = [
+    "CHIP_BIT_LINES",
+    "CHIP_DEVICES",
+    "CHIP_WORD_LINES",
+    "DEFAULT_CLASS",
+    "ChipFile",
+    "check_header",
+    "read_chip_file",
+    "write_chip_file",
+]
 
 HEADER_FIELDS = ("ids", "classes", "counts", "heights", "widths", "names")
+
+#: Word-lines of the Fusion chip.
+CHIP_WORD_LINES = 512
+#: Bit-lines of the Fusion chip.
+CHIP_BIT_LINES = 2048
+#: PCM devices on the chip: one per weight, so the most weights one file can hold.
+CHIP_DEVICES = CHIP_WORD_LINES * CHIP_BIT_LINES
+
+#: Header class name given to layers when none is passed (aihwkit's dense layer class).
+DEFAULT_CLASS = "AnalogLinearMapped"
+
+# Characters that would break the comma-separated, line-based header (a
+# double quote would make Python's csv writer quote the name).
+_FORBIDDEN_CHARS = {",": "a comma", "\n": "a line feed", "\r": "a carriage return", '"': "a quote"}
 
 
 @dataclasses.dataclass(frozen=True)
 class ChipFile:
-    """A parsed Fusion chip file.
+    """A Fusion chip file: its six header lines and the conductances per layer.
+
+    Build one from conductance matrices with :meth:`ChipFile.from_layers`
+    (which validates and fills in the header), read one with
+    :func:`read_chip_file`, write one with :func:`write_chip_file`.
 
     Attributes:
         ids: Layer ids (header line 1).
@@ -29,8 +68,15 @@ class ChipFile:
         counts: Number of weights per layer (line 3).
         heights: Output rows per layer (line 4).
         widths: Inputs per row (line 5).
-        names: Layer names (line 6), the keys of ``layers``.
+        names: Layer names (line 6), the keys of ``layers``, in file order.
         layers: Layer name to its conductance matrix ``[height, width]`` (uS).
+
+    Example:
+        >>> import numpy as np
+        >>> import fusion_jax as fj
+        >>> f = fj.chip_file.ChipFile.from_layers({"fc": np.full((2, 3), 40.0)}, ids=[7])
+        >>> f.ids, f.classes, f.counts, f.heights, f.widths, f.names
+        ((7,), ('AnalogLinearMapped',), (6,), (2,), (3,), ('fc',))
     """
 
     ids: tuple[int, ...]
@@ -40,6 +86,315 @@ class ChipFile:
     widths: tuple[int, ...]
     names: tuple[str, ...]
     layers: Mapping[str, np.ndarray]
+
+    @classmethod
+    def from_layers(
+        cls,
+        layers: Mapping[str, Float[ArrayLike, "height width"]],
+        *,
+        ids: Sequence[int] | Mapping[str, int] | None = None,
+        classes: Sequence[str] | Mapping[str, str] | None = None,
+    ) -> ChipFile:
+        """Validate conductance matrices and build the file's header for them.
+
+        Args:
+            layers: Layer name to its conductance matrix ``[height, width]``
+                in uS (finite, non-negative), in file order.
+            ids: Header ids, one per layer (a sequence in the order of
+                ``layers`` or a mapping name -> id). Default: ``1, 2, ...`` in
+                layer order. aihwkit numbers a model's modules instead (the
+                shipped LeNet5 has ids ``1,4,9,11`` for layers ``0,3,8,10``);
+                pass its ids explicitly where the chip service expects them.
+            classes: Header class names, as ``ids``. Default:
+                :data:`DEFAULT_CLASS` for every layer.
+
+        Returns:
+            The :class:`ChipFile`, each matrix a NumPy array (floating dtypes
+            kept, integers as float64).
+
+        Raises:
+            TypeError: if a name is not a string, an id not an integer, or a
+                matrix not real-valued.
+            ValueError: on an empty mapping, a name or class holding a comma,
+                quote or line break, ids or classes of the wrong length or
+                naming unknown layers, duplicate ids, a matrix that is not
+                2-D or is empty, a value that is NaN, infinite or negative
+                (naming the layer and its flat position), or more weights
+                than the chip has devices.
+
+        Example:
+            >>> import numpy as np
+            >>> import fusion_jax as fj
+            >>> f = fj.chip_file.ChipFile.from_layers(
+            ...     {"a": np.ones((2, 2)), "b": np.ones((1, 3))}, classes={"a": "Conv", "b": "Lin"}
+            ... )
+            >>> f.ids, f.classes, f.counts
+            ((1, 2), ('Conv', 'Lin'), (4, 3))
+        """
+        if not isinstance(layers, Mapping):
+            raise TypeError(
+                f"layers must be a mapping name -> conductance matrix, got {type(layers).__name__}."
+            )
+        matrices = {}
+        for name, values in layers.items():
+            matrices[name] = _conductance_matrix(values, name)
+        shapes = {name: m.shape for name, m in matrices.items()}
+        ids_t, classes_t = check_header(shapes, ids=ids, classes=classes)
+        names = tuple(matrices)
+        return cls(
+            ids=ids_t,
+            classes=classes_t,
+            counts=tuple(int(m.size) for m in matrices.values()),
+            heights=tuple(int(m.shape[0]) for m in matrices.values()),
+            widths=tuple(int(m.shape[1]) for m in matrices.values()),
+            names=names,
+            layers=matrices,
+        )
+
+
+def check_header(
+    shapes: Mapping[str, Sequence[int]],
+    *,
+    ids: Sequence[int] | Mapping[str, int] | None = None,
+    classes: Sequence[str] | Mapping[str, str] | None = None,
+) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Validate a file's layer names, shapes, ids and classes; fill in defaults.
+
+    Needs only the shapes, so an export can refuse a model before converting
+    any weights.
+
+    Args:
+        shapes: Layer name to its matrix shape ``(height, width)``, in file order.
+        ids: As in :meth:`ChipFile.from_layers` (default ``1, 2, ...``).
+        classes: As in :meth:`ChipFile.from_layers` (default :data:`DEFAULT_CLASS`).
+
+    Returns:
+        ``(ids, classes)``, one entry per layer in the order of ``shapes``.
+
+    Raises:
+        TypeError: if a name is not a string or an id not an integer.
+        ValueError: if there are no layers, a name or class is empty or holds
+            a comma, quote or line break, ids/classes do not match the layers
+            one to one, ids repeat, a shape is not 2-D with both sides >= 1,
+            or the layers need more than :data:`CHIP_DEVICES` devices.
+
+    Example:
+        >>> import fusion_jax as fj
+        >>> fj.chip_file.check_header({"0": (16, 25), "3": (32, 400)}, ids=[1, 4])
+        ((1, 4), ('AnalogLinearMapped', 'AnalogLinearMapped'))
+        >>> fj.chip_file.check_header({"big": (1024, 1025)})
+        Traceback (most recent call last):
+        ...
+        ValueError: the layers need 1,049,600 devices (one per weight) but the Fusion chip has \
+1,048,576 (512 x 2048).
+    """
+    names = tuple(shapes)
+    if not names:
+        raise ValueError("there are no layers to write: pass at least one layer.")
+    for name in names:
+        _check_text(name, "layer name", name)
+    total = 0
+    for name, shape in shapes.items():
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != 2 or min(shape) < 1:
+            raise ValueError(
+                f"layer {name!r}: a chip layer is a 2-D matrix [height, width] with both sides "
+                f">= 1, got shape {shape}."
+            )
+        total += shape[0] * shape[1]
+    if total > CHIP_DEVICES:
+        raise ValueError(
+            f"the layers need {total:,} devices (one per weight) but the Fusion chip has "
+            f"{CHIP_DEVICES:,} ({CHIP_WORD_LINES} x {CHIP_BIT_LINES})."
+        )
+    ids_t = tuple(range(1, len(names) + 1)) if ids is None else _per_layer(ids, names, "ids")
+    for name, value in zip(names, ids_t, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer):
+            raise TypeError(f"layer {name!r}: id {value!r} is not an integer.")
+    ids_t = tuple(int(v) for v in ids_t)
+    if len(set(ids_t)) != len(ids_t):
+        repeated = sorted({i for i in ids_t if ids_t.count(i) > 1})
+        raise ValueError(f"ids must be distinct, got {list(ids_t)} (repeated: {repeated}).")
+    if classes is None:
+        classes_t = (DEFAULT_CLASS,) * len(names)
+    else:
+        classes_t = _per_layer(classes, names, "classes")
+    for name, value in zip(names, classes_t, strict=True):
+        _check_text(value, "class", name)
+    return ids_t, tuple(classes_t)
+
+
+def _check_text(value: Any, what: str, layer: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"layer {layer!r}: the {what} must be a string, got {value!r}.")
+    if not value:
+        raise ValueError(f"layer {layer!r}: the {what} is empty.")
+    for char, description in _FORBIDDEN_CHARS.items():
+        if char in value:
+            raise ValueError(
+                f"layer {layer!r}: the {what} {value!r} contains {description}, which the "
+                "comma-separated chip file cannot hold."
+            )
+
+
+def _per_layer(values: Any, names: tuple[str, ...], field: str) -> tuple[Any, ...]:
+    """``values`` (a sequence in layer order or a mapping by name) as a tuple per layer."""
+    if isinstance(values, Mapping):
+        missing = [n for n in names if n not in values]
+        unknown = [k for k in values if k not in names]
+        if missing or unknown:
+            raise ValueError(
+                f"{field} must have one entry per layer: missing {missing}, unknown {unknown}."
+            )
+        return tuple(values[n] for n in names)
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise TypeError(
+            f"{field} must be a sequence (one entry per layer) or a mapping layer name -> value, "
+            f"got {values!r}."
+        )
+    values = tuple(values)
+    if len(values) != len(names):
+        raise ValueError(
+            f"{field} has {len(values)} entries but there are {len(names)} layers {list(names)}."
+        )
+    return values
+
+
+def _conductance_matrix(values: Any, name: Any) -> np.ndarray:
+    """``values`` as a finite, non-negative 2-D NumPy array, or a clear error."""
+    array = np.asarray(values)
+    if array.dtype.kind not in "iuf":
+        raise TypeError(
+            f"layer {name!r}: conductances must be real numbers, got dtype {array.dtype}."
+        )
+    if array.dtype.kind != "f":
+        array = array.astype(np.float64)
+    if array.ndim != 2 or min(array.shape) < 1:
+        raise ValueError(
+            f"layer {name!r}: a chip layer is a 2-D matrix [height, width] with both sides "
+            f">= 1, got shape {tuple(array.shape)}."
+        )
+    bad = ~np.isfinite(array) | (array < 0)
+    if bad.any():
+        flat = int(np.argmax(bad.ravel()))
+        row, col = divmod(flat, array.shape[1])
+        raise ValueError(
+            f"layer {name!r}: conductance {array.ravel()[flat]!r} at row {row}, column {col} "
+            f"(position {flat + 1} of its data line) is not a finite, non-negative number; "
+            f"{int(bad.sum())} such value(s) in the layer."
+        )
+    return array
+
+
+def _format_values(values: np.ndarray) -> str:
+    """One data line (without its ending): ``repr`` of each value as a Python float."""
+    return ",".join(map(repr, values.ravel().tolist()))
+
+
+def _format_header(chip: ChipFile) -> str:
+    """Header lines 1-6 with the reference's line endings."""
+    fields = (chip.ids, chip.classes, chip.counts, chip.heights, chip.widths)
+    head = "".join(",".join(str(v) for v in field) + "\n" for field in fields)
+    return head + ",".join(chip.names) + "\r\n"
+
+
+def write_chip_file(path: str | os.PathLike[str], chip: ChipFile) -> None:
+    """Write a Fusion chip file atomically, in the reference's exact bytes.
+
+    The file is written to a temporary file in the same directory, flushed
+    and fsync'ed, then renamed over ``path`` (:func:`os.replace`), so readers
+    never see a partial file. On any failure the temporary file is removed
+    and an existing ``path`` is left untouched.
+
+    Args:
+        path: Destination file; its directory must exist.
+        chip: The file's content. Validated again before anything is written
+            (header consistent with the matrices, finite non-negative values,
+            at most :data:`CHIP_DEVICES` weights).
+
+    Returns:
+        None.
+
+    Raises:
+        ValueError, TypeError: as :meth:`ChipFile.from_layers`, or if the
+            header's counts, heights, widths or names disagree with the
+            matrices.
+        OSError: if the directory does not exist or is not writable.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> import fusion_jax as fj
+        >>> chip = fj.chip_file.ChipFile.from_layers({"fc": np.array([[40.0, 12.5]], np.float32)})
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = Path(tmp) / "model.csv"
+        ...     fj.chip_file.write_chip_file(path, chip)
+        ...     print(path.read_bytes())
+        b'1\\nAnalogLinearMapped\\n2\\n1\\n2\\nfc\\r\\n40.0,12.5\\r\\n'
+    """
+    if not isinstance(chip, ChipFile):
+        raise TypeError(f"chip must be a ChipFile, got {type(chip).__name__}.")
+    checked = ChipFile.from_layers(chip.layers, ids=chip.ids, classes=chip.classes)
+    for field in ("counts", "heights", "widths", "names"):
+        if tuple(getattr(chip, field)) != getattr(checked, field):
+            raise ValueError(
+                f"chip.{field} {tuple(getattr(chip, field))} disagrees with the layer matrices, "
+                f"which give {getattr(checked, field)}."
+            )
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp_path, fh = _open_temporary(directory, os.path.basename(path))
+    try:
+        with fh:
+            fh.write(_format_header(checked))
+            for name in checked.names:
+                fh.write(_format_values(checked.layers[name]))
+                fh.write("\r\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        try:
+            os.unlink(tmp_path)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+
+
+def _open_temporary(directory: str, base: str) -> tuple[str, Any]:
+    """Create a new, uniquely named text file next to the destination.
+
+    Opened with mode 0o666 so the process umask applies, as for a plain
+    ``open(path, "w")``.
+    """
+    while True:
+        tmp_path = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        try:
+            return tmp_path, os.fdopen(fd, "w", encoding="utf-8", newline="")
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp_path)
+            raise
+
+
+def _fsync_directory(directory: str) -> None:
+    """Persist the rename (best effort: not every platform can open a directory)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _parse_ints(text: str, field: str, line_no: int, path: str) -> tuple[int, ...]:
@@ -66,8 +421,9 @@ def read_chip_file(path: str | os.PathLike[str]) -> ChipFile:
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: on a malformed header, a header whose fields disagree in
-            length, a data line of the wrong length, or a value that is not a
-            finite, non-negative number (naming the line and position).
+            length, repeated layer names, a data line of the wrong length, or
+            a value that is not a finite, non-negative number (naming the
+            line and position).
 
     Example:
         >>> import fusion_jax as fj
@@ -77,11 +433,13 @@ def read_chip_file(path: str | os.PathLike[str]) -> ChipFile:
     """
     path = os.fspath(path)
     with open(path, encoding="utf-8", newline="") as fh:
-        lines = [line.rstrip("\r\n") for line in fh.read().splitlines()]
+        lines = [line.removesuffix("\r") for line in fh.read().split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
     if len(lines) < 6:
-        raise ValueError(f"{path}: a Fusion chip file needs 6 header lines, found {len(lines)} lines.")
+        raise ValueError(
+            f"{path}: a Fusion chip file needs 6 header lines, found {len(lines)} lines."
+        )
     ids = _parse_ints(lines[0], "ids", 1, path)
     classes = tuple(lines[1].split(","))
     counts = _parse_ints(lines[2], "counts", 3, path)
@@ -95,6 +453,8 @@ def read_chip_file(path: str | os.PathLike[str]) -> ChipFile:
                 f"{path}: header line {HEADER_FIELDS.index(field) + 1} ({field}) has "
                 f"{len(values)} entries but line 6 names {len(names)} layers."
             )
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: line 6 (names) repeats a layer name: {list(names)}.")
     data_lines = lines[6:]
     if len(data_lines) != len(names):
         raise ValueError(

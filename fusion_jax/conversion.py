@@ -8,6 +8,7 @@ independent matrices.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -84,9 +85,7 @@ def _prepare_g_max(g_max: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(g_max, dtype=dtype)
 
 
-def _signed_conductances(
-    w: jax.Array, g_max: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _signed_conductances(w: jax.Array, g_max: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Signed target conductances ``sign(w) * clip(|w * s|, 0, g_max)``.
 
     Returns ``(x, scale, row_max)`` with ``scale`` and ``row_max`` of shape
@@ -145,7 +144,14 @@ def convert_to_conductances(
     out_dtype = _validation.result_dtype(w.dtype)
     dtype = _validation.compute_dtype(w.dtype)
     g = _prepare_g_max(g_max, dtype)
-    x, _, _ = _signed_conductances(w.astype(dtype), g)
+    return _to_conductances_jit(w, g, dtype=dtype, out_dtype=out_dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("dtype", "out_dtype"))
+def _to_conductances_jit(
+    w: jax.Array, g_max: jax.Array, *, dtype: Any, out_dtype: Any
+) -> tuple[jax.Array, FusionParams]:
+    x, _, _ = _signed_conductances(w.astype(dtype), g_max)
     return jnp.abs(x).astype(out_dtype), FusionParams(original_weights=w.astype(out_dtype))
 
 
@@ -244,6 +250,15 @@ def convert_back_to_weights(
     _validation.check_finite(g, "conductances")
     out_dtype = _validation.result_dtype(w.dtype)
     dtype = _validation.compute_dtype(jnp.result_type(w.dtype, g.dtype))
+    return _to_weights_jit(
+        g, w, strict_aihwkit=bool(strict_aihwkit), dtype=dtype, out_dtype=out_dtype
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("strict_aihwkit", "dtype", "out_dtype"))
+def _to_weights_jit(
+    g: jax.Array, w: jax.Array, *, strict_aihwkit: bool, dtype: Any, out_dtype: Any
+) -> jax.Array:
     wc = w.astype(dtype)
     x = g.astype(dtype) * jnp.sign(wc)
     return _reconstruct(x, wc, strict_aihwkit=strict_aihwkit).astype(out_dtype)

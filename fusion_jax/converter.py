@@ -49,9 +49,7 @@ class FusionConductanceConverter:
         self.strict_aihwkit = strict_aihwkit
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(g_max={self.g_max!r}, strict_aihwkit={self.strict_aihwkit})"
-        )
+        return f"{type(self).__name__}(g_max={self.g_max!r}, strict_aihwkit={self.strict_aihwkit})"
 
     def convert_to_conductances(
         self, weights: Float[ArrayLike, "*batch out in"]
@@ -77,6 +75,4 @@ class FusionConductanceConverter:
             raise ValueError("conductances must contain exactly 1 element")
         if not isinstance(params, Mapping) or "original_weights" not in params:
             raise ValueError("params do not contain original_weights")
-        return convert_back_to_weights(
-            conductances[0], params, strict_aihwkit=self.strict_aihwkit
-        )
+        return convert_back_to_weights(conductances[0], params, strict_aihwkit=self.strict_aihwkit)

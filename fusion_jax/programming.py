@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import jax
@@ -9,7 +10,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
-from fusion_jax.conversion import _prepare_g_max, _prepare_weights, _reconstruct, _signed_conductances
+from fusion_jax.conversion import (
+    _prepare_g_max,
+    _prepare_weights,
+    _reconstruct,
+    _signed_conductances,
+)
 
 __all__ = ["DEFAULT_NOISE", "GradientMode", "NoiseModel", "program"]
 
@@ -136,8 +142,34 @@ def program(
     out_dtype = _validation.result_dtype(w.dtype)
     dtype = _validation.compute_dtype(w.dtype)
     g = _prepare_g_max(g_max, dtype)
+    return _program_jit(
+        w,
+        key,
+        g,
+        model,
+        jnp.asarray(t_inference, dtype),
+        strict_aihwkit=bool(strict_aihwkit),
+        gradient=gradient,
+        dtype=dtype,
+        out_dtype=out_dtype,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("strict_aihwkit", "gradient", "dtype", "out_dtype"))
+def _program_jit(
+    w: jax.Array,
+    key: PRNGKeyArray | None,
+    g_max: jax.Array,
+    noise: NoiseModel | None,
+    t_inference: jax.Array,
+    *,
+    strict_aihwkit: bool,
+    gradient: str,
+    dtype: Any,
+    out_dtype: Any,
+) -> jax.Array:
     wc = w.astype(dtype)
-    w_hat = _program_core(wc, key, g, model, jnp.asarray(t_inference, dtype), strict_aihwkit)
+    w_hat = _program_core(wc, key, g_max, noise, t_inference, strict_aihwkit)
     if gradient == "ste":
         w_hat = wc + jax.lax.stop_gradient(w_hat - wc)
     return w_hat.astype(out_dtype)

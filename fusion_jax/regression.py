@@ -12,9 +12,16 @@ __all__ = ["regression_slope"]
 
 
 def _safe_scale(scale: jax.Array) -> jax.Array:
-    """Replace zero or non-finite per-row scales by 1 (gradient-free)."""
+    """Per-row normalisation: the power of two nearest above ``scale``.
+
+    Dividing by a power of two is exact, so normalising adds no rounding;
+    zero or non-finite scales become 1. The slope does not depend on the
+    scale, so it carries no gradient.
+    """
     scale = jax.lax.stop_gradient(scale)
-    return jnp.where((scale > 0) & jnp.isfinite(scale), scale, jnp.ones_like(scale))
+    ok = (scale > 0) & jnp.isfinite(scale)
+    _, exponent = jnp.frexp(jnp.where(ok, scale, jnp.ones_like(scale)))
+    return jnp.where(ok, jnp.ldexp(jnp.ones_like(scale), exponent), jnp.ones_like(scale))
 
 
 def _slope(
@@ -49,7 +56,9 @@ def _slope(
     yc = yn - jnp.mean(yn, axis=-1, keepdims=True)
     sxy = jnp.sum(xc * yc, axis=-1)
     sxx = jnp.sum(xc * xc, axis=-1)
-    degenerate = sxx == 0
+    # Zero variance, tested exactly: the mean of equal values can be off by
+    # an ulp, so ``sxx`` of a constant row is not always exactly 0.
+    degenerate = jnp.max(x, axis=-1) == jnp.min(x, axis=-1)
     slope = sxy / jnp.where(degenerate, jnp.ones_like(sxx), sxx)
 
     if strict_aihwkit:

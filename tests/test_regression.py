@@ -1,0 +1,77 @@
+"""regression_slope: the batched closed form of scikit-learn's LinearRegression slope."""
+
+import jax
+import jax.numpy as jnp
+import jax.test_util
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from reference_impl import ref_slope
+
+import fusion_jax as fj
+
+
+@given(
+    st.integers(1, 5),
+    st.integers(2, 40),
+    st.sampled_from([-30, -8, 0, 0, 8, 30]),
+    st.floats(0.0, 1e3),
+    st.integers(0, 2**31 - 1),
+)
+def test_matches_sklearn_slope(out, n, exponent, offset, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((out, n)) + offset
+    y = 0.7 * x + rng.standard_normal((out, n)) * 0.3 - 4.0
+    x, y = (x * 10.0**exponent).astype(np.float32), (y * 10.0**exponent).astype(np.float32)
+    expected = ref_slope(x, y)
+    got = np.asarray(fj.regression_slope(x, y))
+    np.testing.assert_allclose(got, expected, rtol=2e-4 * (1 + offset))
+
+
+def test_large_common_offset_no_cancellation():
+    # A naive one-pass formula sum(xy) - n*mean(x)*mean(y) loses every digit here.
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((4, 512))
+    x = (1e4 + base).astype(np.float32)
+    y = (3.0 * base + 7.0).astype(np.float32)
+    got = np.asarray(fj.regression_slope(x, y))
+    np.testing.assert_allclose(got, ref_slope(x, y), rtol=2e-3)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        naive = ((x * y).mean(-1) - x.mean(-1) * y.mean(-1)) / ((x * x).mean(-1) - x.mean(-1) ** 2)
+    assert np.abs(naive - 3.0).max() > 10 * np.abs(got - 3.0).max()
+
+
+def test_degenerate_rows():
+    x = jnp.array([[2.0, 2.0, 2.0], [0.0, 0.0, 0.0], [4.0, 4.0, 4.0]])
+    y = jnp.array([[1.0, 1.0, 1.0], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    np.testing.assert_allclose(fj.regression_slope(x, y), [0.5, 0.0, 0.5])
+    np.testing.assert_array_equal(fj.regression_slope(x, y, strict_aihwkit=True), [0.0, 0.0, 0.0])
+
+
+def test_batched_leading_axes_and_vmap():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 4, 10)).astype(np.float32)
+    y = (x * rng.standard_normal((3, 4, 1)) + 0.1 * rng.standard_normal((3, 4, 10))).astype(
+        np.float32
+    )
+    batched = fj.regression_slope(x, y)
+    assert batched.shape == (3, 4)
+    np.testing.assert_allclose(batched, ref_slope(x, y), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.vmap(fj.regression_slope)(x, y), batched, rtol=1e-6)
+
+
+def test_shape_mismatch():
+    with pytest.raises(ValueError, match="same shape"):
+        fj.regression_slope(np.ones((2, 3)), np.ones((2, 4)))
+
+
+def test_gradient_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((2, 6)))
+    y = jnp.asarray(rng.standard_normal((2, 6)))
+    with jax.enable_x64(True):
+        x64, y64 = x.astype(jnp.float64), y.astype(jnp.float64)
+        jax.test_util.check_grads(
+            lambda a, b: fj.regression_slope(a, b), (x64, y64), order=2, modes=("fwd", "rev")
+        )
