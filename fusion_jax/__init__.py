@@ -4,13 +4,15 @@ The public API is re-exported here; submodules whose names start with an
 underscore are internal.
 """
 
-from fusion_jax import chip_file, datasets, fusion_io, layout
+from fusion_jax import chip_file, datasets, fusion_io, layout, linen, nnx, noise
 from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert_to_conductances
 from fusion_jax.converter import FusionConductanceConverter
 from fusion_jax.errors import ArgumentError
 from fusion_jax.fusion_io import FusionExport, fusion_export, fusion_import
+from fusion_jax.program_params import is_kernel, leaf_key, program_kernel, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, program
 from fusion_jax.regression import regression_slope
+from fusion_jax.sweep import SweepResult, sweep
 
 __version__ = "0.1.0"
 
@@ -21,6 +23,7 @@ __all__ = [
     "FusionExport",
     "FusionParams",
     "NoiseModel",
+    "SweepResult",
     "convert_back_to_weights",
     "chip_file",
     "convert_to_conductances",
@@ -28,7 +31,15 @@ __all__ = [
     "fusion_export",
     "fusion_import",
     "fusion_io",
+    "is_kernel",
+    "leaf_key",
+    "linen",
+    "nnx",
+    "noise",
     "layout",
     "program",
+    "program_kernel",
+    "program_params",
     "regression_slope",
+    "sweep",
 ]

@@ -93,7 +93,7 @@ def rows_to_kernel(
     if len(kernel_shape) < 2:
         raise ValueError(f"kernel_shape must have at least 2 dimensions, got {kernel_shape}.")
     *spatial, n_in, n_out = kernel_shape
-    expected = (n_out, n_in * int(jnp.prod(jnp.array(spatial, dtype=int))) if spatial else n_in)
+    expected = (n_out, n_in * math.prod(spatial))
     if rows.shape != expected:
         raise ValueError(
             f"rows of shape {tuple(rows.shape)} do not fit kernel shape {kernel_shape} "

@@ -1,0 +1,457 @@
+"""Sweeps over g_max, seeds and inference times: one compiled, sharded program.
+
+Every grid point programs the model's kernels once (:func:`program_params`)
+and evaluates accuracy and cross-entropy on the evaluation data. The points
+are evaluated with ``jax.vmap`` inside one ``jax.jit``, in fixed-size chunks
+(compiled once whatever the g_max values), and with several devices the
+point axis is sharded over a device mesh with ``jax.sharding``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import functools
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from fusion_jax import _validation
+from fusion_jax.errors import ArgumentError
+from fusion_jax.program_params import program_params
+from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
+
+__all__ = ["SweepResult", "sweep"]
+
+ApplyFn = Callable[[Any, Float[Array, "batch ..."]], Float[Array, "batch classes"]]
+
+_AXIS = "grid"
+_DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """Metrics of a sweep on the grid ``g_max x seeds x t_inference``.
+
+    Attributes:
+        g_max: The g_max values (uS), ``[G]``.
+        seeds: The seeds, ``[S]``; seed ``s`` programs with ``jax.random.key(s)``.
+        t_inference: The inference times (s), ``[T]``.
+        accuracy: Top-1 accuracy, ``[G, S, T]``.
+        loss: Mean softmax cross-entropy, ``[G, S, T]``.
+        label: A name for this result (for example the model), used in tables.
+    """
+
+    g_max: np.ndarray
+    seeds: np.ndarray
+    t_inference: np.ndarray
+    accuracy: np.ndarray
+    loss: np.ndarray
+    label: str = ""
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per grid point: label, g_max, seed, t_inference, accuracy, loss."""
+        out = []
+        for i, g in enumerate(self.g_max):
+            for j, s in enumerate(self.seeds):
+                for k, t in enumerate(self.t_inference):
+                    out.append(
+                        {
+                            "label": self.label,
+                            "g_max": float(g),
+                            "seed": int(s),
+                            "t_inference": float(t),
+                            "accuracy": float(self.accuracy[i, j, k]),
+                            "loss": float(self.loss[i, j, k]),
+                        }
+                    )
+        return out
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Mean and standard deviation over seeds for every (g_max, t_inference)."""
+        ddof = 1 if len(self.seeds) > 1 else 0
+        acc_mean, acc_std = self.accuracy.mean(1), self.accuracy.std(1, ddof=ddof)
+        loss_mean, loss_std = self.loss.mean(1), self.loss.std(1, ddof=ddof)
+        out = []
+        for i, g in enumerate(self.g_max):
+            for k, t in enumerate(self.t_inference):
+                out.append(
+                    {
+                        "label": self.label,
+                        "g_max": float(g),
+                        "t_inference": float(t),
+                        "seeds": len(self.seeds),
+                        "accuracy_mean": float(acc_mean[i, k]),
+                        "accuracy_std": float(acc_std[i, k]),
+                        "loss_mean": float(loss_mean[i, k]),
+                        "loss_std": float(loss_std[i, k]),
+                    }
+                )
+        return out
+
+    def format_table(self) -> str:
+        """A text table: one line per g_max, one column per inference time.
+
+        Cells are accuracy in percent, mean +- standard deviation over seeds.
+        """
+        head = [f"{'g_max (uS)':>10}"] + [f"{_format_time(t):>15}" for t in self.t_inference]
+        lines = [" ".join(head)]
+        acc = 100 * self.accuracy
+        ddof = 1 if len(self.seeds) > 1 else 0
+        for i, g in enumerate(self.g_max):
+            cells = [
+                f"{acc[i, :, k].mean():7.2f} +-{acc[i, :, k].std(ddof=ddof):5.2f}"
+                for k in range(len(self.t_inference))
+            ]
+            lines.append(" ".join([f"{g:>10.2f}"] + [f"{c:>15}" for c in cells]))
+        title = f"{self.label}: " if self.label else ""
+        caption = f"{title}accuracy (%), mean +- std over {len(self.seeds)} seeds"
+        return caption + "\n" + "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format_table()
+
+    def to_csv(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`rows` as CSV, atomically (no partial file on failure)."""
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(self.rows()[0]))
+        writer.writeheader()
+        writer.writerows(self.rows())
+        _atomic_write(path, buf.getvalue())
+
+    def to_json(self, path: str | os.PathLike[str]) -> None:
+        """Write the grid, the per-point rows and the summary as JSON, atomically."""
+        payload = {
+            "label": self.label,
+            "g_max": self.g_max.tolist(),
+            "seeds": self.seeds.tolist(),
+            "t_inference": self.t_inference.tolist(),
+            "rows": self.rows(),
+            "summary": self.summary(),
+        }
+        _atomic_write(path, json.dumps(payload, indent=1))
+
+
+def _format_time(t: float) -> str:
+    for unit, seconds in (("y", 3.15e7), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if t >= seconds:
+            return f"t={t / seconds:g}{unit}"
+    return f"t={t:g}s"
+
+
+def _atomic_write(path: str | os.PathLike[str], text: str) -> None:
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# --- validation ----------------------------------------------------------------------------
+
+
+def _grid_axis(values: Any, name: str) -> np.ndarray:
+    arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D sequence, got shape {arr.shape}.")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty: the sweep grid needs at least one value.")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or Inf: {arr.tolist()}.")
+    return arr
+
+
+def _check_grid(g_max: Any, seeds: Any, t_inference: Any) -> tuple[np.ndarray, ...]:
+    g = _grid_axis(g_max, "g_max")
+    bad = g[(g < _validation.G_MAX_MIN) | (g > _validation.G_MAX_MAX)]
+    if bad.size:
+        raise ArgumentError(f"{_validation.G_MAX_MESSAGE} Got g_max values {bad.tolist()}.")
+    if isinstance(seeds, int | np.integer):
+        if seeds < 1:
+            raise ValueError(f"seeds must be a positive count or a sequence of seeds, got {seeds}.")
+        s = np.arange(int(seeds))
+    else:
+        s = np.atleast_1d(np.asarray(seeds))
+        if s.size == 0:
+            raise ValueError("seeds is empty: the sweep grid needs at least one seed.")
+        if s.ndim != 1 or s.dtype.kind not in "iu":
+            raise ValueError(f"seeds must be a count or a 1-D sequence of integers, got {seeds!r}.")
+        if np.any(s < 0):
+            raise ValueError(f"seeds must be non-negative, got {s.tolist()}.")
+    t = _grid_axis(t_inference, "t_inference")
+    if np.any(t < 0):
+        raise ValueError(f"t_inference must be non-negative seconds, got {t.tolist()}.")
+    return g, s.astype(np.int64), t
+
+
+def _check_data(eval_data: Any) -> tuple[jax.Array, jax.Array]:
+    if not isinstance(eval_data, Sequence) or len(eval_data) != 2:
+        raise ValueError("eval_data must be a pair (inputs, integer labels).")
+    x, y = np.asarray(eval_data[0]), np.asarray(eval_data[1])
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise ValueError(
+            f"eval_data labels must be a 1-D integer array, got shape {y.shape} dtype {y.dtype}."
+        )
+    if x.ndim < 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"eval_data inputs and labels disagree: {x.shape[0] if x.ndim else 0} inputs "
+            f"but {y.shape[0]} labels."
+        )
+    if y.shape[0] == 0:
+        raise ValueError("eval_data is empty.")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise ValueError("eval_data inputs contain NaN or Inf.")
+    return jnp.asarray(x), jnp.asarray(y, jnp.int32)
+
+
+# --- the model -----------------------------------------------------------------------------
+
+
+@functools.cache
+def _nnx_apply(graphdef: Any) -> ApplyFn:
+    """A pure ``apply(state, x)`` for an NNX graph definition (cached: compile once)."""
+    from flax import nnx
+
+    def apply(state: Any, x: jax.Array) -> jax.Array:
+        model = nnx.merge(graphdef, state)
+        model.eval()
+        return model(x)
+
+    return apply
+
+
+def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any]:
+    try:
+        from flax import nnx
+    except ImportError:  # pragma: no cover - flax is a dependency
+        nnx = None
+    if nnx is not None and isinstance(model_or_apply_fn, nnx.Module):
+        if params is not None:
+            raise ValueError("pass params=None with an nnx.Module: its state is used.")
+        graphdef, state = nnx.split(model_or_apply_fn)
+        return _nnx_apply(graphdef), state
+    if not callable(model_or_apply_fn):
+        raise TypeError(
+            "model_or_apply_fn must be an nnx.Module or a function apply_fn(params, x) -> logits."
+        )
+    if params is None:
+        raise ValueError("params is required with an apply function.")
+    return model_or_apply_fn, params
+
+
+# --- the compiled evaluator ----------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=64)
+def _evaluator(
+    apply_fn: ApplyFn,
+    devices: tuple[Any, ...],
+    n_batches: int,
+    where: Any,
+    strict_aihwkit: bool,
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """The jitted chunk evaluator (cached so that repeated sweeps compile once)."""
+
+    def one_point(params, xb, yb, mask, noise, g_max, seed, t):
+        key = jax.random.key(seed)
+        programmed = program_params(
+            params,
+            key,
+            g_max=g_max,
+            noise=noise,
+            t_inference=t,
+            strict_aihwkit=strict_aihwkit,
+            where=where,
+        )
+
+        def batch_metrics(carry, batch):
+            xi, yi, mi = batch
+            logits = apply_fn(programmed, xi)
+            correct = jnp.sum((jnp.argmax(logits, -1) == yi) * mi)
+            nll = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, yi) * mi)
+            return (carry[0] + correct, carry[1] + nll), None
+
+        zero = jnp.zeros((), jnp.float32)
+        (correct, nll), _ = jax.lax.scan(batch_metrics, (zero, zero), (xb, yb, mask))
+        n = jnp.sum(mask)
+        return correct / n, nll / n
+
+    def chunk(params, xb, yb, mask, noise, g_max, seed, t):
+        return jax.vmap(one_point, in_axes=(None, None, None, None, None, 0, 0, 0))(
+            params, xb, yb, mask, noise, g_max, seed, t
+        )
+
+    if len(devices) == 1:
+        return jax.jit(chunk)
+    mesh = Mesh(np.array(devices), (_AXIS,))
+    grid = NamedSharding(mesh, PartitionSpec(_AXIS))
+    repl = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        chunk,
+        in_shardings=(repl, repl, repl, repl, repl, grid, grid, grid),
+        out_shardings=(grid, grid),
+    )
+
+
+def _auto_chunk(params: Any, x: jax.Array, batch: int, n_points: int, budget: int) -> int:
+    n_param = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(params))
+    per_example = int(np.prod(x.shape[1:], dtype=np.int64)) if x.ndim > 1 else 1
+    # Programmed copy, the conversion temporaries, and activations of one batch.
+    per_point = 4 * (6 * n_param + 16 * batch * max(per_example, 64))
+    return max(1, min(n_points, budget // max(per_point, 1)))
+
+
+def sweep(
+    model_or_apply_fn: Any,
+    params: Any,
+    eval_data: tuple[Float[ArrayLike, "n ..."], Int[ArrayLike, " n"]],
+    *,
+    g_max: Float[ArrayLike, " G"] = (10.0, 25.0, 40.0),
+    seeds: int | Sequence[int] = 8,
+    t_inference: Float[ArrayLike, " T"] = (1.0, 3600.0, 86400.0, 3.15e7),
+    noise: NoiseModel | None = DEFAULT_NOISE,
+    strict_aihwkit: bool = False,
+    where: Callable[[tuple, Any], bool] | None = None,
+    chunk_size: int | None = None,
+    eval_batch_size: int | None = None,
+    devices: Sequence[Any] | None = None,
+    memory_budget_bytes: int = _DEFAULT_MEMORY_BUDGET,
+    progress: bool = False,
+    label: str = "",
+) -> SweepResult:
+    """Evaluate a trained model programmed onto the simulated chip over a grid.
+
+    For every point ``(g_max, seed, t_inference)`` of the grid, programs the
+    model's kernels once with :func:`fusion_jax.program_params` (chip noise
+    drawn with ``jax.random.key(seed)``: the same chip draw for a seed at
+    every g_max and time, so differences between points are not sampling
+    noise) and measures accuracy and mean cross-entropy on ``eval_data``.
+
+    The grid is flattened and evaluated with ``jax.vmap`` inside one
+    ``jax.jit``, in chunks of ``chunk_size`` points (the last chunk padded),
+    so a sweep compiles once whatever the g_max, seed and time values. With
+    several devices the points are sharded over a 1-D device ``Mesh``
+    (``NamedSharding``); parameters and data are replicated.
+
+    Args:
+        model_or_apply_fn: An ``nnx.Module`` (evaluated in eval mode; pass
+            ``params=None``) or a pure ``apply_fn(params, x) -> logits``, for
+            example ``lambda p, x: linen_model.apply({"params": p}, x)``.
+        params: The parameter pytree for ``apply_fn`` (``None`` for a module).
+        eval_data: ``(inputs, labels)``, labels integer class indices.
+        g_max: g_max values in uS, each in [10, 40].
+        seeds: A count ``S`` (seeds ``0..S-1``) or a sequence of seeds.
+        t_inference: Inference times in seconds after programming.
+        noise: Noise model (default: the calibrated chip model); ``None``
+            programs without noise.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        where: Leaf selector for :func:`program_params` (default: kernels).
+        chunk_size: Grid points per compiled call; by default as many as fit
+            ``memory_budget_bytes`` (rounded to a multiple of the devices).
+        eval_batch_size: Evaluate the data in batches of this size (a
+            ``lax.scan``) instead of all at once.
+        devices: Devices to shard over (default: all of ``jax.devices()``).
+        memory_budget_bytes: Memory per chunk used to choose ``chunk_size``.
+        progress: Show a progress bar over chunks.
+        label: A name carried into the result's tables.
+
+    Returns:
+        A :class:`SweepResult` with accuracy and loss of shape ``[G, S, T]``.
+
+    Raises:
+        ArgumentError: if a g_max value is outside [10, 40].
+        ValueError: for an empty grid, negative times or seeds, or evaluation
+            data whose inputs and labels disagree; all before compiling.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import fusion_jax as fj
+        >>> w = jax.random.normal(jax.random.key(0), (4, 3))
+        >>> apply_fn = lambda p, x: x @ p["kernel"]
+        >>> x = jax.random.normal(jax.random.key(1), (32, 4))
+        >>> y = jnp.argmax(x @ w, -1)
+        >>> result = fj.sweep(apply_fn, {"kernel": w}, (x, y), g_max=[10.0, 40.0],
+        ...                   seeds=2, t_inference=[1.0, 86400.0])
+        >>> result.accuracy.shape
+        (2, 2, 2)
+    """
+    g_values, seed_values, t_values = _check_grid(g_max, seeds, t_inference)
+    x, y = _check_data(eval_data)
+    apply_fn, params = _as_apply(model_or_apply_fn, params)
+    model = resolve_noise(noise)
+    devices = tuple(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("devices is empty.")
+
+    n = int(y.shape[0])
+    batch = n if eval_batch_size is None else int(eval_batch_size)
+    if batch < 1:
+        raise ValueError(f"eval_batch_size must be positive, got {eval_batch_size}.")
+    n_batches = math.ceil(n / batch)
+    pad = n_batches * batch - n
+    mask = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)])
+    xb = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
+    yb = jnp.concatenate([y, jnp.zeros(pad, y.dtype)])
+    xb = xb.reshape(n_batches, batch, *x.shape[1:])
+    yb, mask = yb.reshape(n_batches, batch), mask.reshape(n_batches, batch)
+
+    grid_g, grid_s, grid_t = (
+        a.ravel() for a in np.meshgrid(g_values, seed_values, t_values, indexing="ij")
+    )
+    n_points = grid_g.size
+    if chunk_size is None:
+        chunk_size = _auto_chunk(params, x, batch, n_points, memory_budget_bytes)
+    elif chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+    chunk_size = min(int(chunk_size), n_points)
+    chunk_size = len(devices) * math.ceil(chunk_size / len(devices))
+    n_chunks = math.ceil(n_points / chunk_size)
+    total = n_chunks * chunk_size
+
+    def padded(a: np.ndarray, dtype: Any) -> np.ndarray:
+        return np.concatenate([a, np.repeat(a[-1:], total - a.size)]).astype(dtype)
+
+    dtype = _validation.compute_dtype(jnp.float32)
+    pg, ps, pt = padded(grid_g, dtype), padded(grid_s, np.uint32), padded(grid_t, dtype)
+    evaluate = _evaluator(apply_fn, devices, n_batches, where, bool(strict_aihwkit))
+
+    chunks = range(n_chunks)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc=f"sweep {label}".strip(), unit="chunk", leave=False)
+    acc, loss = [], []
+    for c in chunks:
+        sl = slice(c * chunk_size, (c + 1) * chunk_size)
+        a, l_ = evaluate(params, xb, yb, mask, model, pg[sl], ps[sl], pt[sl])
+        acc.append(np.asarray(a))
+        loss.append(np.asarray(l_))
+    shape = (g_values.size, seed_values.size, t_values.size)
+    accuracy = np.concatenate(acc)[:n_points].reshape(shape)
+    losses = np.concatenate(loss)[:n_points].reshape(shape)
+    if not np.all(np.isfinite(losses)):
+        bad = np.argwhere(~np.isfinite(losses))[0]
+        raise FloatingPointError(
+            f"the sweep produced a non-finite loss at g_max={g_values[bad[0]]}, "
+            f"seed={seed_values[bad[1]]}, t_inference={t_values[bad[2]]}."
+        )
+    return SweepResult(g_values, seed_values, t_values, accuracy, losses, label)

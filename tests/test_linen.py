@@ -1,0 +1,153 @@
+"""fusion_jax.linen: FusionDense / FusionConv against nn.Dense / nn.Conv and fj.program."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import fusion_jax as fj
+import fusion_jax.linen as flinen
+from fusion_jax.program_params import program_kernel
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AbsoluteNoise:
+    """Test noise: i.i.d. Gaussian of a fixed ``sigma`` in uS, clamped at 0."""
+
+    sigma: float = 1.0
+
+    def sample(self, conductances, key, *, g_max, t_inference):
+        xi = jax.random.normal(key, conductances.shape, conductances.dtype)
+        return jnp.maximum(conductances + self.sigma * xi, 0.0)
+
+
+NOISE = AbsoluteNoise(1.0)
+X = jax.random.normal(jax.random.key(7), (5, 3))
+XC = jax.random.normal(jax.random.key(8), (2, 6, 6, 2))
+K0, K1, K2 = jax.random.split(jax.random.key(0), 3)
+
+
+def dense_and_vars(**kw):
+    kw.setdefault("noise", NOISE)
+    layer = flinen.FusionDense(4, **kw)
+    return layer, layer.init(K0, X)
+
+
+def test_init_gives_the_plain_parameters_without_a_noise_key():
+    layer, variables = dense_and_vars()
+    assert isinstance(layer, nn.Dense)
+    plain = nn.Dense(4).init(K0, X)
+    jax.tree.map(np.testing.assert_array_equal, variables, plain)
+    conv_vars = flinen.FusionConv(4, (3, 3), noise=NOISE).init(K0, XC)
+    jax.tree.map(np.testing.assert_array_equal, conv_vars, nn.Conv(4, (3, 3)).init(K0, XC))
+
+
+def test_training_output_is_program_of_transposed_kernel():
+    layer, variables = dense_and_vars(g_max=20.0)
+    p = variables["params"]
+    w_chip = fj.program(p["kernel"].T, K1, g_max=20.0, noise=NOISE).T
+    assert not np.allclose(w_chip, p["kernel"])
+    y = layer.apply(variables, X, rng=K1)
+    np.testing.assert_allclose(y, X @ w_chip + p["bias"], rtol=1e-5, atol=1e-6)
+
+
+def test_noise_keys_come_from_the_rng_collection():
+    layer, variables = dense_and_vars(rng_collection="chip")
+    y1 = layer.apply(variables, X, rngs={"chip": K1})
+    np.testing.assert_array_equal(y1, layer.apply(variables, X, rngs={"chip": K1}))
+    assert not np.allclose(y1, layer.apply(variables, X, rngs={"chip": K2}))
+    with pytest.raises(Exception, match="chip"):
+        layer.apply(variables, X, rngs={"noise": K1})
+
+
+def test_deterministic_attribute_and_call_override():
+    layer, variables = dense_and_vars()
+    plain = nn.Dense(4).apply(variables, X)
+    np.testing.assert_array_equal(layer.apply(variables, X, deterministic=True), plain)
+    eval_layer = flinen.FusionDense(4, noise=NOISE, deterministic=True)
+    np.testing.assert_array_equal(eval_layer.apply(variables, X), plain)
+    trained = eval_layer.apply(variables, X, deterministic=False, rngs={"noise": K1})
+    assert not np.allclose(trained, plain)
+    with pytest.raises(ValueError, match="deterministic"):
+        flinen.FusionDense(4, noise=NOISE, deterministic=None).apply(variables, X)
+
+
+def test_noise_free_layers_equal_the_plain_layers():
+    layer, variables = dense_and_vars(noise=None)
+    np.testing.assert_allclose(
+        layer.apply(variables, X), nn.Dense(4).apply(variables, X), rtol=1e-5, atol=1e-6
+    )
+    conv = flinen.FusionConv(4, (3, 3), noise=None, padding="CIRCULAR", use_bias=False)
+    conv_vars = conv.init(K0, XC)
+    np.testing.assert_allclose(
+        conv.apply(conv_vars, XC),
+        nn.Conv(4, (3, 3), padding="CIRCULAR", use_bias=False).apply(conv_vars, XC),
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("gradient", ["exact", "ste"])
+def test_gradients_flow(gradient):
+    layer, variables = dense_and_vars(gradient=gradient)
+
+    def loss(params):
+        return jnp.sum(layer.apply({"params": params}, X, rng=K1) ** 2)
+
+    g = jax.grad(loss)(variables["params"])["kernel"]
+    assert np.all(np.isfinite(g)) and np.any(g != 0)
+    if gradient == "ste":
+        p = variables["params"]
+        w_chip = program_kernel(p["kernel"], K1, noise=NOISE)
+        expected = jax.grad(lambda w: jnp.sum((X @ w + p["bias"]) ** 2))(w_chip)
+        np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_jit_in_a_model():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            x = flinen.FusionConv(3, (3, 3), noise=NOISE)(x, deterministic=not train)
+            x = x.reshape(x.shape[0], -1)
+            return flinen.FusionDense(2, noise=NOISE)(x, deterministic=not train)
+
+    net = Net()
+    variables = net.init(K0, XC, True)
+    apply = jax.jit(net.apply, static_argnums=2)
+    y1 = apply(variables, XC, True, rngs={"noise": K1})
+    np.testing.assert_allclose(y1, net.apply(variables, XC, True, rngs={"noise": K1}),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(y1, apply(variables, XC, True, rngs={"noise": K2}))
+    np.testing.assert_array_equal(apply(variables, XC, False), apply(variables, XC, False))
+
+
+def test_conv_degenerate_output_channel_is_the_row_the_reference_zeroes():
+    conv = flinen.FusionConv(4, (3, 3), noise=None, strict_aihwkit=True, padding="VALID")
+    kernel = jax.random.normal(K2, (3, 3, 2, 4)).at[..., 1].set(-0.7)
+    variables = {"params": {"kernel": kernel, "bias": jnp.zeros(4)}}
+    y = conv.apply(variables, XC)
+    plain = nn.Conv(4, (3, 3), padding="VALID").apply(variables, XC)
+    np.testing.assert_array_equal(y[..., 1], 0.0)  # channel 1 is one constant chip row
+    np.testing.assert_allclose(np.delete(y, 1, -1), np.delete(plain, 1, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_bad_settings_are_refused():
+    _, variables = dense_and_vars()
+    with pytest.raises(fj.ArgumentError):
+        flinen.FusionDense(4, noise=NOISE, g_max=5.0).apply(variables, X, rng=K1)
+    with pytest.raises(ValueError, match="gradient"):
+        flinen.FusionDense(4, noise=NOISE, gradient="nope").apply(variables, X, rng=K1)
+    with pytest.raises(ValueError, match="feature_group_count"):
+        flinen.FusionConv(4, (3, 3), feature_group_count=3, noise=None).init(K0, XC)
+
+
+def test_default_noise_is_the_chip_model():
+    pytest.importorskip("fusion_jax.noise")
+    layer = flinen.FusionDense(4)
+    variables = layer.init(K0, X)
+    p = variables["params"]
+    expected = X @ fj.program(p["kernel"].T, K1).T + p["bias"]
+    np.testing.assert_allclose(layer.apply(variables, X, rng=K1), expected, rtol=1e-5, atol=1e-6)

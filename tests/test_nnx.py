@@ -1,0 +1,219 @@
+"""fusion_jax.nnx: FusionLinear / FusionConv against nnx.Linear / nnx.Conv and fj.program."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import fusion_jax as fj
+import fusion_jax.nnx as fnnx
+from fusion_jax.program_params import program_kernel
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AbsoluteNoise:
+    """Test noise: i.i.d. Gaussian of a fixed ``sigma`` in uS, clamped at 0."""
+
+    sigma: float = 1.0
+
+    def sample(self, conductances, key, *, g_max, t_inference):
+        xi = jax.random.normal(key, conductances.shape, conductances.dtype)
+        return jnp.maximum(conductances + self.sigma * xi, 0.0)
+
+
+NOISE = AbsoluteNoise(1.0)
+X = jax.random.normal(jax.random.key(7), (5, 3))
+XC = jax.random.normal(jax.random.key(8), (2, 6, 6, 2))
+
+
+def linear(**kw):
+    kw.setdefault("noise", NOISE)
+    return fnnx.FusionLinear(3, 4, rngs=nnx.Rngs(params=0, noise=1), **kw)
+
+
+def conv(**kw):
+    kw.setdefault("noise", NOISE)
+    return fnnx.FusionConv(2, 4, (3, 3), rngs=nnx.Rngs(params=0, noise=1), **kw)
+
+
+def next_noise_key(layer):
+    """The key the layer's stream hands out next, without advancing it."""
+    return nnx.clone(layer.rngs)()
+
+
+def test_is_a_drop_in_linear_with_the_same_parameters():
+    layer = fnnx.FusionLinear(3, 4, use_bias=False, param_dtype=jnp.float32, noise=NOISE,
+                              rngs=nnx.Rngs(params=0, noise=1))
+    plain = nnx.Linear(3, 4, use_bias=False, rngs=nnx.Rngs(params=0))
+    assert isinstance(layer, nnx.Linear)
+    assert layer.bias is None
+    np.testing.assert_array_equal(layer.kernel[...], plain.kernel[...])
+    assert set(nnx.state(layer, nnx.Param)) == set(nnx.state(plain, nnx.Param))
+
+
+def test_training_output_is_program_of_transposed_kernel_with_the_consumed_key():
+    layer = linear(g_max=20.0)
+    key = next_noise_key(layer)
+    kernel, bias = layer.kernel[...], layer.bias[...]
+    w_chip = fj.program(kernel.T, key, g_max=20.0, noise=NOISE).T
+    assert not np.allclose(w_chip, kernel)  # the noise does something
+    np.testing.assert_allclose(layer(X), X @ w_chip + bias, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.programmed_kernel(key), w_chip, rtol=1e-6, atol=1e-7)
+    # A key passed at call time is used as is.
+    np.testing.assert_allclose(layer(X, rngs=key), X @ w_chip + bias, rtol=1e-5, atol=1e-6)
+
+
+def test_training_calls_draw_new_noise_and_eval_is_the_plain_layer():
+    layer = linear()
+    plain = nnx.Linear(3, 4, rngs=nnx.Rngs(params=0))
+    y1, y2 = layer(X), layer(X)
+    assert not np.allclose(y1, y2)
+    layer.eval()
+    assert layer.deterministic is True
+    np.testing.assert_array_equal(layer(X), plain(X))
+    np.testing.assert_array_equal(layer(X), layer(X))
+    # A call-time flag overrides the mode both ways.
+    assert not np.allclose(layer(X, deterministic=False), plain(X))
+    layer.train()
+    np.testing.assert_array_equal(layer(X, deterministic=True), plain(X))
+
+
+def test_eval_and_view_reach_nested_layers():
+    model = nnx.Sequential(linear(), nnx.relu, fnnx.FusionLinear(
+        4, 2, noise=NOISE, rngs=nnx.Rngs(params=2, noise=3)))
+    eval_view = nnx.view(model, deterministic=True)
+    np.testing.assert_array_equal(eval_view(X), eval_view(X))
+    assert not np.allclose(model(X), model(X))  # the original stays in training mode
+    model.eval()
+    np.testing.assert_array_equal(model(X), eval_view(X))
+
+
+def test_noise_free_layers_equal_the_plain_layers():
+    np.testing.assert_allclose(
+        linear(noise=None)(X), nnx.Linear(3, 4, rngs=nnx.Rngs(params=0))(X),
+        rtol=1e-5, atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        conv(noise=None, padding="CIRCULAR")(XC),
+        nnx.Conv(2, 4, (3, 3), padding="CIRCULAR", rngs=nnx.Rngs(params=0))(XC),
+        rtol=1e-5, atol=1e-5,
+    )
+
+
+def test_noise_free_layer_takes_no_noise_key():
+    rngs = nnx.Rngs(0)
+    fnnx.FusionLinear(3, 4, noise=None, rngs=rngs)
+    after_fusion = rngs.default.count[...]
+    nnx.Linear(3, 4, rngs=(plain_rngs := nnx.Rngs(0)))
+    assert after_fusion == plain_rngs.default.count[...]
+
+
+@pytest.mark.parametrize("gradient", ["exact", "ste"])
+def test_gradients_flow(gradient):
+    layer = linear(gradient=gradient)
+    key = next_noise_key(layer)
+
+    def loss(model):
+        return jnp.sum(model(X) ** 2)
+
+    grads = nnx.grad(loss)(layer)
+    g = grads["kernel"][...]
+    assert np.all(np.isfinite(g)) and np.any(g != 0)
+    if gradient == "ste":
+        # Straight-through: the gradient of the plain layer at the programmed kernel.
+        w_chip = layer.programmed_kernel(key)
+        expected = jax.grad(lambda w: jnp.sum((X @ w + layer.bias[...]) ** 2))(w_chip)
+        np.testing.assert_allclose(g, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_exact_gradient_of_noise_free_layer_is_the_plain_gradient():
+    layer = linear(noise=None)
+    plain = nnx.Linear(3, 4, rngs=nnx.Rngs(params=0))
+    g = nnx.grad(lambda m: jnp.sum(jnp.sin(m(X))))(layer)["kernel"][...]
+    g_plain = nnx.grad(lambda m: jnp.sum(jnp.sin(m(X))))(plain)["kernel"][...]
+    np.testing.assert_allclose(g, g_plain, rtol=1e-4, atol=1e-5)
+
+
+def test_jit_matches_eager_and_advances_the_stream():
+    layer = linear()
+    eager = nnx.clone(layer)(X)
+    step = nnx.jit(lambda m, x: m(x))
+    first = step(layer, X)
+    np.testing.assert_allclose(first, eager, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(step(layer, X), first)
+
+
+def test_conv_programs_each_output_channel_with_its_own_scale():
+    layer = conv()
+    magnitudes = jnp.array([1e-3, 1.0, 30.0, 1e3])  # per output channel (last axis)
+    base = jax.random.normal(jax.random.key(3), (3, 3, 2, 4))
+    layer.kernel[...] = base * magnitudes
+    keys = jax.random.split(jax.random.key(4), 16)
+    programmed = jax.vmap(layer.programmed_kernel)(keys)
+    err = (programmed - layer.kernel[...]).reshape(16, -1, 4)
+    channel_max = jnp.max(jnp.abs(layer.kernel[...]).reshape(-1, 4), axis=0)
+    rel = jnp.std(err, axis=(0, 1)) / channel_max
+    # Each channel's noise is sigma / g_max of its own max, whatever its magnitude.
+    np.testing.assert_allclose(rel, NOISE.sigma / layer.g_max, rtol=0.5)
+    # The same as programming the reference layout rows.
+    key = keys[0]
+    rows = fj.layout.kernel_to_rows(layer.kernel[...])
+    expected = fj.layout.rows_to_kernel(fj.program(rows, key, noise=NOISE), (3, 3, 2, 4))
+    np.testing.assert_allclose(programmed[0], expected, rtol=1e-6, atol=1e-6)
+
+
+def test_conv_degenerate_output_channel_is_the_row_the_reference_zeroes():
+    layer = conv(noise=None, strict_aihwkit=True)
+    kernel = jax.random.normal(jax.random.key(5), (3, 3, 2, 4))
+    layer.kernel[...] = kernel.at[..., 2].set(0.3)  # output channel 2: one constant row
+    programmed = layer.programmed_kernel()
+    np.testing.assert_array_equal(programmed[..., 2], 0.0)
+    np.testing.assert_allclose(np.delete(programmed, 2, -1), np.delete(layer.kernel[...], 2, -1),
+                               rtol=1e-5, atol=1e-6)
+    # Without the strict switch nothing is lost.
+    layer.strict_aihwkit = False
+    np.testing.assert_allclose(layer.programmed_kernel(), layer.kernel[...], rtol=1e-5, atol=1e-6)
+
+
+def test_conv_training_output_uses_the_programmed_kernel():
+    layer = conv(padding="VALID")
+    key = next_noise_key(layer)
+    w_chip = program_kernel(layer.kernel[...], key, noise=NOISE)
+    plain = nnx.Conv(2, 4, (3, 3), padding="VALID", rngs=nnx.Rngs(params=0))
+    plain.kernel[...] = w_chip
+    np.testing.assert_allclose(layer(XC), plain(XC), rtol=1e-5, atol=1e-5)
+
+
+def test_masked_conv_programs_the_masked_kernel():
+    mask = jnp.ones((3, 3, 2, 4)).at[0].set(0.0)
+    layer = conv(mask=mask)
+    programmed = layer.programmed_kernel(jax.random.key(0))
+    np.testing.assert_array_equal(programmed[0], 0.0)
+    plain = nnx.Conv(2, 4, (3, 3), mask=mask, rngs=nnx.Rngs(params=0))
+    np.testing.assert_array_equal(layer(XC, deterministic=True), plain(XC))
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(fj.ArgumentError):
+        linear(g_max=50.0)
+    with pytest.raises(ValueError, match="gradient"):
+        linear(gradient="straight")
+    with pytest.raises(ValueError, match="deterministic"):
+        linear(deterministic=None)(X)
+    with pytest.raises(TypeError, match="rngs"):
+        linear()(X, rngs="not a key")
+    with pytest.raises(ValueError, match="'noise'"):
+        fnnx.FusionLinear(3, 4, noise=NOISE, rngs=nnx.Rngs(params=0))
+
+
+def test_default_noise_is_the_chip_model():
+    pytest.importorskip("fusion_jax.noise")
+    layer = fnnx.FusionLinear(3, 4, rngs=nnx.Rngs(params=0, noise=1))
+    key = next_noise_key(layer)
+    expected = X @ fj.program(layer.kernel[...].T, key).T + layer.bias[...]
+    np.testing.assert_allclose(layer(X), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(layer(X), layer(X, deterministic=True))

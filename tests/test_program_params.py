@@ -1,0 +1,182 @@
+"""program_kernel / program_params: whole parameter pytrees onto the simulated chip."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import fusion_jax as fj
+from fusion_jax.program_params import is_kernel, leaf_key, program_kernel, program_params
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class AbsoluteNoise:
+    """Test noise: i.i.d. Gaussian of a fixed ``sigma`` in uS, clamped at 0."""
+
+    sigma: float = 1.0
+
+    def sample(self, conductances, key, *, g_max, t_inference):
+        xi = jax.random.normal(key, conductances.shape, conductances.dtype)
+        return jnp.maximum(conductances + self.sigma * xi, 0.0)
+
+
+NOISE = AbsoluteNoise(1.0)
+KEY = jax.random.key(42)
+
+
+class LinenNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(3, (3, 3))(x)
+        x = nn.LayerNorm()(x)
+        return nn.Dense(2)(x.reshape(x.shape[0], -1))
+
+
+@pytest.fixture(scope="module")
+def linen_vars():
+    return LinenNet().init(jax.random.key(0), jnp.ones((1, 4, 4, 2)))
+
+
+def plain_dict():
+    r = np.random.default_rng(0)
+    w = jnp.asarray(r.standard_normal((5, 3)), jnp.float32)
+    return {"a": {"kernel": w, "bias": jnp.ones(3)}, "b": {"kernel": w}, "step": jnp.array(3)}
+
+
+def test_program_kernel_is_program_of_the_reference_rows():
+    kernel = jax.random.normal(jax.random.key(1), (2, 2, 3, 4))
+    rows = fj.layout.kernel_to_rows(kernel)
+    expected = fj.layout.rows_to_kernel(fj.program(rows, KEY, noise=NOISE, g_max=15.0),
+                                        kernel.shape)
+    np.testing.assert_array_equal(program_kernel(kernel, KEY, noise=NOISE, g_max=15.0), expected)
+    dense = jax.random.normal(jax.random.key(2), (5, 3))
+    np.testing.assert_array_equal(program_kernel(dense, KEY, noise=NOISE),
+                                  fj.program(dense.T, KEY, noise=NOISE).T)
+
+
+def test_linen_params_kernels_programmed_everything_else_untouched(linen_vars):
+    out = program_params(linen_vars, KEY, noise=NOISE)
+    assert jax.tree.structure(out) == jax.tree.structure(linen_vars)
+    p, q = linen_vars["params"], out["params"]
+    for layer in ("Conv_0", "Dense_0"):
+        np.testing.assert_array_equal(q[layer]["bias"], p[layer]["bias"])
+        assert not np.allclose(q[layer]["kernel"], p[layer]["kernel"])
+        np.testing.assert_array_equal(
+            q[layer]["kernel"],
+            program_kernel(p[layer]["kernel"], leaf_key(KEY, ("params", layer, "kernel")),
+                           noise=NOISE),
+        )
+    jax.tree.map(np.testing.assert_array_equal, q["LayerNorm_0"], p["LayerNorm_0"])
+    LinenNet().apply(out, jnp.ones((1, 4, 4, 2)))
+
+
+def test_noise_free_round_trip_keeps_the_weights(linen_vars):
+    out = program_params(linen_vars, None, noise=None)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 out, linen_vars)
+
+
+def test_nnx_state_split_and_merge():
+    model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Dropout(0.1, rngs=nnx.Rngs(1)),
+                           nnx.Linear(4, 2, rngs=nnx.Rngs(2)))
+    graphdef, state = nnx.split(model)
+    out = program_params(state, KEY, noise=NOISE)
+    assert isinstance(out, nnx.State)
+    chip = nnx.merge(graphdef, out)
+    for i in (0, 2):
+        np.testing.assert_array_equal(chip.layers[i].bias[...], model.layers[i].bias[...])
+        assert not np.allclose(chip.layers[i].kernel[...], model.layers[i].kernel[...])
+    # RNG state (a key array and a counter) is passed through.
+    np.testing.assert_array_equal(jax.random.key_data(chip.layers[1].rngs.key[...]),
+                                  jax.random.key_data(model.layers[1].rngs.key[...]))
+    # nnx.state(model, nnx.Param) works the same and gives the same kernels.
+    params_only = program_params(nnx.state(model, nnx.Param), KEY, noise=NOISE)
+    np.testing.assert_array_equal(params_only["layers"][0]["kernel"][...],
+                                  chip.layers[0].kernel[...])
+
+
+def test_plain_dict_and_distinct_keys_per_leaf():
+    params = plain_dict()
+    out = program_params(params, KEY, noise=NOISE)
+    np.testing.assert_array_equal(out["a"]["bias"], params["a"]["bias"])
+    np.testing.assert_array_equal(out["step"], params["step"])
+    # The same weights at two paths get different noise.
+    assert not np.allclose(out["a"]["kernel"], out["b"]["kernel"])
+    # The same key gives the same result; another key another one.
+    jax.tree.map(np.testing.assert_array_equal, program_params(params, KEY, noise=NOISE), out)
+    other = program_params(params, jax.random.key(43), noise=NOISE)
+    assert not np.allclose(other["a"]["kernel"], out["a"]["kernel"])
+
+
+def test_leaf_keys_do_not_depend_on_the_selection():
+    params = plain_dict()
+    only_a = program_params(params, KEY, noise=NOISE, where=lambda p, x: p == ("a", "kernel"))
+    both = program_params(params, KEY, noise=NOISE)
+    np.testing.assert_array_equal(only_a["a"]["kernel"], both["a"]["kernel"])
+    np.testing.assert_array_equal(only_a["b"]["kernel"], params["b"]["kernel"])
+
+
+def test_where_selecting_a_bias_names_the_path():
+    with pytest.raises(ValueError, match="a/bias"):
+        program_params(plain_dict(), KEY, noise=NOISE, where=lambda path, x: path[-1] == "bias")
+
+
+def test_bad_leaf_and_empty_selection_are_reported():
+    params = plain_dict()
+    params["b"]["kernel"] = params["b"]["kernel"].at[1, 2].set(jnp.nan)
+    with pytest.raises(ValueError, match="b/kernel.*NaN"):
+        program_params(params, KEY, noise=NOISE)
+    with pytest.raises(ValueError, match="no leaf"):
+        program_params({"bias": jnp.ones(3)}, KEY, noise=NOISE)
+    with pytest.raises(ValueError, match="key"):
+        program_params(plain_dict(), None, noise=NOISE)
+    with pytest.raises(fj.ArgumentError):
+        program_params(plain_dict(), KEY, noise=NOISE, g_max=45.0)
+
+
+def test_jit_and_vmap_over_key_and_g_max(linen_vars):
+    g_maxes = jnp.array([10.0, 25.0, 40.0])
+    keys = jax.random.split(KEY, 3)
+    sweep = jax.jit(jax.vmap(lambda k, g: program_params(linen_vars, k, g_max=g, noise=NOISE)))
+    out = sweep(keys, g_maxes)
+    for i in (0, 2):
+        single = program_params(linen_vars, keys[i], g_max=float(g_maxes[i]), noise=NOISE)
+        jax.tree.map(
+            lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6),
+            out, single,
+        )
+    # With this absolute-noise model a larger g_max means relatively less noise.
+    kernel = linen_vars["params"]["Dense_0"]["kernel"]
+    err = jnp.std(out["params"]["Dense_0"]["kernel"] - kernel, axis=(1, 2))
+    assert err[0] > err[2]
+
+
+def test_gradient_through_program_params(linen_vars):
+    def loss(params):
+        chip = program_params(params, KEY, noise=NOISE)
+        return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(chip))
+
+    grads = jax.grad(loss)(linen_vars)
+    for g in jax.tree.leaves(grads):
+        assert np.all(np.isfinite(g)) and np.any(g != 0)
+
+
+def test_is_kernel():
+    assert is_kernel(("params", "Dense_0", "kernel"), jnp.ones((3, 4)))
+    assert not is_kernel(("params", "Dense_0", "bias"), jnp.ones(4))
+    assert not is_kernel(("kernel",), jnp.ones(4))
+    assert not is_kernel((), jnp.ones((3, 4)))
+
+
+def test_default_noise():
+    pytest.importorskip("fusion_jax.noise")
+    params = plain_dict()
+    out = program_params(params, KEY)
+    np.testing.assert_array_equal(
+        out["a"]["kernel"], program_kernel(params["a"]["kernel"], leaf_key(KEY, ("a", "kernel")))
+    )

@@ -1,0 +1,196 @@
+"""fj.sweep: one compiled, chunked, sharded evaluation of a g_max x seed x time grid."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import fusion_jax as fj
+
+
+def _problem(seed=0, n=96):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    w1 = jax.random.normal(k1, (6, 8)) / 2
+    w2 = jax.random.normal(k2, (8, 3)) / 2
+    x = jax.random.normal(k3, (n, 6))
+    params = {
+        "l1": {"kernel": w1, "bias": jnp.zeros(8)},
+        "l2": {"kernel": w2, "bias": jnp.zeros(3)},
+    }
+    y = jnp.argmax(_apply(params, x), -1)
+    return params, x, y
+
+
+def _apply(p, x):
+    h = jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"])
+    return h @ p["l2"]["kernel"] + p["l2"]["bias"]
+
+
+def _loop_reference(params, x, y, g_max, seeds, times, noise):
+    acc = np.zeros((len(g_max), len(seeds), len(times)))
+    for i, g in enumerate(g_max):
+        for j, s in enumerate(seeds):
+            for k, t in enumerate(times):
+                prog = fj.program_params(
+                    params, jax.random.key(s), g_max=g, noise=noise, t_inference=t
+                )
+                acc[i, j, k] = np.mean(np.argmax(_apply(prog, x), -1) == np.asarray(y))
+    return acc
+
+
+def test_matches_a_python_loop_of_single_programs():
+    params, x, y = _problem()
+    noise = fj.noise.FusionChipNoise.lenet5_readback()
+    g_max, seeds, times = [10.0, 40.0], [0, 5], [1.0, 3.15e7]
+    result = fj.sweep(
+        _apply, params, (x, y), g_max=g_max, seeds=seeds, t_inference=times, noise=noise
+    )
+    expected = _loop_reference(params, x, y, g_max, seeds, times, noise)
+    np.testing.assert_allclose(result.accuracy, expected, atol=1.5 / len(y))
+    assert result.accuracy.shape == (2, 2, 2)
+    assert np.all(np.isfinite(result.loss))
+    assert result.accuracy.min() < 1.0  # the chip noise is felt
+
+
+def test_noise_free_sweep_is_clean_accuracy():
+    params, x, y = _problem(1)
+    result = fj.sweep(_apply, params, (x, y), g_max=[10.0, 25.0], seeds=2, noise=None)
+    np.testing.assert_allclose(result.accuracy, 1.0)
+
+
+def test_chunks_and_eval_batches_do_not_change_the_result():
+    params, x, y = _problem(2)
+    kwargs = dict(g_max=[10.0, 20.0, 40.0], seeds=3, t_inference=[1.0, 86400.0])
+    whole = fj.sweep(_apply, params, (x, y), **kwargs)
+    chunked = fj.sweep(_apply, params, (x, y), chunk_size=4, eval_batch_size=25, **kwargs)
+    np.testing.assert_allclose(chunked.accuracy, whole.accuracy, atol=1e-6)
+    np.testing.assert_allclose(chunked.loss, whole.loss, rtol=1e-5)
+
+
+def test_compiles_once_whatever_the_g_max_values():
+    params, x, y = _problem(3)
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    fj.sweep(_apply, params, (x, y), g_max=np.linspace(10, 40, 5), seeds=2, chunk_size=4)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        fj.sweep(_apply, params, (x, y), g_max=np.linspace(11, 39, 5), seeds=2, chunk_size=4)
+        fj.sweep(_apply, params, (x, y), g_max=[12.0, 13, 14, 15, 16], seeds=[7, 9], chunk_size=4)
+    finally:
+        jax.monitoring.clear_event_listeners()
+    assert compiles == []
+
+
+def test_nnx_module_is_accepted():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(6, 8, rngs=rngs)
+            self.l2 = nnx.Linear(8, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(jnp.tanh(self.l1(x)))
+
+    model = Net(nnx.Rngs(0))
+    _, x, _ = _problem(4)
+    y = jnp.argmax(model(x), -1)
+    result = fj.sweep(model, None, (x, y), g_max=[10.0, 40.0], seeds=2, noise=None)
+    np.testing.assert_allclose(result.accuracy, 1.0)
+    noisy = fj.sweep(model, None, (x, y), g_max=[10.0], seeds=2, t_inference=[3.15e7])
+    assert noisy.accuracy.max() < 1.0
+
+
+def test_result_tables_and_files(tmp_path):
+    params, x, y = _problem(5)
+    result = fj.sweep(
+        _apply, params, (x, y), g_max=[10.0, 40.0], seeds=3, t_inference=[1.0], label="mlp"
+    )
+    rows = result.rows()
+    assert len(rows) == 6 and {r["seed"] for r in rows} == {0, 1, 2}
+    summary = result.summary()
+    assert len(summary) == 2
+    np.testing.assert_allclose(summary[0]["accuracy_mean"], result.accuracy[0, :, 0].mean())
+    np.testing.assert_allclose(summary[0]["accuracy_std"], result.accuracy[0, :, 0].std(ddof=1))
+    table = result.format_table()
+    assert "mlp" in table and "t=1s" in table and "40.00" in table
+    result.to_csv(tmp_path / "r.csv")
+    result.to_json(tmp_path / "r.json")
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert lines[0] == "label,g_max,seed,t_inference,accuracy,loss" and len(lines) == 7
+    payload = json.loads((tmp_path / "r.json").read_text())
+    assert payload["g_max"] == [10.0, 40.0] and len(payload["rows"]) == 6
+    assert sorted(os.listdir(tmp_path)) == ["r.csv", "r.json"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (
+            dict(g_max=[10.0, 45.0]),
+            fj.ArgumentError,
+            r"between 10 and 40. Got g_max values \[45.0\]",
+        ),
+        (dict(g_max=[]), ValueError, "g_max is empty"),
+        (dict(seeds=0), ValueError, "seeds must be a positive count"),
+        (dict(seeds=[]), ValueError, "seeds is empty"),
+        (dict(t_inference=[]), ValueError, "t_inference is empty"),
+        (dict(t_inference=[-1.0]), ValueError, "non-negative"),
+        (dict(chunk_size=0), ValueError, "chunk_size must be positive"),
+    ],
+)
+def test_bad_grid_refused_before_compiling(kwargs, error, message):
+    params, x, y = _problem(6, n=8)
+    with pytest.raises(error, match=message):
+        fj.sweep(_apply, params, (x, y), **kwargs)
+
+
+def test_bad_data_refused():
+    params, x, y = _problem(7, n=8)
+    with pytest.raises(ValueError, match="8 inputs but 7 labels"):
+        fj.sweep(_apply, params, (x, y[:7]))
+    with pytest.raises(ValueError, match="1-D integer array"):
+        fj.sweep(_apply, params, (x, y.astype(jnp.float32)))
+    with pytest.raises(ValueError, match="pair"):
+        fj.sweep(_apply, params, x)
+
+
+_SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    import fusion_jax as fj
+    sys.path.insert(0, {tests!r})
+    from test_sweep import _apply, _problem
+    assert len(jax.devices()) == 4, jax.devices()
+    params, x, y = _problem(8)
+    kw = dict(g_max=np.linspace(10, 40, 5), seeds=3, t_inference=[1.0, 86400.0])
+    one = fj.sweep(_apply, params, (x, y), devices=jax.devices()[:1], chunk_size=8, **kw)
+    four = fj.sweep(_apply, params, (x, y), chunk_size=8, **kw)
+    print(json.dumps({{"one": one.accuracy.tolist(), "four": four.accuracy.tolist(),
+                      "loss_one": one.loss.tolist(), "loss_four": four.loss.tolist()}}))
+    """
+)
+
+
+def test_sharded_over_four_cpu_devices_equals_single_device():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env["JAX_PLATFORMS"] = "cpu"
+    script = _SHARDED_SCRIPT.format(tests=os.path.dirname(__file__))
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(res["four"], res["one"], atol=1e-6)
+    np.testing.assert_allclose(res["loss_four"], res["loss_one"], rtol=1e-5)
+    assert np.asarray(res["one"]).shape == (5, 3, 2)
