@@ -4,11 +4,23 @@ The public API is re-exported here; submodules whose names start with an
 underscore are internal.
 """
 
-from fusion_jax import chip_file, datasets, fusion_io, layout, linen, nnx, noise
+from fusion_jax import (
+    chip_file,
+    datasets,
+    digits,
+    fusion_io,
+    layout,
+    linen,
+    nnx,
+    noise,
+    plotting,
+    training,
+)
 from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert_to_conductances
 from fusion_jax.converter import FusionConductanceConverter
 from fusion_jax.errors import ArgumentError
 from fusion_jax.fusion_io import FusionExport, fusion_export, fusion_import
+from fusion_jax.plotting import plot_sweep
 from fusion_jax.program_params import is_kernel, leaf_key, program_kernel, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, program
 from fusion_jax.regression import regression_slope
@@ -28,6 +40,7 @@ __all__ = [
     "chip_file",
     "convert_to_conductances",
     "datasets",
+    "digits",
     "fusion_export",
     "fusion_import",
     "fusion_io",
@@ -36,10 +49,13 @@ __all__ = [
     "linen",
     "nnx",
     "noise",
+    "plot_sweep",
+    "plotting",
     "layout",
     "program",
     "program_kernel",
     "program_params",
     "regression_slope",
     "sweep",
+    "training",
 ]

@@ -1,0 +1,315 @@
+"""fusion_jax.digits and fusion_jax.training: data, models, optax training, chip evaluation."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from fusion_jax.digits import CNN, MLP, DigitsData, load_digits_split
+from fusion_jax.errors import ArgumentError
+from fusion_jax.nnx import FusionConv, FusionLinear
+from fusion_jax.program_params import program_params
+from fusion_jax.training import (
+    evaluate,
+    hardware_aware_experiment,
+    programmed_accuracy,
+    to_apply_fn,
+    train,
+)
+
+HIDDEN = (16,)  # the MLP's default
+EPOCHS = 20
+# The default experiment (10 seeds, calibrated chip noise) at the smallest and the
+# largest g_max, read after a day. (The doctest of hardware_aware_experiment uses
+# the same grid, so a full test run compiles it once.)
+EXPERIMENT = dict(g_max=(10.0, 40.0), t_inference=(86400.0,))
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class GaussianNoise:
+    """Test noise, cheap to compile: i.i.d. Gaussian of ``sigma`` uS, clamped at 0."""
+
+    sigma: float = 1.0
+
+    def sample(self, conductances, key, *, g_max, t_inference):
+        xi = jax.random.normal(key, conductances.shape, conductances.dtype)
+        return jnp.maximum(conductances + self.sigma * xi, 0.0)
+
+
+@pytest.fixture(scope="module")
+def data() -> DigitsData:
+    return load_digits_split(seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    model = MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=0))
+    return train(model, data, epochs=EPOCHS, seed=0)
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    return hardware_aware_experiment("mlp", **EXPERIMENT)
+
+
+# --- data and models ---------------------------------------------------------------------------
+
+
+def test_digits_split_is_scaled_stratified_and_seeded(data):
+    from sklearn.datasets import load_digits
+
+    n = len(load_digits().target)
+    assert data.x_train.shape[0] + data.x_test.shape[0] == n
+    assert data.x_train.shape[1:] == (64,) and data.x_test.shape[1:] == (64,)
+    assert data.x_train.dtype == jnp.float32 and data.y_train.dtype == jnp.int32
+    assert float(data.x_train.min()) == 0.0 and float(data.x_train.max()) == 1.0
+    assert abs(data.x_test.shape[0] / n - 0.25) < 0.01
+    # Stratified: every class keeps its share of the test set to within one example.
+    share = np.bincount(np.asarray(data.y_test), minlength=10) / data.x_test.shape[0]
+    total = np.bincount(load_digits().target, minlength=10) / n
+    assert np.all(np.abs(share - total) * data.x_test.shape[0] <= 1.0)
+    again, other = load_digits_split(seed=0), load_digits_split(seed=1)
+    np.testing.assert_array_equal(again.x_test, data.x_test)
+    assert not np.array_equal(other.y_test, data.y_test)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_digits_split_rejects_bad_fraction(fraction):
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_digits_split(test_fraction=fraction)
+
+
+def test_images_layout_round_trips(data):
+    images = data.as_images()
+    assert images.x_train.shape == (data.x_train.shape[0], 8, 8, 1)
+    # Row-major 8x8: pixel (r, c) is flat feature 8 r + c.
+    np.testing.assert_array_equal(images.x_test[:, 2, 5, 0], data.x_test[:, 2 * 8 + 5])
+    np.testing.assert_array_equal(images.flat().x_train, data.x_train)
+
+
+@pytest.mark.parametrize(
+    "make, layer_types",
+    [
+        (lambda **kw: MLP(hidden=HIDDEN, **kw), (FusionLinear,)),
+        (lambda **kw: CNN(channels=(4, 8), **kw), (FusionConv, FusionLinear)),
+    ],
+)
+def test_digital_and_hardware_aware_models_share_parameters(make, layer_types):
+    digital = make(rngs=nnx.Rngs(params=0))
+    aware = make(fusion={"g_max": 20.0}, rngs=nnx.Rngs(params=0, noise=1))
+    d_params, a_params = nnx.state(digital, nnx.Param), nnx.state(aware, nnx.Param)
+    assert jax.tree.structure(d_params) == jax.tree.structure(a_params)
+    for d, a in zip(jax.tree.leaves(d_params), jax.tree.leaves(a_params), strict=True):
+        np.testing.assert_array_equal(d, a)  # same initial weights from the same key
+    kinds = {type(m) for _, m in nnx.iter_modules(aware)}
+    assert all(t in kinds for t in layer_types)
+    assert not kinds & {FusionLinear, FusionConv} - set(layer_types)
+    assert not {type(m) for _, m in nnx.iter_modules(digital)} & {FusionLinear, FusionConv}
+    assert all(m.g_max == 20.0 for _, m in nnx.iter_modules(aware) if isinstance(m, layer_types))
+
+
+def test_models_reject_bad_arguments():
+    with pytest.raises(TypeError, match="fusion"):
+        MLP(fusion=25.0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="positive"):
+        MLP(hidden=(0,), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="channels"):
+        CNN(channels=(4,), rngs=nnx.Rngs(0))
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def test_training_reduces_loss_and_reaches_high_clean_accuracy(trained, data):
+    model, history = trained
+    assert history.loss.shape == (EPOCHS, data.x_train.shape[0] // 64)
+    assert np.all(np.isfinite(history.loss))
+    assert history.epoch_loss[-1] < 0.2 * history.epoch_loss[0]
+    apply_fn, params = to_apply_fn(model)
+    assert float(evaluate(apply_fn, params, data.x_test, data.y_test)) > 0.9
+    # Chance level before training: the test of accuracy is not trivial.
+    untrained_fn, untrained = to_apply_fn(MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=0)))
+    assert float(evaluate(untrained_fn, untrained, data.x_test, data.y_test)) < 0.5
+
+
+def test_training_is_deterministic_and_depends_on_the_seed(data, capsys):
+    def run(seed, progress=False):
+        model, history = train(MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=0)), data, epochs=2,
+                                seed=seed, progress=progress)
+        return nnx.state(model, nnx.Param), history.loss
+
+    (p1, l1), (p2, l2), (p3, _) = run(0), run(0, progress=True), run(1)
+    assert capsys.readouterr().out.count("training loss") == 2
+    jax.tree.map(np.testing.assert_array_equal, p1, p2)
+    np.testing.assert_array_equal(l1, l2)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1),
+                                                         jax.tree.leaves(p3), strict=True))
+
+
+def test_hardware_aware_training_draws_new_noise_every_step(data):
+    aware = MLP(hidden=HIDDEN, fusion={"g_max": 10.0, "noise": GaussianNoise()},
+                rngs=nnx.Rngs(params=0, noise=1))
+    layers = list(aware.layers)
+    counts = [int(layer.rngs.count[...]) for layer in layers]
+    epochs, steps = 2, data.x_train.shape[0] // 64
+    train(aware, data, epochs=epochs, seed=0)
+    # One programming of every kernel per training step.
+    assert [int(layer.rngs.count[...]) - c for layer, c in zip(layers, counts, strict=True)] == [
+        epochs * steps
+    ] * len(layers)
+    digital, _ = train(MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=0)), data, epochs=epochs, seed=0)
+    assert not np.allclose(aware.layers[0].kernel[...], digital.layers[0].kernel[...])
+    assert all(layer.deterministic is False for layer in layers)  # mode left as it was
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 10_000}, "batch_size"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"learning_rate": float("nan")}, "learning_rate"),
+    ],
+)
+def test_train_rejects_bad_arguments(data, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        train(MLP(hidden=(4,), rngs=nnx.Rngs(0)), data, **kwargs)
+
+
+def test_train_refuses_a_diverging_loss_and_leaves_the_model_as_it_was(data):
+    model = MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=0))
+    before = nnx.state(model, nnx.Param)
+    before = jax.tree.map(np.asarray, before)
+    bad = DigitsData(data.x_train.at[:300, 3].set(jnp.nan), data.y_train, data.x_test, data.y_test)
+    with pytest.raises(FloatingPointError, match="epoch 1"):
+        train(model, bad, epochs=2)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model, nnx.Param), before)
+
+
+# --- the functional form and evaluation --------------------------------------------------------
+
+
+def test_apply_fn_is_the_eval_mode_model_and_serves_both_variants(data):
+    aware = MLP(hidden=HIDDEN, fusion={"g_max": 10.0}, rngs=nnx.Rngs(params=3, noise=4))
+    apply_fn, params = to_apply_fn(aware)
+    x = data.x_test[:7]
+    # Evaluation mode: the digital weights, no programming.
+    np.testing.assert_allclose(apply_fn(params, x), _plain_forward(params, x), rtol=1e-6,
+                               atol=1e-6)
+    assert all(layer.deterministic is False for layer in aware.layers)  # not changed
+    # The digital twin's forward pass evaluates the hardware-aware parameters identically.
+    twin_fn, _ = to_apply_fn(MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=9)))
+    np.testing.assert_array_equal(twin_fn(params, x), apply_fn(params, x))
+    # Models that hold only parameters share one forward pass per architecture
+    # (jitted evaluations of other seeds do not recompile).
+    assert twin_fn is to_apply_fn(MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=10)))[0]
+
+
+def _plain_forward(params, x):
+    """The MLP by hand: relu(x W0 + b0) W1 + b1."""
+    layer0, layer1 = params["layers"][0], params["layers"][1]
+    h = jax.nn.relu(x @ layer0["kernel"][...] + layer0["bias"][...])
+    return h @ layer1["kernel"][...] + layer1["bias"][...]
+
+
+def test_noise_free_programming_keeps_the_clean_accuracy(trained, data):
+    apply_fn, params = to_apply_fn(trained[0])
+    clean = float(evaluate(apply_fn, params, data.x_test, data.y_test))
+    acc = programmed_accuracy(apply_fn, params, data.x_test, data.y_test, keys=[0, 1],
+                              g_max=[10.0, 40.0], t_inference=[1.0, 3.15e7], noise=None)
+    assert acc.shape == (2, 2, 2)
+    # The round trip is exact to float rounding: at most one borderline example may flip.
+    assert np.all(np.abs(np.asarray(acc) - clean) <= 1.0 / data.x_test.shape[0])
+
+
+def test_grid_matches_programming_each_point_directly(trained, data):
+    apply_fn, params = to_apply_fn(trained[0])
+    g_max, times, seeds = [10.0, 40.0], [1.0, 86400.0], [0, 1, 2]  # as in the doctest
+    acc = np.asarray(programmed_accuracy(apply_fn, params, data.x_test, data.y_test, keys=seeds,
+                                         g_max=g_max, t_inference=times))
+    assert acc.shape == (2, 2, 3)
+    n = data.x_test.shape[0]
+    for i, j, k in [(0, 0, 0), (0, 1, 2), (1, 0, 1), (1, 1, 2)]:
+        chip = program_params(params, jax.random.key(seeds[k]), g_max=g_max[i],
+                              t_inference=times[j])
+        direct = float(evaluate(apply_fn, chip, data.x_test, data.y_test))
+        assert abs(acc[i, j, k] - direct) <= 1.0 / n, (i, j, k)
+    # Chip noise at g_max = 10 costs accuracy, and different devices differ.
+    assert acc[0].mean() < float(evaluate(apply_fn, params, data.x_test, data.y_test))
+    assert len(np.unique(acc[0, 0])) > 1
+    # Integer seeds mean jax.random.key(seed); the same keys give the same result.
+    typed = programmed_accuracy(apply_fn, params, data.x_test, data.y_test,
+                                keys=jax.vmap(jax.random.key)(jnp.array(seeds)),
+                                g_max=g_max, t_inference=times)
+    np.testing.assert_array_equal(typed, acc)
+
+
+def test_evaluation_rejects_bad_arguments(trained, data):
+    apply_fn, params = to_apply_fn(trained[0])
+    x, y = data.x_test, data.y_test
+    with pytest.raises(ArgumentError):
+        programmed_accuracy(apply_fn, params, x, y, keys=[0], g_max=5.0)
+    with pytest.raises(ValueError, match="t_inference"):
+        programmed_accuracy(apply_fn, params, x, y, keys=[0], t_inference=-1.0)
+    with pytest.raises(ValueError, match="keys"):
+        programmed_accuracy(apply_fn, params, x, y, keys=[0.5])
+    with pytest.raises(ValueError, match="stacked"):
+        programmed_accuracy(apply_fn, params, x, y, keys=[0, 1], stacked=True)
+    with pytest.raises(ValueError, match="examples"):
+        evaluate(apply_fn, params, x, y[:-1])
+
+
+# --- the experiment ----------------------------------------------------------------------------
+
+
+def test_hardware_aware_training_keeps_more_accuracy_under_chip_noise(experiment):
+    r = experiment
+    n = len(r.seeds)
+    assert r.digital.shape == r.aware.shape == (2, 1, n)
+    assert n == 10 and r.settings["train_g_max"] == 10.0
+    assert r.clean_digital.mean() > 0.9 and r.clean_aware.mean() > 0.9
+    # At g_max = 10 uS the chip noise costs the digital model accuracy ...
+    assert r.digital[0, 0].mean() < r.clean_digital.mean() - 0.05
+    # ... and the hardware-aware model keeps clearly more of it: the paired gain
+    # exceeds 3 standard errors over seeds and 5 points.
+    gain = r.aware[0, 0] - r.digital[0, 0]
+    sem = gain.std(ddof=1) / math.sqrt(n)
+    assert gain.mean() > 3 * sem
+    assert gain.mean() > 0.05
+    # g_max = 40 uS is gentler for the digital model than g_max = 10 uS.
+    assert r.digital[1, 0].mean() > r.digital[0, 0].mean()
+
+
+def test_experiment_summary_and_table_match_the_arrays(experiment):
+    rows = experiment.summary()
+    assert [(row["g_max"], row["t_inference"]) for row in rows] == [(10.0, 86400.0),
+                                                                   (40.0, 86400.0)]
+    n = len(experiment.seeds)
+    for i, row in enumerate(rows):
+        d, a = experiment.digital[i, 0], experiment.aware[i, 0]
+        assert row["digital_mean"] == pytest.approx(np.mean(d))
+        assert row["aware_std"] == pytest.approx(np.std(a, ddof=1))
+        assert row["gap_sem"] == pytest.approx(np.std(a - d, ddof=1) / math.sqrt(n))
+    table = experiment.table()
+    assert table.startswith(f"MLP on digits, {n} seeds")
+    assert len(table.splitlines()) == 4 + len(rows)
+    assert f"{100 * rows[0]['aware_mean']:.1f}" in table.splitlines()[-2]
+
+
+def test_experiment_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="model"):
+        hardware_aware_experiment("resnet")
+    with pytest.raises(ValueError, match="gradient"):
+        hardware_aware_experiment(gradient="approximate")
+    with pytest.raises(ValueError, match="seeds"):
+        hardware_aware_experiment(seeds=())
+    with pytest.raises(ValueError, match="t_inference"):
+        hardware_aware_experiment(t_inference=(-1.0,))
+    with pytest.raises(ArgumentError):
+        hardware_aware_experiment(train_g_max=50.0)
