@@ -143,8 +143,9 @@ def _breakdown(repeats: int, warmup: int) -> dict[str, float]:
     conductances = [jnp.abs(k.T) / jnp.max(jnp.abs(k)) * 40.0 for k in kernels]
 
     def per_kernel(fn: Callable[[Any, Any], Any]) -> Callable[[Any], Any]:
-        return jax.jit(lambda key: [fn(g, jax.random.fold_in(key, i))
-                                    for i, g in enumerate(conductances)])
+        return jax.jit(
+            lambda key: [fn(g, jax.random.fold_in(key, i)) for i, g in enumerate(conductances)]
+        )
 
     bits = per_kernel(lambda g, k: jax.random.bits(k, g.shape))
     normals = per_kernel(lambda g, k: jax.random.normal(k, g.shape))
@@ -177,9 +178,7 @@ def _breakdown(repeats: int, warmup: int) -> dict[str, float]:
     )
 
 
-def measure(
-    prng: str, *, batch: int, repeats: int, warmup: int, breakdown: bool
-) -> dict[str, Any]:
+def measure(prng: str, *, batch: int, repeats: int, warmup: int, breakdown: bool) -> dict[str, Any]:
     """Time the digital and hardware-aware steps under one PRNG, in this process.
 
     Must run before anything in the process makes a PRNG key.
@@ -246,11 +245,15 @@ def _in_subprocess(prng: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_table(results: list[dict[str, Any]]) -> None:
-    print(f"train step (forward + backward + Adam), MLP {'-'.join(map(str, WIDTHS))}, "
-          f"batch {results[0]['batch']}, backend {results[0]['backend']}, "
-          f"median of {results[0]['repeats']} interleaved steps")
-    print(f"{'PRNG':<27}{'nnx.Linear':>11}{'FusionLinear':>13}{'ratio':>7}"
-          f"{'Fusion, STE':>13}{'ratio':>7}{'Fusion, noise=None':>20}{'ratio':>7}")
+    print(
+        f"train step (forward + backward + Adam), MLP {'-'.join(map(str, WIDTHS))}, "
+        f"batch {results[0]['batch']}, backend {results[0]['backend']}, "
+        f"median of {results[0]['repeats']} interleaved steps"
+    )
+    print(
+        f"{'PRNG':<27}{'nnx.Linear':>11}{'FusionLinear':>13}{'ratio':>7}"
+        f"{'Fusion, STE':>13}{'ratio':>7}{'Fusion, noise=None':>20}{'ratio':>7}"
+    )
     for r in results:
         print(
             f"{r['prng']:<27}{r['digital_ms']:>8.2f} ms{r['fusion_ms']:>10.2f} ms{r['ratio']:>7.2f}"
@@ -266,13 +269,18 @@ def _print_table(results: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prng", choices=(*PRNGS, "all"), default="all",
-                        help="PRNG to measure; 'all' runs each in its own process")
+    parser.add_argument(
+        "--prng",
+        choices=(*PRNGS, "all"),
+        default="all",
+        help="PRNG to measure; 'all' runs each in its own process",
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--breakdown", action="store_true",
-                        help="also time the pieces of the hardware-aware step")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time the pieces of the hardware-aware step"
+    )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     parser.add_argument("--quiet", action="store_true", help="print nothing (with --json)")
     args = parser.parse_args(argv)
@@ -280,8 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.prng == "all":
         results = [_in_subprocess(p, args) for p in PRNGS]
     else:
-        result = measure(args.prng, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
-                         breakdown=args.breakdown)
+        result = measure(
+            args.prng,
+            batch=args.batch,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            breakdown=args.breakdown,
+        )
         result.update(batch=args.batch, repeats=args.repeats)
         results = [result]
     if args.json:

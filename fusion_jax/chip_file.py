@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from jaxtyping import ArrayLike, Float
+
+from fusion_jax._atomic import atomic_open
 
 __all__ = [
     "CHIP_BIT_LINES",
@@ -342,59 +343,11 @@ def write_chip_file(path: str | os.PathLike[str], chip: ChipFile) -> None:
                 f"chip.{field} {tuple(getattr(chip, field))} disagrees with the layer matrices, "
                 f"which give {getattr(checked, field)}."
             )
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp_path, fh = _open_temporary(directory, os.path.basename(path))
-    try:
-        with fh:
-            fh.write(_format_header(checked))
-            for name in checked.names:
-                fh.write(_format_values(checked.layers[name]))
-                fh.write("\r\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_path)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def _open_temporary(directory: str, base: str) -> tuple[str, Any]:
-    """Create a new, uniquely named text file next to the destination.
-
-    Opened with mode 0o666 so the process umask applies, as for a plain
-    ``open(path, "w")``.
-    """
-    while True:
-        tmp_path = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        try:
-            return tmp_path, os.fdopen(fd, "w", encoding="utf-8", newline="")
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp_path)
-            raise
-
-
-def _fsync_directory(directory: str) -> None:
-    """Persist the rename (best effort: not every platform can open a directory)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_open(path) as fh:
+        fh.write(_format_header(checked))
+        for name in checked.names:
+            fh.write(_format_values(checked.layers[name]))
+            fh.write("\r\n")
 
 
 def _parse_ints(text: str, field: str, line_no: int, path: str) -> tuple[int, ...]:

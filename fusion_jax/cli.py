@@ -28,14 +28,15 @@ import json
 import math
 import os
 import re
-import secrets
 import sys
 import zipfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+
+from fusion_jax._atomic import atomic_open, temporary_file
 
 __all__ = ["build_parser", "main", "parse_time"]
 
@@ -200,24 +201,29 @@ def _load_weights(path: str) -> _Weights:
         layers = {}
         for name in names:
             if f"layer_{name}" not in arrays:
-                raise _UserError(f"{path}: layer_names lists {name!r} but there is no array "
-                                 f"'layer_{name}'.")
+                raise _UserError(
+                    f"{path}: layer_names lists {name!r} but there is no array 'layer_{name}'."
+                )
             layers[name] = arrays[f"layer_{name}"]
         unused = sorted(set(arrays) - set(_META) - {f"layer_{n}" for n in names})
         if unused:
-            raise _UserError(f"{path}: array(s) {unused} are neither metadata nor listed in "
-                             "layer_names.")
+            raise _UserError(
+                f"{path}: array(s) {unused} are neither metadata nor listed in layer_names."
+            )
         if "layer_ids" in arrays:
             raw_ids = np.atleast_1d(arrays["layer_ids"])
             if raw_ids.dtype.kind not in "iu" or raw_ids.shape != (len(names),):
-                raise _UserError(f"{path}: layer_ids must hold {len(names)} integers, one per "
-                                 f"layer, got {raw_ids.tolist()}.")
+                raise _UserError(
+                    f"{path}: layer_ids must hold {len(names)} integers, one per "
+                    f"layer, got {raw_ids.tolist()}."
+                )
             ids = tuple(int(i) for i in raw_ids)
         if "layer_classes" in arrays:
             raw = np.atleast_1d(arrays["layer_classes"])
             if raw.dtype.kind != "U" or raw.shape != (len(names),):
-                raise _UserError(f"{path}: layer_classes must hold {len(names)} strings, one "
-                                 f"per layer.")
+                raise _UserError(
+                    f"{path}: layer_classes must hold {len(names)} strings, one per layer."
+                )
             classes = tuple(str(c) for c in raw)
     else:
         stray = [key for key in _META if key in arrays]
@@ -259,34 +265,6 @@ def _check_output_file(path: str, what: str, inputs: Sequence[str] = ()) -> None
             raise _UserError(f"{what} {path}: is also an input file; choose another name.")
 
 
-def _temporary(folder: str, name: str) -> tuple[str, Any]:
-    """A new binary file ``folder/.name.<random>.tmp``, created with mode 0o666 so that
-    the umask applies as for a plain ``open(path, "wb")``."""
-    while True:
-        tmp = os.path.join(folder, f".{name}.{secrets.token_hex(6)}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
-        return tmp, os.fdopen(fd, "wb")
-
-
-@contextlib.contextmanager
-def _atomic_file(path: str) -> Iterator[Any]:
-    """A binary file handle whose content replaces ``path`` only if the block succeeds."""
-    tmp, fh = _temporary(os.path.dirname(os.path.abspath(path)), os.path.basename(path))
-    try:
-        with fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-
-
 def _write_files(folder: Path, files: Mapping[str, bytes]) -> None:
     """Write all ``files`` into ``folder``, or none of them.
 
@@ -299,7 +277,7 @@ def _write_files(folder: Path, files: Mapping[str, bytes]) -> None:
     staged: dict[str, str] = {}
     try:
         for name, content in files.items():
-            tmp, fh = _temporary(os.fspath(folder), name)
+            tmp, fh = temporary_file(os.fspath(folder), name, binary=True)
             staged[name] = tmp
             with fh:
                 fh.write(content)
@@ -436,8 +414,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise _UserError(f"--out {out}: exists and is not a folder.")
     g_max = _g_max_grid(args)
-    times = np.asarray(args.times if args.times is not None else
-                       [parse_time(t) for t in DEFAULT_TIMES], dtype=np.float64)
+    times = np.asarray(
+        args.times if args.times is not None else [parse_time(t) for t in DEFAULT_TIMES],
+        dtype=np.float64,
+    )
 
     import jax
     from flax import nnx
@@ -451,8 +431,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
     data = load_digits_split(0)
     data = data.as_images() if args.model == "cnn" else data.flat()
     if not 1 <= args.batch_size <= data.x_train.shape[0]:
-        raise _UserError(f"--batch-size {args.batch_size}: must lie in [1, "
-                         f"{data.x_train.shape[0]}] (the number of training images).")
+        raise _UserError(
+            f"--batch-size {args.batch_size}: must lie in [1, "
+            f"{data.x_train.shape[0]}] (the number of training images)."
+        )
     cls, kwargs = (
         (MLP, {"hidden": tuple(args.hidden)})
         if args.model == "mlp"
@@ -464,12 +446,16 @@ def _run_sweep(args: argparse.Namespace) -> int:
         "gradient": args.gradient,
         "noise": noise,
     }
-    print(f"{_describe_model(args)} on scikit-learn digits: {data.x_train.shape[0]} training, "
-          f"{data.x_test.shape[0]} test images; noise: {args.noise} ({_NOISE_HELP[args.noise]})")
-    print(f"training {args.epochs} epochs (batch {args.batch_size}, Adam lr "
-          f"{args.learning_rate:g}, seed {args.train_seed}); hardware-aware: programmed in every "
-          f"step at g_max {args.train_g_max:g} uS, t {_format_time(args.train_time)} (gradient "
-          f"{args.gradient})")
+    print(
+        f"{_describe_model(args)} on scikit-learn digits: {data.x_train.shape[0]} training, "
+        f"{data.x_test.shape[0]} test images; noise: {args.noise} ({_NOISE_HELP[args.noise]})"
+    )
+    print(
+        f"training {args.epochs} epochs (batch {args.batch_size}, Adam lr "
+        f"{args.learning_rate:g}, seed {args.train_seed}); hardware-aware: programmed in every "
+        f"step at g_max {args.train_g_max:g} uS, t {_format_time(args.train_time)} (gradient "
+        f"{args.gradient})"
+    )
     sys.stdout.flush()
 
     seed = args.train_seed
@@ -485,8 +471,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     apply_fn, _ = to_apply_fn(models["digital"])
     params = {label: to_apply_fn(model)[1] for label, model in models.items()}
     clean = {
-        label: float(evaluate(apply_fn, p, data.x_test, data.y_test))
-        for label, p in params.items()
+        label: float(evaluate(apply_fn, p, data.x_test, data.y_test)) for label, p in params.items()
     }
     per_g_max = args.seeds * times.size  # one chunk per g_max: the bar advances per g_max
     results = [
@@ -565,8 +550,10 @@ def _run_export(args: argparse.Namespace) -> int:
     )
     shapes = ", ".join(f"{n} {w.shape[0]}x{w.shape[1]}" for n, w in weights.layers.items())
     devices = sum(w.size for w in weights.layers.values())
-    print(f"wrote {args.out}: {len(exported)} layers ({shapes}), {devices} devices, "
-          f"g_max {exported.g_max:g} uS")
+    print(
+        f"wrote {args.out}: {len(exported)} layers ({shapes}), {devices} devices, "
+        f"g_max {exported.g_max:g} uS"
+    )
     return 0
 
 
@@ -612,7 +599,7 @@ def _run_import(args: argparse.Namespace) -> int:
         shape = f"{w.shape[0]}x{w.shape[1]}"
         lines.append(f"{name:<8} {shape:>10} {rel:>11.4g} {np.abs(diff).max():>12.4g}")
     lines.append(f"{'all':<8} {'':>10} {math.sqrt(total_err / max(total_ref, 1e-300)):>11.4g}")
-    with _atomic_file(args.out) as fh:
+    with atomic_open(args.out, binary=True) as fh:
         np.savez(fh, **_weights_payload(weights, result))
     mode = "strict aihwkit" if args.strict_aihwkit else "default"
     print(f"weights reconstructed from {args.readback} against {args.weights} ({mode} mode);")
@@ -634,8 +621,10 @@ def _matching_conductances(targets_path: str, readback_path: str) -> tuple[np.nd
     for name in targets.names:
         a, b = targets.layers[name].shape, readback.layers[name].shape
         if a != b:
-            raise _UserError(f"layer {name!r} is {a[0]}x{a[1]} in {targets_path} but "
-                             f"{b[0]}x{b[1]} in {readback_path}.")
+            raise _UserError(
+                f"layer {name!r} is {a[0]}x{a[1]} in {targets_path} but "
+                f"{b[0]}x{b[1]} in {readback_path}."
+            )
     t = np.concatenate([targets.layers[n].ravel() for n in targets.names])
     r = np.concatenate([readback.layers[n].ravel() for n in targets.names])
     return t, r
@@ -665,8 +654,10 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     def numbers(values: Sequence[float], fmt: str = "9.4f") -> str:
         return " ".join(format(float(v), fmt) for v in values)
 
-    print(f"FusionChipNoise fitted to {targets.size} devices ({args.targets} -> "
-          f"{args.readback}), t_calibration {_format_time(args.t_calibration)}:")
+    print(
+        f"FusionChipNoise fitted to {targets.size} devices ({args.targets} -> "
+        f"{args.readback}), t_calibration {_format_time(args.t_calibration)}:"
+    )
     print(f"  log_median_coefs   {numbers(model.log_median_coefs)}")
     print(f"  log_spread_coefs   {numbers(model.log_spread_coefs)}")
     print(f"  shift              {float(model.shift):9.4f} uS")
@@ -685,7 +676,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             "parameters": dataclasses.asdict(model),
             "validation": [dataclasses.asdict(row) for row in table.rows],
         }
-        with _atomic_file(args.json) as fh:
+        with atomic_open(args.json, binary=True) as fh:
             fh.write(_json_bytes(payload))
         print(f"wrote {args.json}")
     return 0
@@ -731,47 +722,117 @@ def build_parser() -> argparse.ArgumentParser:
             "sweep.png and table.txt to the output folder. Times take a unit: s, min, h, d, y."
         ),
     )
-    p.add_argument("--model", choices=("mlp", "cnn"), default="mlp",
-                   help="the classifier (default: %(default)s)")
-    p.add_argument("--hidden", type=_positive_int, nargs="+", default=[32], metavar="N",
-                   help="MLP hidden layer widths (default: 32)")
-    p.add_argument("--channels", type=_positive_int, nargs=2, default=[8, 16],
-                   metavar=("C1", "C2"),
-                   help="CNN channels of the two convolutions (default: 8 16)")
+    p.add_argument(
+        "--model",
+        choices=("mlp", "cnn"),
+        default="mlp",
+        help="the classifier (default: %(default)s)",
+    )
+    p.add_argument(
+        "--hidden",
+        type=_positive_int,
+        nargs="+",
+        default=[32],
+        metavar="N",
+        help="MLP hidden layer widths (default: 32)",
+    )
+    p.add_argument(
+        "--channels",
+        type=_positive_int,
+        nargs=2,
+        default=[8, 16],
+        metavar=("C1", "C2"),
+        help="CNN channels of the two convolutions (default: 8 16)",
+    )
     grid = p.add_mutually_exclusive_group()
-    grid.add_argument("--g-max", type=_g_max_arg, nargs="+", metavar="G",
-                      help="g_max values in uS, each in [10, 40]")
-    grid.add_argument("--g-max-range", nargs=3, metavar=("LO", "HI", "N"),
-                      help=f"N g_max values evenly from LO to HI (default: "
-                           f"{' '.join(f'{v:g}' for v in DEFAULT_G_MAX_RANGE)})")
-    p.add_argument("--seeds", type=_positive_int, default=DEFAULT_SEEDS, metavar="N",
-                   help="chip programmings per point, seeds 0..N-1 (default: %(default)s)")
-    p.add_argument("--times", type=_time_arg, nargs="+", metavar="T",
-                   help=f"inference times after programming (default: {' '.join(DEFAULT_TIMES)})")
-    p.add_argument("--noise", choices=tuple(_NOISE_HELP), default="chip",
-                   help="noise model, for training and programming: "
-                   + "; ".join(f"{k}: {v}" for k, v in _NOISE_HELP.items())
-                   + " (default: %(default)s)")
-    p.add_argument("--epochs", type=_positive_int, default=40, metavar="N",
-                   help="training epochs (default: %(default)s)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
-                   help="training batch size (default: %(default)s)")
-    p.add_argument("--learning-rate", type=_positive_float, default=1e-2, metavar="LR",
-                   help="Adam step size (default: %(default)s)")
-    p.add_argument("--train-seed", type=_non_negative_int, default=0, metavar="S",
-                   help="seed of the initial weights, batch order and training noise "
-                        "(default: %(default)s)")
-    p.add_argument("--train-g-max", type=_g_max_arg, default=10.0, metavar="G",
-                   help="g_max (uS) of the hardware-aware training (default: 10)")
-    p.add_argument("--train-time", type=_time_arg, default=86400.0, metavar="T",
-                   help="inference time of the hardware-aware training (default: 1d)")
-    p.add_argument("--gradient", choices=("exact", "ste"), default="exact",
-                   help="gradient through the programming in hardware-aware training "
-                        "(default: %(default)s)")
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                   help="output folder (default: %(default)s)")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bars")
+    grid.add_argument(
+        "--g-max",
+        type=_g_max_arg,
+        nargs="+",
+        metavar="G",
+        help="g_max values in uS, each in [10, 40]",
+    )
+    grid.add_argument(
+        "--g-max-range",
+        nargs=3,
+        metavar=("LO", "HI", "N"),
+        help=f"N g_max values evenly from LO to HI (default: "
+        f"{' '.join(f'{v:g}' for v in DEFAULT_G_MAX_RANGE)})",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=DEFAULT_SEEDS,
+        metavar="N",
+        help="chip programmings per point, seeds 0..N-1 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--times",
+        type=_time_arg,
+        nargs="+",
+        metavar="T",
+        help=f"inference times after programming (default: {' '.join(DEFAULT_TIMES)})",
+    )
+    p.add_argument(
+        "--noise",
+        choices=tuple(_NOISE_HELP),
+        default="chip",
+        help="noise model, for training and programming: "
+        + "; ".join(f"{k}: {v}" for k, v in _NOISE_HELP.items())
+        + " (default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=40,
+        metavar="N",
+        help="training epochs (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="training batch size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        default=1e-2,
+        metavar="LR",
+        help="Adam step size (default: %(default)s)",
+    )
+    p.add_argument(
+        "--train-seed",
+        type=_non_negative_int,
+        default=0,
+        metavar="S",
+        help="seed of the initial weights, batch order and training noise (default: %(default)s)",
+    )
+    p.add_argument(
+        "--train-g-max",
+        type=_g_max_arg,
+        default=10.0,
+        metavar="G",
+        help="g_max (uS) of the hardware-aware training (default: 10)",
+    )
+    p.add_argument(
+        "--train-time",
+        type=_time_arg,
+        default=86400.0,
+        metavar="T",
+        help="inference time of the hardware-aware training (default: 1d)",
+    )
+    p.add_argument(
+        "--gradient",
+        choices=("exact", "ste"),
+        default="exact",
+        help="gradient through the programming in hardware-aware training (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out", default=DEFAULT_OUT, metavar="DIR", help="output folder (default: %(default)s)"
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     p.set_defaults(run=_run_sweep)
 
     p = sub.add_parser(
@@ -786,8 +847,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("weights", metavar="WEIGHTS.npz", help="layer weights, [out, in] each")
     p.add_argument("out", metavar="OUT.csv", help="the chip file to write")
-    p.add_argument("--g-max", type=_g_max_arg, default=40.0, metavar="G",
-                   help="largest conductance in uS (default: 40)")
+    p.add_argument(
+        "--g-max",
+        type=_g_max_arg,
+        default=40.0,
+        metavar="G",
+        help="largest conductance in uS (default: 40)",
+    )
     p.set_defaults(run=_run_export)
 
     p = sub.add_parser(
@@ -803,8 +869,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("readback", metavar="READBACK.csv", help="conductances read back from the chip")
     p.add_argument("weights", metavar="WEIGHTS.npz", help="the weights that were exported")
     p.add_argument("out", metavar="OUT.npz", help="the reconstructed weights to write")
-    p.add_argument("--strict-aihwkit", action="store_true",
-                   help="zero constant rows as aihwkit does (default: keep them)")
+    p.add_argument(
+        "--strict-aihwkit",
+        action="store_true",
+        help="zero constant rows as aihwkit does (default: keep them)",
+    )
     p.set_defaults(run=_run_import)
 
     p = sub.add_parser(
@@ -819,16 +888,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("targets", metavar="TARGETS.csv", help="target conductances (export output)")
     p.add_argument("readback", metavar="READBACK.csv", help="the chip's read-back of them")
     p.add_argument("--json", metavar="OUT", help="also write the model and table as JSON")
-    p.add_argument("--t-calibration", type=_time_arg, default=3600.0, metavar="T",
-                   help="time after programming that the read-back describes (default: 1h)")
-    p.add_argument("--fit-bins", type=_positive_int, default=64, metavar="N",
-                   help="equal-count target bins of the fit, at least 8 (default: %(default)s)")
-    p.add_argument("--table-bins", type=_positive_int, default=10, metavar="N",
-                   help="target bins of the validation table (default: %(default)s)")
-    p.add_argument("--g-max", type=_g_max_arg, default=40.0, metavar="G",
-                   help="g_max (uS) the targets were converted with (default: 40)")
-    p.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
-                   help="seed of the model's samples in the table (default: %(default)s)")
+    p.add_argument(
+        "--t-calibration",
+        type=_time_arg,
+        default=3600.0,
+        metavar="T",
+        help="time after programming that the read-back describes (default: 1h)",
+    )
+    p.add_argument(
+        "--fit-bins",
+        type=_positive_int,
+        default=64,
+        metavar="N",
+        help="equal-count target bins of the fit, at least 8 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--table-bins",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="target bins of the validation table (default: %(default)s)",
+    )
+    p.add_argument(
+        "--g-max",
+        type=_g_max_arg,
+        default=40.0,
+        metavar="G",
+        help="g_max (uS) the targets were converted with (default: 40)",
+    )
+    p.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=0,
+        metavar="S",
+        help="seed of the model's samples in the table (default: %(default)s)",
+    )
     p.set_defaults(run=_run_calibrate)
     return parser
 

@@ -207,9 +207,11 @@ def convert_back_to_weights(
         conductances: Conductances in uS, same shape as the original weights.
         params: The :class:`FusionParams` from :func:`convert_to_conductances`,
             or the reference's dict ``{"original_weights": W}``.
-        strict_aihwkit: On rows where ``X`` has zero variance (constant rows,
-            single-input layers) reproduce the reference, which returns 0 for
-            the whole row. By default those rows use the least-squares slope
+        strict_aihwkit: On degenerate rows, reproduce the reference, which
+            returns 0 for the whole row: rows where ``X`` has zero variance
+            (constant rows, single-input layers) and rows whose original
+            weights are all equal (their slope is 0 once the intercept is
+            fitted). By default those rows use the least-squares slope
             through the origin, which loses no weights.
 
     Returns:

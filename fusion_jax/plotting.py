@@ -13,12 +13,12 @@ on machines without a display and leaves pyplot's global state alone.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from fusion_jax._atomic import atomic_open
 from fusion_jax.sweep import SweepResult, _format_time
 
 __all__ = ["plot_sweep"]
@@ -44,19 +44,10 @@ def _check_results(results: Any) -> list[SweepResult]:
 
 
 def _save_atomically(figure: Any, path: str | os.PathLike[str], dpi: int) -> None:
-    """Save ``figure`` next to ``path`` under a temporary name, then rename it."""
-    path = os.fspath(path)
-    suffix = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="." + suffix, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            figure.savefig(fh, format=suffix, dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Save ``figure`` to ``path`` atomically (no partial file on failure)."""
+    suffix = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    with atomic_open(path, binary=True) as fh:
+        figure.savefig(fh, format=suffix, dpi=dpi)
 
 
 def _draw(ax: Any, result: SweepResult, style: str, colours: Mapping[float, Any]) -> None:
@@ -145,8 +136,9 @@ def plot_sweep(
     else:
         axes = list(ax)
         if len(axes) != len(items) or not all(isinstance(a, Axes) for a in axes):
-            raise ValueError(f"ax must be an Axes or {len(items)} Axes (one per result), "
-                             f"got {len(axes)} items.")
+            raise ValueError(
+                f"ax must be an Axes or {len(items)} Axes (one per result), got {len(axes)} items."
+            )
     overlay = len(set(map(id, axes))) < len(axes)
     figure = axes[0].figure
     times = np.unique(np.concatenate([r.t_inference for r in items]))

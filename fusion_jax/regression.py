@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 from jaxtyping import Array, ArrayLike, Float
 
 from fusion_jax import _validation
 
 __all__ = ["regression_slope"]
+
+
+#: Rows are cut into this many contiguous blocks, reduced across blocks
+#: position by position: the partial results are independent, so the single
+#: pass over the data vectorises instead of waiting on one accumulator per
+#: row, and each accumulator adds only ``n / 16`` values (sums of long rows
+#: stay accurate).
+_ROW_BLOCKS = 16
+#: How many elements of a row, evenly spaced, give its shift (see :func:`_row_shift`).
+_SHIFT_SAMPLE = 32
 
 
 def _safe_scale(scale: jax.Array) -> jax.Array:
@@ -22,6 +35,94 @@ def _safe_scale(scale: jax.Array) -> jax.Array:
     ok = (scale > 0) & jnp.isfinite(scale)
     _, exponent = jnp.frexp(jnp.where(ok, scale, jnp.ones_like(scale)))
     return jnp.where(ok, jnp.ldexp(jnp.ones_like(scale), exponent), jnp.ones_like(scale))
+
+
+Terms = tuple[jax.Array, ...]
+
+
+def _add(a: Terms, b: Terms) -> Terms:
+    return tuple(p + q for p, q in zip(a, b, strict=True))
+
+
+def _maximum(a: Terms, b: Terms) -> Terms:
+    return tuple(jnp.maximum(p, q) for p, q in zip(a, b, strict=True))
+
+
+def _reduce_rows(
+    terms: Terms, combine: Callable[[Terms, Terms], Terms], init: float, finish: Callable
+) -> Terms:
+    """Reduce several ``[rows, n]`` arrays over ``n`` in one pass over the data.
+
+    One variadic ``lax.reduce``: XLA computes the terms elementwise from the
+    inputs inside the reduction instead of writing each to memory. The first
+    ``n - n % 16`` elements of a row are cut into 16 contiguous blocks and
+    reduced across blocks (independent, vectorisable partial results), then
+    ``finish`` reduces what is left of the blocks; the last ``n % 16``
+    elements, if any, are reduced on their own and ``combine``-d in.
+    """
+    n = terms[0].shape[-1]
+    inits = tuple(jnp.asarray(init, t.dtype) for t in terms)
+    if n < 2 * _ROW_BLOCKS:
+        return tuple(lax.reduce(terms, inits, combine, (1,)))
+    main = n - n % _ROW_BLOCKS
+    split = tuple(t[:, :main].reshape(t.shape[0], _ROW_BLOCKS, main // _ROW_BLOCKS) for t in terms)
+    partial = lax.reduce(split, inits, combine, (1,))
+    result = tuple(finish(p, axis=-1) for p in partial)
+    if main < n:
+        rest = lax.reduce(tuple(t[:, main:] for t in terms), inits, combine, (1,))
+        result = combine(result, tuple(rest))
+    return result
+
+
+def _max_abs_rows(*arrays: jax.Array) -> Terms:
+    """``max |a|`` over the last axis of each ``[rows, n]`` array, in one pass (no gradient)."""
+    terms = tuple(jnp.abs(lax.stop_gradient(a)) for a in arrays)
+    return _reduce_rows(terms, _maximum, 0.0, jnp.max)
+
+
+def _row_shift(v: jax.Array) -> jax.Array:
+    """A value near each row's mean, ``[rows, 1]``, from a sample of the row.
+
+    The mean of ``_SHIFT_SAMPLE`` elements evenly spaced along the row (all of
+    a shorter row), or exactly the row's first element when the sampled
+    values are all equal, so that a constant row shifts to exact zeros.
+    Sums of shifted values lose no precision to a large common offset (the
+    shift lies within a few standard deviations of the mean), and the moments
+    need only one pass.
+    """
+    stride = max(1, v.shape[-1] // _SHIFT_SAMPLE)
+    sample = v[:, ::stride][:, :_SHIFT_SAMPLE]
+    first = sample[:, :1]
+    constant = jnp.all(sample == first, axis=-1, keepdims=True)
+    return jnp.where(constant, first, jnp.mean(sample, axis=-1, keepdims=True))
+
+
+@jax.custom_jvp
+def _shifted_moments(x: jax.Array, y: jax.Array, kx: jax.Array, ky: jax.Array) -> Terms:
+    """Per-row ``(sum dx, sum dy, sum dx^2, sum dx dy, sum dy^2)``, ``dx = x - kx``, ``dy = y - ky``.
+
+    One pass over ``x`` and ``y`` (``[rows, n]``; shifts ``[rows, 1]``). The
+    derivative rule uses plain sums, which reverse mode can transpose.
+    """
+    dx = x - kx
+    dy = y - ky
+    return _reduce_rows((dx, dy, dx * dx, dx * dy, dy * dy), _add, 0.0, jnp.sum)
+
+
+@_shifted_moments.defjvp
+def _shifted_moments_jvp(primals: Terms, tangents: Terms) -> tuple[Terms, Terms]:
+    x, y, kx, ky = primals
+    tx, ty, tkx, tky = tangents
+    dx, dy = x - kx, y - ky
+    tdx, tdy = tx - tkx, ty - tky
+    tangent = (
+        jnp.sum(tdx, axis=-1),
+        jnp.sum(tdy, axis=-1),
+        2 * jnp.sum(dx * tdx, axis=-1),
+        jnp.sum(tdx * dy + dx * tdy, axis=-1),
+        2 * jnp.sum(dy * tdy, axis=-1),
+    )
+    return _shifted_moments(x, y, kx, ky), tangent
 
 
 def _slope(
@@ -41,41 +142,65 @@ def _slope(
     ``zero_default`` is the slope returned, in the through-origin fallback,
     for rows whose ``x`` is all zero (default 0); its value never changes
     ``slope * x`` there, only the derivative.
+
+    Passes over the data: one for the scales (none when both are given), one
+    for the moments. Rows are shifted by a value near their mean
+    (:func:`_row_shift`) and the centred sums recovered as
+    ``sum(dx dy) - sum(dx) sum(dy) / n``: no cancellation for rows with a large
+    common offset, without a separate pass for the means.
     """
-    if x_scale is None:
-        x_scale = jnp.max(jnp.abs(x), axis=-1)
-    if y_scale is None:
-        y_scale = jnp.max(jnp.abs(y), axis=-1)
+    batch, n = x.shape[:-1], x.shape[-1]
+
+    def rows(v: jax.Array) -> jax.Array:  # per-row values, flattened like the rows
+        return jnp.broadcast_to(v, batch).reshape(-1)
+
+    # One matrix of rows: every reduction below is over the last axis.
+    x = x.reshape(-1, n)
+    y = y.reshape(-1, n)
+    if x_scale is None and y_scale is None:
+        x_scale, y_scale = _max_abs_rows(x, y)
+    elif x_scale is None:
+        (x_scale,), y_scale = _max_abs_rows(x), rows(y_scale)
+    elif y_scale is None:
+        x_scale, (y_scale,) = rows(x_scale), _max_abs_rows(y)
+    else:
+        x_scale, y_scale = rows(x_scale), rows(y_scale)
     sx = _safe_scale(x_scale)
     sy = _safe_scale(y_scale)
-    xn = x / sx[..., None]
-    yn = y / sy[..., None]
+    xn = x / sx[:, None]
+    yn = y / sy[:, None]
 
-    # Centred (two-pass) sums: no cancellation for rows with a large mean.
-    xc = xn - jnp.mean(xn, axis=-1, keepdims=True)
-    yc = yn - jnp.mean(yn, axis=-1, keepdims=True)
-    sxy = jnp.sum(xc * yc, axis=-1)
-    sxx = jnp.sum(xc * xc, axis=-1)
-    # Zero variance, tested exactly: the mean of equal values can be off by
-    # an ulp, so ``sxx`` of a constant row is not always exactly 0.
-    degenerate = jnp.max(x, axis=-1) == jnp.min(x, axis=-1)
+    # Shifts carry no gradient: every quantity below is exactly invariant to them.
+    kx = lax.stop_gradient(_row_shift(xn))
+    ky = lax.stop_gradient(_row_shift(yn))
+    s_dx, s_dy, s_dxx, s_dxy, s_dyy = _shifted_moments(xn, yn, kx, ky)
+    sxx = s_dxx - s_dx * s_dx / n
+    sxy = s_dxy - s_dx * s_dy / n
+    # Zero variance, tested exactly: a constant row is shifted by its own
+    # value, so all its dx are exactly 0 (and on data normalised to
+    # magnitudes near 1, dx^2 of two distinct values does not underflow).
+    degenerate = s_dxx == 0
     slope = sxy / jnp.where(degenerate, jnp.ones_like(sxx), sxx)
 
     if strict_aihwkit:
         # scikit-learn's minimum-norm solution: the whole row becomes 0.
         slope = jnp.where(degenerate, jnp.zeros_like(slope), slope)
     else:
-        oxy = jnp.sum(xn * yn, axis=-1)
-        oxx = jnp.sum(xn * xn, axis=-1)
+        kx, ky = kx[:, 0], ky[:, 0]
+        oxy = s_dxy + kx * s_dy + ky * s_dx + n * kx * ky  # sum(x y), exactly rewritten
+        oxx = s_dxx + 2 * kx * s_dx + n * kx * kx  # sum(x x)
         empty = oxx == 0
         origin = oxy / jnp.where(empty, jnp.ones_like(oxx), oxx)
         if zero_default is None:
             default = jnp.zeros_like(origin)
         else:
-            default = jnp.broadcast_to(zero_default * sx / sy, origin.shape).astype(origin.dtype)
+            default = (rows(zero_default) * sx / sy).astype(origin.dtype)
         origin = jnp.where(empty, default, origin)
-        slope = jnp.where(degenerate, origin, slope)
-    return slope * (sy / sx)
+        # Constant original weights are degenerate too: with an intercept, the
+        # fit gives them slope 0 whatever the conductances (the reference
+        # zeroes such rows after noisy programming).
+        slope = jnp.where(degenerate | (s_dyy == 0), origin, slope)
+    return (slope * (sy / sx)).reshape(batch)
 
 
 def regression_slope(
@@ -89,21 +214,26 @@ def regression_slope(
     For each row (last axis), fits ``y = a * x + b`` by ordinary least squares
     with the intercept ``b`` fitted, and returns ``a``: the closed form of
     scikit-learn's ``LinearRegression().fit(x_row[:, None], y_row).coef_``,
-    ``a = sum((x - mean x)(y - mean y)) / sum((x - mean x)^2)``. Rows are first
-    normalised by their largest magnitude and the sums are centred, so rows
-    with a large common offset, tiny (1e-30) or huge (1e30) values lose no
-    precision to cancellation, underflow or overflow.
+    ``a = sum((x - mean x)(y - mean y)) / sum((x - mean x)^2)``. Rows are
+    normalised by a power of two near their largest magnitude and shifted by
+    a value near their mean before the sums, so rows with a large common
+    offset, tiny (1e-30) or huge (1e30) values lose no precision to
+    cancellation, underflow or overflow; one jitted computation reads the
+    data twice (magnitudes, then all sums at once).
 
-    A row whose ``x`` has zero variance (constant, or a single element) has no
-    unique slope. scikit-learn returns 0 there (``strict_aihwkit=True``); by
-    default this function returns the least-squares slope through the origin,
-    ``sum(x * y) / sum(x * x)`` (0 when ``x`` is all zero), which is exact for
-    noise-free conductances.
+    Degenerate rows: where ``x`` has zero variance (constant, or a single
+    element) there is no unique slope and scikit-learn returns 0; where ``y``
+    is constant the fitted intercept absorbs it and the slope is 0 too. In
+    the Fusion import both zero the row's weights. ``strict_aihwkit=True``
+    returns those zeros; by default these rows get the least-squares slope
+    through the origin, ``sum(x * y) / sum(x * x)`` (0 when ``x`` is all
+    zero), which is exact for noise-free conductances. Every other row gets
+    scikit-learn's slope in both modes.
 
     Args:
         x: Regressors, shape ``[..., out, in]``.
         y: Targets, same shape as ``x``.
-        strict_aihwkit: Reproduce the reference's zero slope on zero-variance
+        strict_aihwkit: Reproduce the reference's zero slope on degenerate
             rows instead of the through-origin fallback.
 
     Returns:
@@ -129,4 +259,7 @@ def regression_slope(
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}.")
     dtype = _validation.compute_dtype(jnp.result_type(x.dtype, y.dtype))
-    return _slope(x.astype(dtype), y.astype(dtype), strict_aihwkit=strict_aihwkit)
+    return _slope_jit(x.astype(dtype), y.astype(dtype), strict_aihwkit=bool(strict_aihwkit))
+
+
+_slope_jit = jax.jit(_slope, static_argnames=("strict_aihwkit",))

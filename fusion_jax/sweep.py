@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,6 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from fusion_jax import _validation
+from fusion_jax._atomic import atomic_open
 from fusion_jax.errors import ArgumentError
 from fusion_jax.program_params import program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
@@ -151,19 +151,8 @@ def _format_time(t: float) -> str:
 
 
 def _atomic_write(path: str | os.PathLike[str], text: str) -> None:
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path) as fh:
+        fh.write(text)
 
 
 # --- validation ----------------------------------------------------------------------------

@@ -739,11 +739,12 @@ def hardware_aware_experiment(
 
     Example:
         >>> from fusion_jax.training import hardware_aware_experiment
-        >>> result = hardware_aware_experiment(g_max=(10.0, 40.0), t_inference=(86400.0,))
+        >>> result = hardware_aware_experiment(
+        ...     seeds=(0, 1), g_max=(10.0, 40.0), t_inference=(86400.0,), epochs=5)
         >>> result.aware.shape                    # g_max x t_inference x seeds
-        (2, 1, 10)
+        (2, 1, 2)
         >>> print(result.table())                 # doctest: +ELLIPSIS
-        MLP on digits, 10 seeds; hardware-aware training at g_max=10 uS, t=1 d, ...
+        MLP on digits, 2 seeds; hardware-aware training at g_max=10 uS, t=1 d, ...
     """
     classes = {"mlp": MLP, "cnn": CNN}
     if model not in classes:

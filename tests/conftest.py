@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from hypothesis import settings  # noqa: E402
 
-settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=15, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

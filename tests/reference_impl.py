@@ -55,6 +55,7 @@ def ref_slope(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def degenerate_rows(g: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Rows where x = g * sign(w) is constant (zero variance)."""
-    x = np.asarray(g, dtype=np.float64) * np.sign(np.asarray(w, dtype=np.float64))
-    return np.all(x == x[..., :1], axis=-1)
+    """Rows where x = g * sign(w) or w is constant (fusion_jax's fallback rows)."""
+    w = np.asarray(w, dtype=np.float64)
+    x = np.asarray(g, dtype=np.float64) * np.sign(w)
+    return np.all(x == x[..., :1], axis=-1) | np.all(w == w[..., :1], axis=-1)

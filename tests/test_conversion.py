@@ -118,16 +118,35 @@ def test_single_input_layer_survives_by_default_and_is_wiped_when_strict():
     np.testing.assert_array_equal(fj.convert_back_to_weights(g, params, strict_aihwkit=True), 0)
 
 
-def test_degenerate_fallback_with_programmed_conductances_is_through_origin_slope():
-    w = np.array([[0.3, 0.3, 0.3, 0.3]], dtype=np.float32)
-    g = np.array([[20.0, 22.0, 18.0, 21.0]], dtype=np.float32)  # not constant: ordinary OLS
+def test_constant_weights_with_programmed_conductances_are_not_zeroed():
+    # Noisy conductances of a constant row: x varies, y does not. With the
+    # intercept fitted the slope is 0 and the reference zeroes the row; the
+    # default uses the through-origin slope instead.
+    w = np.array([[0.3, 0.3, 0.3, 0.3], [1.0, -2.0, 0.5, 0.1]], dtype=np.float32)
+    g = np.array([[20.0, 22.0, 18.0, 21.0], [19.0, 41.0, 9.0, 3.0]], dtype=np.float32)
     _, params = fj.convert_to_conductances(w)
     ref = ref_convert_back_to_weights(g, w)
-    np.testing.assert_allclose(fj.convert_back_to_weights(g, params), ref, atol=1e-6)
+    np.testing.assert_allclose(ref[0], 0.0, atol=1e-12)  # what aihwkit does
+    strict = fj.convert_back_to_weights(g, params, strict_aihwkit=True)
+    np.testing.assert_allclose(strict, ref, atol=1e-6)
+    default = np.asarray(fj.convert_back_to_weights(g, params))
+    x = g[0].astype(np.float64)
+    np.testing.assert_allclose(default[0], (x * w[0]).sum() / (x * x).sum() * x, rtol=1e-5)
+    np.testing.assert_allclose(default[1], ref[1], atol=1e-6)  # other rows: the reference's
     g_const = np.full((1, 4), 21.0, dtype=np.float32)
-    x = g_const * np.sign(w)
-    expected = (x * w).sum() / (x * x).sum() * x
-    np.testing.assert_allclose(fj.convert_back_to_weights(g_const, params), expected, rtol=1e-6)
+    _, p1 = fj.convert_to_conductances(w[:1])
+    np.testing.assert_allclose(fj.convert_back_to_weights(g_const, p1), w[:1], rtol=1e-6)
+
+
+def test_program_with_noise_keeps_constant_and_single_input_rows():
+    w = np.array([[0.3, 0.3, 0.3], [0.5, -1.0, 0.25]], dtype=np.float32)
+    key = jax.random.key(0)
+    w_chip = np.asarray(fj.program(w, key, g_max=25.0))
+    assert np.all(np.abs(w_chip[0]) > 0.05)
+    strict = np.asarray(fj.program(w, key, g_max=25.0, strict_aihwkit=True))
+    np.testing.assert_array_equal(strict[0], 0.0)
+    one_input = np.array([[0.5], [-1.5]], dtype=np.float32)
+    assert np.all(np.abs(np.asarray(fj.program(one_input, key))) > 0.1)
 
 
 def test_batch_axes_equal_per_matrix_results():

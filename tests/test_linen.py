@@ -1,29 +1,15 @@
 """fusion_jax.linen: FusionDense / FusionConv against nn.Dense / nn.Conv and fj.program."""
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from noise_doubles import AbsoluteNoise
 
 import fusion_jax as fj
 import fusion_jax.linen as flinen
 from fusion_jax.program_params import program_kernel
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class AbsoluteNoise:
-    """Test noise: i.i.d. Gaussian of a fixed ``sigma`` in uS, clamped at 0."""
-
-    sigma: float = 1.0
-
-    def sample(self, conductances, key, *, g_max, t_inference):
-        xi = jax.random.normal(key, conductances.shape, conductances.dtype)
-        return jnp.maximum(conductances + self.sigma * xi, 0.0)
-
 
 NOISE = AbsoluteNoise(1.0)
 X = jax.random.normal(jax.random.key(7), (5, 3))
@@ -86,7 +72,8 @@ def test_noise_free_layers_equal_the_plain_layers():
     np.testing.assert_allclose(
         conv.apply(conv_vars, XC),
         nn.Conv(4, (3, 3), padding="CIRCULAR", use_bias=False).apply(conv_vars, XC),
-        rtol=1e-5, atol=1e-5,
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -118,8 +105,9 @@ def test_jit_in_a_model():
     variables = net.init(K0, XC, True)
     apply = jax.jit(net.apply, static_argnums=2)
     y1 = apply(variables, XC, True, rngs={"noise": K1})
-    np.testing.assert_allclose(y1, net.apply(variables, XC, True, rngs={"noise": K1}),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        y1, net.apply(variables, XC, True, rngs={"noise": K1}), rtol=1e-5, atol=1e-5
+    )
     assert not np.allclose(y1, apply(variables, XC, True, rngs={"noise": K2}))
     np.testing.assert_array_equal(apply(variables, XC, False), apply(variables, XC, False))
 

@@ -1,29 +1,15 @@
 """fusion_jax.nnx: FusionLinear / FusionConv against nnx.Linear / nnx.Conv and fj.program."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from noise_doubles import AbsoluteNoise
 
 import fusion_jax as fj
 import fusion_jax.nnx as fnnx
 from fusion_jax.program_params import program_kernel
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class AbsoluteNoise:
-    """Test noise: i.i.d. Gaussian of a fixed ``sigma`` in uS, clamped at 0."""
-
-    sigma: float = 1.0
-
-    def sample(self, conductances, key, *, g_max, t_inference):
-        xi = jax.random.normal(key, conductances.shape, conductances.dtype)
-        return jnp.maximum(conductances + self.sigma * xi, 0.0)
-
 
 NOISE = AbsoluteNoise(1.0)
 X = jax.random.normal(jax.random.key(7), (5, 3))
@@ -46,8 +32,9 @@ def next_noise_key(layer):
 
 
 def test_is_a_drop_in_linear_with_the_same_parameters():
-    layer = fnnx.FusionLinear(3, 4, use_bias=False, param_dtype=jnp.float32, noise=NOISE,
-                              rngs=nnx.Rngs(params=0, noise=1))
+    layer = fnnx.FusionLinear(
+        3, 4, use_bias=False, param_dtype=jnp.float32, noise=NOISE, rngs=nnx.Rngs(params=0, noise=1)
+    )
     plain = nnx.Linear(3, 4, use_bias=False, rngs=nnx.Rngs(params=0))
     assert isinstance(layer, nnx.Linear)
     assert layer.bias is None
@@ -83,8 +70,9 @@ def test_training_calls_draw_new_noise_and_eval_is_the_plain_layer():
 
 
 def test_eval_and_view_reach_nested_layers():
-    model = nnx.Sequential(linear(), nnx.relu, fnnx.FusionLinear(
-        4, 2, noise=NOISE, rngs=nnx.Rngs(params=2, noise=3)))
+    model = nnx.Sequential(
+        linear(), nnx.relu, fnnx.FusionLinear(4, 2, noise=NOISE, rngs=nnx.Rngs(params=2, noise=3))
+    )
     eval_view = nnx.view(model, deterministic=True)
     np.testing.assert_array_equal(eval_view(X), eval_view(X))
     assert not np.allclose(model(X), model(X))  # the original stays in training mode
@@ -94,13 +82,16 @@ def test_eval_and_view_reach_nested_layers():
 
 def test_noise_free_layers_equal_the_plain_layers():
     np.testing.assert_allclose(
-        linear(noise=None)(X), nnx.Linear(3, 4, rngs=nnx.Rngs(params=0))(X),
-        rtol=1e-5, atol=1e-6,
+        linear(noise=None)(X),
+        nnx.Linear(3, 4, rngs=nnx.Rngs(params=0))(X),
+        rtol=1e-5,
+        atol=1e-6,
     )
     np.testing.assert_allclose(
         conv(noise=None, padding="CIRCULAR")(XC),
         nnx.Conv(2, 4, (3, 3), padding="CIRCULAR", rngs=nnx.Rngs(params=0))(XC),
-        rtol=1e-5, atol=1e-5,
+        rtol=1e-5,
+        atol=1e-5,
     )
 
 
@@ -172,8 +163,9 @@ def test_conv_degenerate_output_channel_is_the_row_the_reference_zeroes():
     layer.kernel[...] = kernel.at[..., 2].set(0.3)  # output channel 2: one constant row
     programmed = layer.programmed_kernel()
     np.testing.assert_array_equal(programmed[..., 2], 0.0)
-    np.testing.assert_allclose(np.delete(programmed, 2, -1), np.delete(layer.kernel[...], 2, -1),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.delete(programmed, 2, -1), np.delete(layer.kernel[...], 2, -1), rtol=1e-5, atol=1e-6
+    )
     # Without the strict switch nothing is lost.
     layer.strict_aihwkit = False
     np.testing.assert_allclose(layer.programmed_kernel(), layer.kernel[...], rtol=1e-5, atol=1e-6)

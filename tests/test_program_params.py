@@ -1,29 +1,15 @@
 """program_kernel / program_params: whole parameter pytrees onto the simulated chip."""
 
-import dataclasses
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from noise_doubles import AbsoluteNoise
 
 import fusion_jax as fj
 from fusion_jax.program_params import is_kernel, leaf_key, program_kernel, program_params
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class AbsoluteNoise:
-    """Test noise: i.i.d. Gaussian of a fixed ``sigma`` in uS, clamped at 0."""
-
-    sigma: float = 1.0
-
-    def sample(self, conductances, key, *, g_max, t_inference):
-        xi = jax.random.normal(key, conductances.shape, conductances.dtype)
-        return jnp.maximum(conductances + self.sigma * xi, 0.0)
-
 
 NOISE = AbsoluteNoise(1.0)
 KEY = jax.random.key(42)
@@ -51,12 +37,14 @@ def plain_dict():
 def test_program_kernel_is_program_of_the_reference_rows():
     kernel = jax.random.normal(jax.random.key(1), (2, 2, 3, 4))
     rows = fj.layout.kernel_to_rows(kernel)
-    expected = fj.layout.rows_to_kernel(fj.program(rows, KEY, noise=NOISE, g_max=15.0),
-                                        kernel.shape)
+    expected = fj.layout.rows_to_kernel(
+        fj.program(rows, KEY, noise=NOISE, g_max=15.0), kernel.shape
+    )
     np.testing.assert_array_equal(program_kernel(kernel, KEY, noise=NOISE, g_max=15.0), expected)
     dense = jax.random.normal(jax.random.key(2), (5, 3))
-    np.testing.assert_array_equal(program_kernel(dense, KEY, noise=NOISE),
-                                  fj.program(dense.T, KEY, noise=NOISE).T)
+    np.testing.assert_array_equal(
+        program_kernel(dense, KEY, noise=NOISE), fj.program(dense.T, KEY, noise=NOISE).T
+    )
 
 
 def test_linen_params_kernels_programmed_everything_else_untouched(linen_vars):
@@ -68,8 +56,9 @@ def test_linen_params_kernels_programmed_everything_else_untouched(linen_vars):
         assert not np.allclose(q[layer]["kernel"], p[layer]["kernel"])
         np.testing.assert_array_equal(
             q[layer]["kernel"],
-            program_kernel(p[layer]["kernel"], leaf_key(KEY, ("params", layer, "kernel")),
-                           noise=NOISE),
+            program_kernel(
+                p[layer]["kernel"], leaf_key(KEY, ("params", layer, "kernel")), noise=NOISE
+            ),
         )
     jax.tree.map(np.testing.assert_array_equal, q["LayerNorm_0"], p["LayerNorm_0"])
     LinenNet().apply(out, jnp.ones((1, 4, 4, 2)))
@@ -77,13 +66,17 @@ def test_linen_params_kernels_programmed_everything_else_untouched(linen_vars):
 
 def test_noise_free_round_trip_keeps_the_weights(linen_vars):
     out = program_params(linen_vars, None, noise=None)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 out, linen_vars)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out, linen_vars
+    )
 
 
 def test_nnx_state_split_and_merge():
-    model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Dropout(0.1, rngs=nnx.Rngs(1)),
-                           nnx.Linear(4, 2, rngs=nnx.Rngs(2)))
+    model = nnx.Sequential(
+        nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+        nnx.Dropout(0.1, rngs=nnx.Rngs(1)),
+        nnx.Linear(4, 2, rngs=nnx.Rngs(2)),
+    )
     graphdef, state = nnx.split(model)
     out = program_params(state, KEY, noise=NOISE)
     assert isinstance(out, nnx.State)
@@ -92,12 +85,15 @@ def test_nnx_state_split_and_merge():
         np.testing.assert_array_equal(chip.layers[i].bias[...], model.layers[i].bias[...])
         assert not np.allclose(chip.layers[i].kernel[...], model.layers[i].kernel[...])
     # RNG state (a key array and a counter) is passed through.
-    np.testing.assert_array_equal(jax.random.key_data(chip.layers[1].rngs.key[...]),
-                                  jax.random.key_data(model.layers[1].rngs.key[...]))
+    np.testing.assert_array_equal(
+        jax.random.key_data(chip.layers[1].rngs.key[...]),
+        jax.random.key_data(model.layers[1].rngs.key[...]),
+    )
     # nnx.state(model, nnx.Param) works the same and gives the same kernels.
     params_only = program_params(nnx.state(model, nnx.Param), KEY, noise=NOISE)
-    np.testing.assert_array_equal(params_only["layers"][0]["kernel"][...],
-                                  chip.layers[0].kernel[...])
+    np.testing.assert_array_equal(
+        params_only["layers"][0]["kernel"][...], chip.layers[0].kernel[...]
+    )
 
 
 def test_plain_dict_and_distinct_keys_per_leaf():
@@ -148,7 +144,8 @@ def test_jit_and_vmap_over_key_and_g_max(linen_vars):
         single = program_params(linen_vars, keys[i], g_max=float(g_maxes[i]), noise=NOISE)
         jax.tree.map(
             lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6),
-            out, single,
+            out,
+            single,
         )
     # With this absolute-noise model a larger g_max means relatively less noise.
     kernel = linen_vars["params"]["Dense_0"]["kernel"]

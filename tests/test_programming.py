@@ -73,12 +73,13 @@ def test_exact_gradient_with_noise_matches_finite_differences(x64):
     w = jnp.asarray(np.sign(rng.standard_normal((3, 6))) * rng.uniform(0.5, 1.0, (3, 6)))
     w = w.at[:, 0].multiply(1.6)
     key = jax.random.key(1)
-    for model in (noise_models.PCMLikeNoise(), noise_models.FusionChipNoise.lenet5_readback()):
+    # (PCMLikeNoise's own derivatives are checked in test_noise.py.)
+    model = noise_models.FusionChipNoise.lenet5_readback()
 
-        def f(w, g_max, model=model):
-            return fj.program(w, key, g_max=g_max, noise=model, t_inference=3600.0)
+    def f(w, g_max):
+        return fj.program(w, key, g_max=g_max, noise=model, t_inference=3.15e7)
 
-        jax.test_util.check_grads(f, (w, 30.0), order=1, modes=("fwd", "rev"), eps=1e-6)
+    jax.test_util.check_grads(f, (w, 30.0), order=1, modes=("fwd", "rev"), eps=1e-6)
 
 
 def test_straight_through_forward_is_programmed_backward_is_identity():
