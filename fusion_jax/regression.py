@@ -99,9 +99,10 @@ def _row_shift(v: jax.Array) -> jax.Array:
 
 @jax.custom_jvp
 def _shifted_moments(x: jax.Array, y: jax.Array, kx: jax.Array, ky: jax.Array) -> Terms:
-    """Per-row ``(sum dx, sum dy, sum dx^2, sum dx dy, sum dy^2)``, ``dx = x - kx``, ``dy = y - ky``.
+    """Per-row ``(sum dx, sum dy, sum dx^2, sum dx dy, sum dy^2)``.
 
-    One pass over ``x`` and ``y`` (``[rows, n]``; shifts ``[rows, 1]``). The
+    Here ``dx = x - kx`` and ``dy = y - ky``, in one pass over ``x`` and ``y``
+    (``[rows, n]``; shifts ``[rows, 1]``). The
     derivative rule uses plain sums, which reverse mode can transpose.
     """
     dx = x - kx
