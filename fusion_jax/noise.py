@@ -128,9 +128,94 @@ def _check_fields(model: Any, names: tuple[str, ...], *, positive: tuple[str, ..
             )
 
 
-def _normal_draws(key: PRNGKeyArray, n: int, shape: tuple[int, ...], dtype: Any) -> list:
-    """``n`` independent standard-normal arrays of ``shape``, one per split key."""
-    return [jax.random.normal(k, shape, dtype) for k in jax.random.split(key, n)]
+# --------------------------------------------------------------------------
+# Random draws: two 32-bit words per device
+# --------------------------------------------------------------------------
+#
+# Generating random words is most of the cost of a sample (threefry on a CPU
+# takes longer than all the model's arithmetic), so each device draws two
+# 32-bit words in one ``jax.random.bits`` call, and the terms share their 64
+# bits: the normals that set most of the spread get 24 bits, the drift
+# normal 16 and the stuck-device uniform of FusionChipNoise 24. Disjoint bits
+# of the generator's output are independent, so the terms stay independent.
+
+_SQRT2 = math.sqrt(2.0)
+_LOW_8 = 0xFF
+_LOW_16 = 0xFFFF
+
+
+def _draw_words(key: PRNGKeyArray, n_words: int, shape: tuple[int, ...]) -> jax.Array:
+    """``n_words`` independent uniform 32-bit words per device, shape ``(n_words, *shape)``."""
+    return jax.random.bits(key, (n_words, *shape), jnp.uint32)
+
+
+def _normal_from_code(code: jax.Array, n_bits: int, dtype: Any) -> jax.Array:
+    """Standard normal from uniform ``n_bits``-bit integers ``code`` (``n_bits <= 24``).
+
+    The inverse normal CDF at the midpoint of the code's bin,
+    ``u = (code + 1/2) / 2**n_bits``, as ``sqrt(2) * erfinv(2u - 1)`` with
+    ``2u - 1 = (2 code + 1 - 2**n_bits) / 2**n_bits``: an odd integer below
+    2**24 times a power of two, exact in float32, strictly inside (-1, 1) and
+    symmetric about 0. The ``2**n_bits`` values are equally likely; the
+    largest is the normal quantile at ``1 - 2**-(n_bits + 1)``: 5.4 for 24
+    bits, 4.3 for 16 bits. Computed in at least float32.
+    """
+    compute = jnp.promote_types(dtype, jnp.float32)
+    odd = 2 * code.astype(jnp.int32) + (1 - 2**n_bits)
+    return (_SQRT2 * jax.lax.erf_inv(odd.astype(compute) * 2.0**-n_bits)).astype(dtype)
+
+
+def _is_zero(value: Any) -> bool:
+    """True for a concrete value that is 0 everywhere; False when traced."""
+    concrete = _validation.concrete_value(value)
+    return concrete is not None and bool(np.all(concrete == 0))
+
+
+def _pcm_draws(
+    key: PRNGKeyArray, shape: tuple[int, ...], dtype: Any, *, with_read: bool
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Programming, drift and read normals of :class:`PCMLikeNoise` from two words per device.
+
+    Bits 31-8 of word 0: programming normal (24 bits); bits 31-8 of word 1:
+    read normal (24 bits, not computed unless ``with_read``); bits 7-0 of
+    both words: drift normal (16 bits).
+    """
+    w0, w1 = _draw_words(key, 2, shape)
+    xi_prog = _normal_from_code(w0 >> 8, 24, dtype)
+    xi_drift = _normal_from_code(((w0 & _LOW_8) << 8) | (w1 & _LOW_8), 16, dtype)
+    xi_read = _normal_from_code(w1 >> 8, 24, dtype) if with_read else None
+    return xi_prog, xi_drift, xi_read
+
+
+def _chip_draws(
+    key: PRNGKeyArray,
+    shape: tuple[int, ...],
+    dtype: Any,
+    stuck_probability: Any,
+    *,
+    with_read: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array | None]:
+    """Latent normal, drift normal, stuck mask and read normal of :class:`FusionChipNoise`.
+
+    The key is split in two. From the first, two words per device: bits
+    31-8 of word 0 give the latent normal (24 bits), bits 31-16 of word 1
+    the drift normal (16 bits), bits 15-0 of word 1 above bits 7-0 of word
+    0 a 24-bit code ``k`` and a device is stuck where ``(k + 1/2) / 2**24 <
+    stuck_probability`` (probability within 3e-8 of ``stuck_probability``).
+    The read normal (24 bits) comes from a third word drawn with the second
+    key, only when ``with_read``: switching read noise on leaves the other
+    draws as they were.
+    """
+    k_main, k_read = jax.random.split(key)
+    w0, w1 = _draw_words(k_main, 2, shape)
+    xi = _normal_from_code(w0 >> 8, 24, dtype)
+    xi_drift = _normal_from_code(w1 >> 16, 16, dtype)
+    stuck_code = ((w1 & _LOW_16) << 8) | (w0 & _LOW_8)
+    stuck = stuck_code.astype(jnp.float32) + 0.5 < stuck_probability * 2.0**24
+    xi_read = None
+    if with_read:
+        xi_read = _normal_from_code(_draw_words(k_read, 1, shape)[0] >> 8, 24, dtype)
+    return xi, xi_drift, stuck, xi_read
 
 
 # --------------------------------------------------------------------------
@@ -160,6 +245,14 @@ class PCMLikeNoise:
     Every term scales with ``g_max``: the relative weight noise does not
     depend on it. All fields are pytree data fields (``jax.vmap`` over a
     batch of models works).
+
+    **Random draws.** Each device draws two 32-bit random words, which give
+    its three normals by the inverse normal CDF: 24 bits each for the
+    programming and read normals (tails to 5.4 sigma), 16 bits for the
+    drift normal (65,536 equally likely values, tails to 4.3 sigma: the
+    mean and std of the drift exponent change by less than 2e-5, relative).
+    A concrete ``read_noise_scale == 0`` skips the read-noise term (the
+    result is the same); a traced one is computed whatever its value.
 
     Attributes:
         prog_noise_scale: Multiplier of the programming noise.
@@ -208,8 +301,9 @@ class PCMLikeNoise:
 
         Args:
             conductances: Target conductances in uS (>= 0), any shape.
-            key: PRNG key; split into one key per noise term, each drawing
-                independent normals per device. Same key, same result.
+            key: PRNG key; two 32-bit words per device are drawn from it,
+                giving independent normals per device and per term (see
+                **Random draws** above). Same key, same result.
             g_max: Largest target conductance in uS, in [10, 40].
             t_inference: Seconds since programming (>= 0).
 
@@ -241,7 +335,8 @@ class PCMLikeNoise:
         dtype = g.dtype
         g_max = jnp.asarray(g_max, dtype)
         t = jnp.asarray(t_inference, dtype) + self.t0
-        xi_prog, xi_drift, xi_read = _normal_draws(key, 3, g.shape, dtype)
+        with_read = not _is_zero(self.read_noise_scale)
+        xi_prog, xi_drift, xi_read = _pcm_draws(key, g.shape, dtype, with_read=with_read)
 
         rel = g / g_max
         sigma_prog = (self.c0 + self.c1 * rel + self.c2 * rel**2) * (g_max / PCM_PROG_G_REF)
@@ -249,6 +344,8 @@ class PCMLikeNoise:
         nu = _drift_exponent(rel, xi_drift, self.drift_scale)
         # (t / t0)^(-nu) where t > t0; the log is 0 (no drift) otherwise.
         g_drift = g_prog * jnp.exp(-nu * jnp.log(jnp.maximum(t, self.t0) / self.t0))
+        if not with_read:  # a concrete 0: adding 0 * noise to g_drift >= 0 changes nothing
+            return g_drift.astype(dtype)
         out = _add_read_noise(
             g_drift, g_prog / g_max, xi_read, self.read_noise_scale, t, self.t_read
         )
@@ -325,6 +422,19 @@ class FusionChipNoise:
     at large targets) would put the read-back about six weeks after
     programming and still leave the offset of about -0.8 uS unexplained, so
     the gain is taken to include the chip's read-out scaling.
+
+    **Random draws.** Each device draws two 32-bit random words: 24 bits
+    give the latent normal ``xi`` by the inverse normal CDF (tails to 5.4
+    sigma), 16 bits the drift normal (65,536 equally likely values, tails to
+    4.3 sigma: the mean and std of the drift exponent change by less than
+    2e-5, relative), and the remaining 24 bits a uniform for the stuck mask
+    (the stuck fraction is ``stuck_probability`` to within 3e-8; 16 bits
+    would round it to a multiple of 1.5e-5, up to 1.7% off the calibrated
+    4.6e-4). Read noise, when
+    on, draws a third word from a key of its own, so switching it on leaves
+    the other draws as they were; a concrete ``read_noise_scale == 0`` (the
+    default) draws nothing for it, a traced one (``jax.vmap`` over the
+    field) draws whatever its value. Same key, same result.
 
     Attributes:
         log_median_coefs: ``(a0, a1, a2, a3)``: ``ln(latent median + shift)``
@@ -458,9 +568,10 @@ class FusionChipNoise:
 
         Args:
             conductances: Target conductances in uS (>= 0), any shape.
-            key: PRNG key; split into one key per term (latent spread,
-                stuck devices, drift exponent, read noise). Same key, same
-                result.
+            key: PRNG key; two 32-bit words per device give the latent
+                normal, the drift normal and the stuck mask, a third the
+                read normal when read noise is on (see **Random draws**
+                above). Same key, same result.
             g_max: The g_max the targets were converted with, in [10, 40];
                 checked but not used (the model works in absolute uS).
             t_inference: Seconds since programming (>= 0); at
@@ -498,11 +609,10 @@ class FusionChipNoise:
             positive=("shift", "t0", "t_read", "g_ref", "g_floor"),
         )
         dtype = g.dtype
-        k_latent, k_stuck, k_drift, k_read = jax.random.split(key, 4)
-        xi = jax.random.normal(k_latent, g.shape, dtype)
-        stuck = jax.random.uniform(k_stuck, g.shape, dtype) < self.stuck_probability
-        xi_drift = jax.random.normal(k_drift, g.shape, dtype)
-        xi_read = jax.random.normal(k_read, g.shape, dtype)
+        with_read = not _is_zero(self.read_noise_scale)
+        xi, xi_drift, stuck, xi_read = _chip_draws(
+            key, g.shape, dtype, self.stuck_probability, with_read=with_read
+        )
 
         m, s = self._log_params(g)
         r_cal = jnp.where(stuck, 0.0, jnp.maximum(jnp.exp(m + s * xi) - self.shift, 0.0))
@@ -510,7 +620,10 @@ class FusionChipNoise:
         t = jnp.asarray(t_inference, dtype) + self.t0
         nu = _drift_exponent(g / self.g_ref, xi_drift, self.drift_scale)
         r = r_cal * jnp.exp(-nu * (jnp.log(t) - jnp.log(self.t_calibration + self.t0)))
-        r = _add_read_noise(r, r_cal / self.g_ref, xi_read, self.read_noise_scale, t, self.t_read)
+        if with_read:  # skipped for a concrete 0: adding 0 * noise to r >= 0 changes nothing
+            r = _add_read_noise(
+                r, r_cal / self.g_ref, xi_read, self.read_noise_scale, t, self.t_read
+            )
         return r.astype(dtype)
 
 
