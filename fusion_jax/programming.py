@@ -102,7 +102,11 @@ def program(
         noise: A noise model (:mod:`fusion_jax.noise`); by default the chip
             model calibrated on the real LeNet5 read-back; ``None`` for the
             noise-free round trip.
-        t_inference: Seconds since programming at which the chip is read.
+        t_inference: Seconds since programming at which the chip is read;
+            0 (the default) is right after programming. The calibrated chip
+            model reproduces the real read-back at its ``t_calibration``
+            (1 h, an assumption) and drifts from there, so pass
+            ``t_inference=3600.0`` for the measured statistics.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
         gradient: ``"exact"`` differentiates through scale, clamp, noise and
             regression (exact: the noise-free round trip has the identity as
