@@ -36,6 +36,15 @@ class FusionParams:
 
     Attributes:
         original_weights: The weights that were converted, ``[..., out, in]``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import fusion_jax as fj
+        >>> g, params = fj.convert_to_conductances(jnp.array([[1.0, -2.0]]))
+        >>> params.as_dict()["original_weights"]
+        Array([[ 1., -2.]], dtype=float32)
+        >>> len(jax.tree_util.tree_leaves(params))
+        1
     """
 
     original_weights: Float[Array, "*batch out in"]

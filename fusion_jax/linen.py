@@ -35,6 +35,7 @@ from fusion_jax.programming import DEFAULT_NOISE, _check_gradient_mode, resolve_
 
 __all__ = ["FusionConv", "FusionDense"]
 
+
 def _check_settings(layer: nn.Module) -> None:
     _validation.check_g_max(layer.g_max)
     _check_gradient_mode(layer.gradient)
@@ -69,9 +70,7 @@ def _forward(
     kernel = layer.param("kernel", layer.kernel_init, kernel_shape, layer.param_dtype)
     params = {"kernel": kernel}
     if layer.use_bias:
-        params["bias"] = layer.param(
-            "bias", layer.bias_init, (layer.features,), layer.param_dtype
-        )
+        params["bias"] = layer.param("bias", layer.bias_init, (layer.features,), layer.param_dtype)
     mask = getattr(layer, "mask", None)
     if mask is not None:
         if mask.shape != kernel_shape:

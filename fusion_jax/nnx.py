@@ -81,8 +81,10 @@ class _FusionLayer(nnx.Module):
         rngs: nnx.Rngs | nnx.RngStream | None,
     ) -> None:
         if _validation.concrete_value(g_max) is None:
-            raise TypeError("g_max of a layer must be a concrete number (use program_params to "
-                            "sweep g_max under jax.vmap).")
+            raise TypeError(
+                "g_max of a layer must be a concrete number (use program_params to "
+                "sweep g_max under jax.vmap)."
+            )
         _validation.check_g_max(g_max)
         _check_gradient_mode(gradient)
         model = resolve_noise(noise)

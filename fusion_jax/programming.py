@@ -29,6 +29,24 @@ class NoiseModel(Protocol):
     A noise model is a pytree (its numeric fields can be traced or vmapped)
     with a ``sample`` method mapping target conductances (uS) to the
     conductances read back ``t_inference`` seconds after programming.
+
+    Example:
+        A noise model of your own: Gaussian noise of a fixed width in uS.
+
+        >>> import dataclasses, jax, jax.numpy as jnp
+        >>> import fusion_jax as fj
+        >>> @jax.tree_util.register_dataclass
+        ... @dataclasses.dataclass(frozen=True)
+        ... class AbsoluteNoise:
+        ...     sigma: float = 0.5
+        ...     def sample(self, conductances, key, *, g_max, t_inference):
+        ...         xi = jax.random.normal(key, conductances.shape, conductances.dtype)
+        ...         return jnp.maximum(conductances + self.sigma * xi, 0.0)
+        >>> isinstance(AbsoluteNoise(), fj.NoiseModel)
+        True
+        >>> w = jnp.array([[1.0, -2.0, 0.5]])
+        >>> fj.program(w, jax.random.key(0), noise=AbsoluteNoise(0.0))
+        Array([[ 1. , -2. ,  0.5]], dtype=float32)
     """
 
     def sample(

@@ -51,6 +51,18 @@ class SweepResult:
         accuracy: Top-1 accuracy, ``[G, S, T]``.
         loss: Mean softmax cross-entropy, ``[G, S, T]``.
         label: A name for this result (for example the model), used in tables.
+
+    Example:
+        >>> import numpy as np
+        >>> from fusion_jax import SweepResult
+        >>> acc = np.array([[[0.80], [0.84]], [[0.95], [0.97]]])   # 2 g_max x 2 seeds x 1 t
+        >>> r = SweepResult(np.array([10.0, 40.0]), np.arange(2), np.array([3600.0]),
+        ...                 acc, 1 - acc, label="mlp")
+        >>> print(r.format_table())
+        mlp: accuracy (%), mean +- std over 2 seeds
+        g_max (uS)           t=1h
+             10.00   82.00 +- 2.83
+             40.00   96.00 +- 1.41
     """
 
     g_max: np.ndarray

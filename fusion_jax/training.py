@@ -425,8 +425,9 @@ def _as_keys(keys: PRNGKeyArray | Iterable[int] | int) -> PRNGKeyArray:
 def _grid_axis(values: float | Sequence[float] | ArrayLike, name: str) -> np.ndarray:
     arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be a number or a non-empty 1-D list of finite numbers, "
-                         f"got {values!r}.")
+        raise ValueError(
+            f"{name} must be a number or a non-empty 1-D list of finite numbers, got {values!r}."
+        )
     return arr
 
 
@@ -462,8 +463,9 @@ def _grid_accuracy(
 
     over_keys = jax.vmap(at, in_axes=(0 if stacked else None, 0, None, None))
     g_grid, t_grid = jnp.meshgrid(g_max, t_inference, indexing="ij")
-    acc = jax.lax.map(lambda gt: over_keys(params, keys, gt[0], gt[1]),
-                      (g_grid.ravel(), t_grid.ravel()))
+    acc = jax.lax.map(
+        lambda gt: over_keys(params, keys, gt[0], gt[1]), (g_grid.ravel(), t_grid.ravel())
+    )
     return acc.reshape(g_max.shape[0], t_inference.shape[0], -1)
 
 

@@ -52,8 +52,24 @@ def assert_one_line_error(status, err):
 def tiny_sweep(tmp_path_factory):
     """One small sweep run in-process: 1 epoch, 2 g_max values, 2 seeds, 1 time."""
     out = tmp_path_factory.mktemp("sweep") / "results"
-    argv = ["sweep", "--epochs", "1", "--hidden", "8", "--g-max-range", "10", "40", "2",
-            "--seeds", "2", "--times", "1h", "--out", str(out), "--no-progress"]
+    argv = [
+        "sweep",
+        "--epochs",
+        "1",
+        "--hidden",
+        "8",
+        "--g-max-range",
+        "10",
+        "40",
+        "2",
+        "--seeds",
+        "2",
+        "--times",
+        "1h",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     # capsys is function-scoped: capture by hand for a module-scoped fixture.
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -65,7 +81,10 @@ def test_sweep_writes_csv_json_png_and_table(tiny_sweep):
     status, out, err, folder = tiny_sweep
     assert status == 0, err
     assert sorted(p.name for p in folder.iterdir()) == [
-        "sweep.csv", "sweep.json", "sweep.png", "table.txt"
+        "sweep.csv",
+        "sweep.json",
+        "sweep.png",
+        "table.txt",
     ]
     # The CSV: one row per model x g_max x seed x time.
     with open(folder / "sweep.csv", newline="") as fh:
@@ -155,14 +174,21 @@ def test_export_then_import_round_trip_and_strict_mode(capsys, tmp_path):
     w = np.array([[0.5, -1.0, 0.25], [0.3, 0.3, 0.3]], np.float32)  # row 1 is constant
     np.savez(tmp_path / "w.npz", fc=w)
     assert run(capsys, "export", tmp_path / "w.npz", tmp_path / "w.csv")[0] == 0
-    status, _, err = run(capsys, "import", tmp_path / "w.csv", tmp_path / "w.npz",
-                         tmp_path / "back.npz")
+    status, _, err = run(
+        capsys, "import", tmp_path / "w.csv", tmp_path / "w.npz", tmp_path / "back.npz"
+    )
     assert status == 0, err
     with np.load(tmp_path / "back.npz") as back:
         assert list(back) == ["fc"]
         np.testing.assert_allclose(back["fc"], w, rtol=1e-5)
-    status, _, err = run(capsys, "import", tmp_path / "w.csv", tmp_path / "w.npz",
-                         tmp_path / "strict.npz", "--strict-aihwkit")
+    status, _, err = run(
+        capsys,
+        "import",
+        tmp_path / "w.csv",
+        tmp_path / "w.npz",
+        tmp_path / "strict.npz",
+        "--strict-aihwkit",
+    )
     assert status == 0, err
     with np.load(tmp_path / "strict.npz") as strict:
         np.testing.assert_allclose(strict["fc"][0], w[0], rtol=1e-5)
@@ -173,8 +199,16 @@ def test_export_then_import_round_trip_and_strict_mode(capsys, tmp_path):
 
 
 def test_calibrate_prints_the_model_and_its_validation_table(capsys, tmp_path):
-    status, out, err = run(capsys, "calibrate", TARGET, PROGRAMMED, "--table-bins", "4",
-                           "--json", tmp_path / "model.json")
+    status, out, err = run(
+        capsys,
+        "calibrate",
+        TARGET,
+        PROGRAMMED,
+        "--table-bins",
+        "4",
+        "--json",
+        tmp_path / "model.json",
+    )
     assert status == 0, err
     for field in ("log_median_coefs", "log_spread_coefs", "shift", "stuck_probability"):
         assert field in out
@@ -190,8 +224,14 @@ def test_calibrate_prints_the_model_and_its_validation_table(capsys, tmp_path):
     model = fj.noise.FusionChipNoise(**params)
     data = fj.datasets.lenet5_readback()
     top = data.flat_targets() > 30
-    assert abs(float(np.mean(model.latent_mean(data.flat_targets()[top])))
-               / float(np.mean(data.flat_programmed()[top])) - 1) < 0.05
+    assert (
+        abs(
+            float(np.mean(model.latent_mean(data.flat_targets()[top])))
+            / float(np.mean(data.flat_programmed()[top]))
+            - 1
+        )
+        < 0.05
+    )
 
 
 # --- help and errors -----------------------------------------------------------------------
@@ -206,15 +246,27 @@ def test_help_exits_zero(capsys, argv):
 
 def test_script_export_and_errors_in_a_subprocess(tmp_path):
     out = tmp_path / "out.csv"
-    done = subprocess.run([*script(), "export", str(WEIGHTS), str(out)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [*script(), "export", str(WEIGHTS), str(out)], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert out.read_bytes() == TARGET.read_bytes()
 
     # python -m fusion_jax runs the same command.
-    done = subprocess.run([sys.executable, "-m", "fusion_jax", "import", str(PROGRAMMED),
-                           str(tmp_path / "missing.npz"), str(tmp_path / "x.npz")],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion_jax",
+            "import",
+            str(PROGRAMMED),
+            str(tmp_path / "missing.npz"),
+            str(tmp_path / "x.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert_one_line_error(done.returncode, done.stderr)
     assert "missing.npz" in done.stderr
     assert not (tmp_path / "x.npz").exists()
@@ -290,8 +342,9 @@ def test_parse_time():
 
 def _result(label, shift=0.0):
     acc = np.random.default_rng(0).uniform(0.8, 0.9, (3, 2, 2)) + shift
-    return fj.SweepResult(np.array([10.0, 25.0, 40.0]), np.arange(2), np.array([1.0, 3600.0]),
-                          acc, 1 - acc, label)
+    return fj.SweepResult(
+        np.array([10.0, 25.0, 40.0]), np.arange(2), np.array([1.0, 3600.0]), acc, 1 - acc, label
+    )
 
 
 def test_plot_sweep_overlays_results_on_one_axes(tmp_path):

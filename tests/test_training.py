@@ -139,21 +139,30 @@ def test_training_reduces_loss_and_reaches_high_clean_accuracy(trained, data):
 
 def test_training_is_deterministic_and_depends_on_the_seed(data, capsys):
     def run(seed, progress=False):
-        model, history = train(MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=0)), data, epochs=2,
-                                seed=seed, progress=progress)
+        model, history = train(
+            MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=0)),
+            data,
+            epochs=2,
+            seed=seed,
+            progress=progress,
+        )
         return nnx.state(model, nnx.Param), history.loss
 
     (p1, l1), (p2, l2), (p3, _) = run(0), run(0, progress=True), run(1)
     assert capsys.readouterr().out.count("training loss") == 2
     jax.tree.map(np.testing.assert_array_equal, p1, p2)
     np.testing.assert_array_equal(l1, l2)
-    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1),
-                                                         jax.tree.leaves(p3), strict=True))
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p3), strict=True)
+    )
 
 
 def test_hardware_aware_training_draws_new_noise_every_step(data):
-    aware = MLP(hidden=HIDDEN, fusion={"g_max": 10.0, "noise": GaussianNoise()},
-                rngs=nnx.Rngs(params=0, noise=1))
+    aware = MLP(
+        hidden=HIDDEN,
+        fusion={"g_max": 10.0, "noise": GaussianNoise()},
+        rngs=nnx.Rngs(params=0, noise=1),
+    )
     layers = list(aware.layers)
     counts = [int(layer.rngs.count[...]) for layer in layers]
     epochs, steps = 2, data.x_train.shape[0] // 64
@@ -200,8 +209,7 @@ def test_apply_fn_is_the_eval_mode_model_and_serves_both_variants(data):
     apply_fn, params = to_apply_fn(aware)
     x = data.x_test[:7]
     # Evaluation mode: the digital weights, no programming.
-    np.testing.assert_allclose(apply_fn(params, x), _plain_forward(params, x), rtol=1e-6,
-                               atol=1e-6)
+    np.testing.assert_allclose(apply_fn(params, x), _plain_forward(params, x), rtol=1e-6, atol=1e-6)
     assert all(layer.deterministic is False for layer in aware.layers)  # not changed
     # The digital twin's forward pass evaluates the hardware-aware parameters identically.
     twin_fn, _ = to_apply_fn(MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=9)))
@@ -221,8 +229,16 @@ def _plain_forward(params, x):
 def test_noise_free_programming_keeps_the_clean_accuracy(trained, data):
     apply_fn, params = to_apply_fn(trained[0])
     clean = float(evaluate(apply_fn, params, data.x_test, data.y_test))
-    acc = programmed_accuracy(apply_fn, params, data.x_test, data.y_test, keys=[0, 1],
-                              g_max=[10.0, 40.0], t_inference=[1.0, 3.15e7], noise=None)
+    acc = programmed_accuracy(
+        apply_fn,
+        params,
+        data.x_test,
+        data.y_test,
+        keys=[0, 1],
+        g_max=[10.0, 40.0],
+        t_inference=[1.0, 3.15e7],
+        noise=None,
+    )
     assert acc.shape == (2, 2, 2)
     # The round trip is exact to float rounding: at most one borderline example may flip.
     assert np.all(np.abs(np.asarray(acc) - clean) <= 1.0 / data.x_test.shape[0])
@@ -231,22 +247,32 @@ def test_noise_free_programming_keeps_the_clean_accuracy(trained, data):
 def test_grid_matches_programming_each_point_directly(trained, data):
     apply_fn, params = to_apply_fn(trained[0])
     g_max, times, seeds = [10.0, 40.0], [1.0, 86400.0], [0, 1, 2]  # as in the doctest
-    acc = np.asarray(programmed_accuracy(apply_fn, params, data.x_test, data.y_test, keys=seeds,
-                                         g_max=g_max, t_inference=times))
+    acc = np.asarray(
+        programmed_accuracy(
+            apply_fn, params, data.x_test, data.y_test, keys=seeds, g_max=g_max, t_inference=times
+        )
+    )
     assert acc.shape == (2, 2, 3)
     n = data.x_test.shape[0]
     for i, j, k in [(0, 0, 0), (0, 1, 2), (1, 0, 1), (1, 1, 2)]:
-        chip = program_params(params, jax.random.key(seeds[k]), g_max=g_max[i],
-                              t_inference=times[j])
+        chip = program_params(
+            params, jax.random.key(seeds[k]), g_max=g_max[i], t_inference=times[j]
+        )
         direct = float(evaluate(apply_fn, chip, data.x_test, data.y_test))
         assert abs(acc[i, j, k] - direct) <= 1.0 / n, (i, j, k)
     # Chip noise at g_max = 10 costs accuracy, and different devices differ.
     assert acc[0].mean() < float(evaluate(apply_fn, params, data.x_test, data.y_test))
     assert len(np.unique(acc[0, 0])) > 1
     # Integer seeds mean jax.random.key(seed); the same keys give the same result.
-    typed = programmed_accuracy(apply_fn, params, data.x_test, data.y_test,
-                                keys=jax.vmap(jax.random.key)(jnp.array(seeds)),
-                                g_max=g_max, t_inference=times)
+    typed = programmed_accuracy(
+        apply_fn,
+        params,
+        data.x_test,
+        data.y_test,
+        keys=jax.vmap(jax.random.key)(jnp.array(seeds)),
+        g_max=g_max,
+        t_inference=times,
+    )
     np.testing.assert_array_equal(typed, acc)
 
 
@@ -288,8 +314,10 @@ def test_hardware_aware_training_keeps_more_accuracy_under_chip_noise(experiment
 
 def test_experiment_summary_and_table_match_the_arrays(experiment):
     rows = experiment.summary()
-    assert [(row["g_max"], row["t_inference"]) for row in rows] == [(10.0, 86400.0),
-                                                                   (40.0, 86400.0)]
+    assert [(row["g_max"], row["t_inference"]) for row in rows] == [
+        (10.0, 86400.0),
+        (40.0, 86400.0),
+    ]
     n = len(experiment.seeds)
     for i, row in enumerate(rows):
         d, a = experiment.digital[i, 0], experiment.aware[i, 0]
