@@ -156,7 +156,7 @@ def convert_to_conductances(
     return _to_conductances_jit(w, g, dtype=dtype, out_dtype=out_dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("dtype", "out_dtype"))
+@functools.partial(jax.jit, static_argnames=("dtype", "out_dtype"), inline=True)
 def _to_conductances_jit(
     w: jax.Array, g_max: jax.Array, *, dtype: Any, out_dtype: Any
 ) -> tuple[jax.Array, FusionParams]:
@@ -266,7 +266,7 @@ def convert_back_to_weights(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("strict_aihwkit", "dtype", "out_dtype"))
+@functools.partial(jax.jit, static_argnames=("strict_aihwkit", "dtype", "out_dtype"), inline=True)
 def _to_weights_jit(
     g: jax.Array, w: jax.Array, *, strict_aihwkit: bool, dtype: Any, out_dtype: Any
 ) -> jax.Array:

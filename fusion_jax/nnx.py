@@ -31,6 +31,7 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
+from fusion_jax._static import StaticNumbers
 from fusion_jax.program_params import program_kernel
 from fusion_jax.programming import (
     DEFAULT_NOISE,
@@ -89,7 +90,10 @@ class _FusionLayer(nnx.Module):
         _check_gradient_mode(gradient)
         model = resolve_noise(noise)
         self.g_max = float(g_max)
-        self.noise = nnx.data(model)
+        # A model of Python numbers is static (part of the graph definition):
+        # its fields stay compile-time constants in a jitted step. One with
+        # array fields is data, traced like the parameters.
+        self.noise = model if StaticNumbers(model).tree_flatten()[0] == () else nnx.data(model)
         self.t_inference = float(t_inference)
         self.gradient = gradient
         self.strict_aihwkit = bool(strict_aihwkit)

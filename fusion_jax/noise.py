@@ -31,6 +31,7 @@ from jax.scipy.special import ndtr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
+from fusion_jax._random import random_words
 
 __all__ = [
     "FusionChipNoise",
@@ -132,21 +133,22 @@ def _check_fields(model: Any, names: tuple[str, ...], *, positive: tuple[str, ..
 # Random draws: two 32-bit words per device
 # --------------------------------------------------------------------------
 #
-# Generating random words is most of the cost of a sample (threefry on a CPU
-# takes longer than all the model's arithmetic), so each device draws two
-# 32-bit words in one ``jax.random.bits`` call, and the terms share their 64
-# bits: the normals that set most of the spread get 24 bits, the drift
-# normal 16 and the stuck-device uniform of FusionChipNoise 24. Disjoint bits
-# of the generator's output are independent, so the terms stay independent.
+# Random words and the inverse normal CDF are most of the cost of a sample,
+# so each device draws one threefry block, two 32-bit words
+# (:func:`fusion_jax._random.random_words`: JAX's threefry hash, fused and
+# computed once), and the terms share its 64 bits: the normals that set most
+# of the spread get 24 bits, the drift normal 16 and the stuck-device uniform
+# of FusionChipNoise 24. Disjoint bits of the hash's output are independent,
+# so the terms stay independent.
 
 _SQRT2 = math.sqrt(2.0)
 _LOW_8 = 0xFF
 _LOW_16 = 0xFFFF
 
 
-def _draw_words(key: PRNGKeyArray, n_words: int, shape: tuple[int, ...]) -> jax.Array:
-    """``n_words`` independent uniform 32-bit words per device, shape ``(n_words, *shape)``."""
-    return jax.random.bits(key, (n_words, *shape), jnp.uint32)
+def _draw_words(key: PRNGKeyArray, n_words: int, shape: tuple[int, ...]) -> tuple[jax.Array, ...]:
+    """``n_words`` independent uniform 32-bit words per device, each of shape ``shape``."""
+    return random_words(key, n_words, shape)
 
 
 def _normal_from_code(code: jax.Array, n_bits: int, dtype: Any) -> jax.Array:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
+from fusion_jax._static import StaticNumbers
 from fusion_jax.conversion import (
     _prepare_g_max,
     _prepare_weights,
@@ -168,7 +169,7 @@ def program(
         w,
         key,
         g,
-        model,
+        StaticNumbers(model),
         jnp.asarray(t_inference, dtype),
         strict_aihwkit=bool(strict_aihwkit),
         gradient=gradient,
@@ -177,12 +178,14 @@ def program(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("strict_aihwkit", "gradient", "dtype", "out_dtype"))
+@functools.partial(
+    jax.jit, static_argnames=("strict_aihwkit", "gradient", "dtype", "out_dtype"), inline=True
+)
 def _program_jit(
     w: jax.Array,
     key: PRNGKeyArray | None,
     g_max: jax.Array,
-    noise: NoiseModel | None,
+    noise: StaticNumbers[NoiseModel | None],
     t_inference: jax.Array,
     *,
     strict_aihwkit: bool,
@@ -190,8 +193,10 @@ def _program_jit(
     dtype: Any,
     out_dtype: Any,
 ) -> jax.Array:
+    # The model's Python-number fields arrive as constants (StaticNumbers): XLA
+    # folds them, and terms switched off by a literal 0 are not computed.
     wc = w.astype(dtype)
-    w_hat = _program_core(wc, key, g_max, noise, t_inference, strict_aihwkit)
+    w_hat = _program_core(wc, key, g_max, noise.value, t_inference, strict_aihwkit)
     if gradient == "ste":
         w_hat = wc + jax.lax.stop_gradient(w_hat - wc)
     return w_hat.astype(out_dtype)

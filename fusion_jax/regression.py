@@ -263,4 +263,4 @@ def regression_slope(
     return _slope_jit(x.astype(dtype), y.astype(dtype), strict_aihwkit=bool(strict_aihwkit))
 
 
-_slope_jit = jax.jit(_slope, static_argnames=("strict_aihwkit",))
+_slope_jit = jax.jit(_slope, static_argnames=("strict_aihwkit",), inline=True)
