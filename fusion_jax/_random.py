@@ -18,13 +18,14 @@ other PRNG implementations (``rbg``, ``unsafe_rbg``, custom ones) draw with
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, UInt32
+
+from fusion_jax._fusion import materialize_fn
 
 __all__ = ["random_words", "threefry2x32"]
 
@@ -73,21 +74,6 @@ def threefry2x32(
     return x0, x1
 
 
-def _materialized(fn: Callable[[Any], Any], data: jax.Array, like: Any) -> Any:
-    """``fn(None)``, computed once and stored, not recomputed in each fusion that reads it.
-
-    XLA fuses cheap elementwise producers into every consumer, duplicating
-    them, and drops ``optimization_barrier`` before fusion on CPU. A loop
-    body is compiled on its own, so the result of a one-trip ``while_loop``
-    is computed once; the trip count, ``(data[0] >> 31) | 1``, is 1 but not a
-    compile-time constant, so XLA keeps the loop.
-    """
-    trips = ((data[0] >> 31) | 1).astype(jnp.int32)
-    init = (jnp.int32(0), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like))
-    _, out = jax.lax.while_loop(lambda c: c[0] < trips, lambda c: (c[0] + 1, fn(None)), init)
-    return out
-
-
 def _threefry_key_data(key: PRNGKeyArray) -> jax.Array | None:
     """The two words of a threefry2x32 key, or None for keys of other implementations."""
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -108,7 +94,7 @@ def random_words(
     ``jax.random.bits``. Same key, same words, on every backend.
 
     On the CPU the words are computed once and stored (see
-    :func:`_materialized`), instead of XLA recomputing the 20 rounds in every
+    :func:`fusion_jax._fusion.materialize`), instead of XLA recomputing the 20 rounds in every
     fusion that uses them; other backends fuse the hash into its consumers.
 
     Args:
@@ -140,7 +126,4 @@ def random_words(
         ]
         return tuple(word for pair in pairs for word in pair)[:n_words]
 
-    like = tuple(jax.ShapeDtypeStruct(shape, jnp.uint32) for _ in range(n_words))
-    return jax.lax.platform_dependent(
-        cpu=lambda: _materialized(hash_blocks, data, like), default=lambda: hash_blocks(None)
-    )
+    return materialize_fn(lambda: hash_blocks(None), data)

@@ -181,27 +181,29 @@ def _slope(
     # value, so all its dx are exactly 0 (and on data normalised to
     # magnitudes near 1, dx^2 of two distinct values does not underflow).
     degenerate = s_dxx == 0
-    slope = sxy / jnp.where(degenerate, jnp.ones_like(sxx), sxx)
+    one = jnp.ones_like(sxx)
 
     if strict_aihwkit:
         # scikit-learn's minimum-norm solution: the whole row becomes 0.
-        slope = jnp.where(degenerate, jnp.zeros_like(slope), slope)
+        num = jnp.where(degenerate, jnp.zeros_like(sxy), sxy)
+        den = jnp.where(degenerate, one, sxx)
     else:
         kx, ky = kx[:, 0], ky[:, 0]
         oxy = s_dxy + kx * s_dy + ky * s_dx + n * kx * ky  # sum(x y), exactly rewritten
         oxx = s_dxx + 2 * kx * s_dx + n * kx * kx  # sum(x x)
         empty = oxx == 0
-        origin = oxy / jnp.where(empty, jnp.ones_like(oxx), oxx)
         if zero_default is None:
-            default = jnp.zeros_like(origin)
+            default = jnp.zeros_like(oxy)
         else:
-            default = (rows(zero_default) * sx / sy).astype(origin.dtype)
-        origin = jnp.where(empty, default, origin)
+            default = (rows(zero_default) * sx / sy).astype(oxy.dtype)
         # Constant original weights are degenerate too: with an intercept, the
         # fit gives them slope 0 whatever the conductances (the reference
-        # zeroes such rows after noisy programming).
-        slope = jnp.where(degenerate | (s_dyy == 0), origin, slope)
-    return (slope * (sy / sx)).reshape(batch)
+        # zeroes such rows after noisy programming). Both get the slope
+        # through the origin.
+        origin = degenerate | (s_dyy == 0)
+        num = jnp.where(origin, jnp.where(empty, default, oxy), sxy)
+        den = jnp.where(origin, jnp.where(empty, one, oxx), sxx)
+    return ((num / den) * (sy / sx)).reshape(batch)
 
 
 def regression_slope(
