@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +11,7 @@ from jax import lax
 from jaxtyping import Array, ArrayLike, Float
 
 from fusion_jax import _validation
+from fusion_jax._fusion import materialize
 
 __all__ = ["regression_slope"]
 
@@ -44,12 +46,11 @@ def _add(a: Terms, b: Terms) -> Terms:
     return tuple(p + q for p, q in zip(a, b, strict=True))
 
 
-def _maximum(a: Terms, b: Terms) -> Terms:
-    return tuple(jnp.maximum(p, q) for p, q in zip(a, b, strict=True))
-
-
 def _reduce_rows(
-    terms: Terms, combine: Callable[[Terms, Terms], Terms], init: float, finish: Callable
+    terms: Terms,
+    combine: Callable[[Terms, Terms], Terms],
+    inits: tuple[float, ...],
+    finishes: tuple[Callable, ...],
 ) -> Terms:
     """Reduce several ``[rows, n]`` arrays over ``n`` in one pass over the data.
 
@@ -57,27 +58,23 @@ def _reduce_rows(
     inputs inside the reduction instead of writing each to memory. The first
     ``n - n % 16`` elements of a row are cut into 16 contiguous blocks and
     reduced across blocks (independent, vectorisable partial results), then
-    ``finish`` reduces what is left of the blocks; the last ``n % 16``
-    elements, if any, are reduced on their own and ``combine``-d in.
+    each term's ``finishes`` entry (``jnp.sum``, ``jnp.max``) reduces what is
+    left of the blocks; the last ``n % 16`` elements, if any, are reduced on
+    their own and ``combine``-d in. ``inits`` are the identities of
+    ``combine``, term by term.
     """
     n = terms[0].shape[-1]
-    inits = tuple(jnp.asarray(init, t.dtype) for t in terms)
+    inits = tuple(jnp.asarray(i, t.dtype) for i, t in zip(inits, terms, strict=True))
     if n < 2 * _ROW_BLOCKS:
         return tuple(lax.reduce(terms, inits, combine, (1,)))
     main = n - n % _ROW_BLOCKS
     split = tuple(t[:, :main].reshape(t.shape[0], _ROW_BLOCKS, main // _ROW_BLOCKS) for t in terms)
     partial = lax.reduce(split, inits, combine, (1,))
-    result = tuple(finish(p, axis=-1) for p in partial)
+    result = tuple(f(p, axis=-1) for f, p in zip(finishes, partial, strict=True))
     if main < n:
         rest = lax.reduce(tuple(t[:, main:] for t in terms), inits, combine, (1,))
         result = combine(result, tuple(rest))
     return result
-
-
-def _max_abs_rows(*arrays: jax.Array) -> Terms:
-    """``max |a|`` over the last axis of each ``[rows, n]`` array, in one pass (no gradient)."""
-    terms = tuple(jnp.abs(lax.stop_gradient(a)) for a in arrays)
-    return _reduce_rows(terms, _maximum, 0.0, jnp.max)
 
 
 def _row_shift(v: jax.Array) -> jax.Array:
@@ -102,12 +99,12 @@ def _shifted_moments(x: jax.Array, y: jax.Array, kx: jax.Array, ky: jax.Array) -
     """Per-row ``(sum dx, sum dy, sum dx^2, sum dx dy, sum dy^2)``.
 
     Here ``dx = x - kx`` and ``dy = y - ky``, in one pass over ``x`` and ``y``
-    (``[rows, n]``; shifts ``[rows, 1]``). The
-    derivative rule uses plain sums, which reverse mode can transpose.
+    (``[rows, n]``; shifts ``[rows, 1]``). The derivative rule uses plain
+    sums, which reverse mode can transpose.
     """
     dx = x - kx
     dy = y - ky
-    return _reduce_rows((dx, dy, dx * dx, dx * dy, dy * dy), _add, 0.0, jnp.sum)
+    return _reduce_rows((dx, dy, dx * dx, dx * dy, dy * dy), _add, (0.0,) * 5, (jnp.sum,) * 5)
 
 
 @_shifted_moments.defjvp
@@ -126,6 +123,81 @@ def _shifted_moments_jvp(primals: Terms, tangents: Terms) -> tuple[Terms, Terms]
     return _shifted_moments(x, y, kx, ky), tangent
 
 
+def _normalised_moments(
+    x: jax.Array, y: jax.Array, sx: jax.Array, sy: jax.Array
+) -> tuple[Terms, jax.Array, jax.Array]:
+    """Moments of ``x / sx`` and ``y / sy`` (per-row powers of two) and their shifts."""
+    # Multiplying by the reciprocal of a power of two is exact, and cheaper
+    # than a division per element. The per-row values are materialised:
+    # otherwise XLA recomputes their steps (frexp, selects) for every element.
+    inv_sx, inv_sy = materialize(lax.stop_gradient((1.0 / sx, 1.0 / sy)))
+    xn = x * inv_sx[:, None]
+    yn = y * inv_sy[:, None]
+    # Shifts carry no gradient: every result is exactly invariant to them.
+    kx, ky = materialize(lax.stop_gradient((_row_shift(xn), _row_shift(yn))))
+    return _shifted_moments(xn, yn, kx, ky), kx, ky
+
+
+def _safe_range(dtype: Any) -> tuple[float, float]:
+    """Magnitudes ``(lo, hi)`` of row values whose moments need no normalisation.
+
+    A row's sum of squares ``q`` is in range when ``n lo^2 <= q <= hi^2``:
+    then no value exceeds ``hi = 2**(maxexp / 3)``, so no sum of squares or
+    products can overflow, and the row's typical magnitude is at least
+    ``lo = 2**(minexp / 6)``, so the differences between its distinct values
+    have normal squares and nothing is lost to underflow or flushed
+    subnormals. For float32 that is ``2**-21`` to ``2**42``.
+    """
+    info = jnp.finfo(dtype)
+    return 2.0 ** (int(info.minexp) // 6), 2.0 ** (int(info.maxexp) // 3)
+
+
+def _origin_sums(moments: Terms, kx: jax.Array, ky: jax.Array, n: int) -> tuple[jax.Array, ...]:
+    """``(sum x y, sum x x, sum y y)`` per row, exactly rewritten from the shifted moments."""
+    s_dx, s_dy, s_dxx, s_dxy, s_dyy = moments
+    oxy = s_dxy + kx * s_dy + ky * s_dx + n * kx * ky
+    oxx = s_dxx + 2 * kx * s_dx + n * kx * kx
+    oyy = s_dyy + 2 * ky * s_dy + n * ky * ky
+    return oxy, oxx, oyy
+
+
+def _moments_any_scale(
+    x: jax.Array, y: jax.Array
+) -> tuple[Terms, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Moments and shifts of rows whose magnitudes are unknown, usually in one pass.
+
+    The moments of the raw data are used where every row's sums of squares
+    are in :func:`_safe_range`: scaling by a power of two is exact, so
+    normalised data would give the same sums. Otherwise (rows of 1e-30 or
+    1e30, and rows that are all zero, whose sum of squares cannot tell them
+    from an underflow) a second pass takes the row maxima and recomputes the
+    moments on data normalised by powers of two near them. Returns
+    ``(moments, kx, ky, sx, sy)``.
+    """
+    n = x.shape[-1]
+    kx = lax.stop_gradient(_row_shift(x))
+    ky = lax.stop_gradient(_row_shift(y))
+    moments = _shifted_moments(x, y, kx, ky)
+    _, oxx, oyy = lax.stop_gradient(_origin_sums(moments, kx[:, 0], ky[:, 0], n))
+    lo, hi = _safe_range(x.dtype)
+
+    def in_range(q: jax.Array) -> jax.Array:
+        # An all-zero row is out of range too: a sum of squares of 0 may be
+        # the underflow of a row of 1e-30s.
+        return (q >= n * lo * lo) & (q <= hi * hi)
+
+    ok = jnp.all(in_range(oxx) & in_range(oyy) & jnp.isfinite(jnp.stack(moments)).all(axis=0))
+
+    def normalised() -> tuple[Terms, jax.Array, jax.Array, jax.Array, jax.Array]:
+        max_x = jnp.max(jnp.abs(lax.stop_gradient(x)), axis=-1)
+        max_y = jnp.max(jnp.abs(lax.stop_gradient(y)), axis=-1)
+        sx, sy = _safe_scale(max_x), _safe_scale(max_y)
+        return (*_normalised_moments(x, y, sx, sy), sx, sy)
+
+    one = jnp.ones_like(oxx)
+    return lax.cond(ok, lambda: (tuple(moments), kx, ky, one, one), normalised)
+
+
 def _slope(
     x: jax.Array,
     y: jax.Array,
@@ -138,14 +210,15 @@ def _slope(
     """Per-row OLS slope of ``y`` on ``x`` over the last axis (private core).
 
     ``x_scale`` / ``y_scale`` are per-row magnitudes ``[..., out]`` used only to
-    normalise the data before the sums (the slope is invariant to them, so a
-    caller that already knows them saves a pass; they get no gradient).
+    normalise the data before the sums (the slope is invariant to them; they
+    get no gradient). Give both or neither.
     ``zero_default`` is the slope returned, in the through-origin fallback,
     for rows whose ``x`` is all zero (default 0); its value never changes
     ``slope * x`` there, only the derivative.
 
-    Passes over the data: one for the scales (none when both are given), one
-    for the moments. Rows are shifted by a value near their mean
+    Passes over the data: one for the moments (with the row maxima when the
+    scales are not given; a second one only for rows of extreme magnitude,
+    see :func:`_moments_any_scale`). Rows are shifted by a value near their mean
     (:func:`_row_shift`) and the centred sums recovered as
     ``sum(dx dy) - sum(dx) sum(dy) / n``: no cancellation for rows with a large
     common offset, without a separate pass for the means.
@@ -158,23 +231,12 @@ def _slope(
     # One matrix of rows: every reduction below is over the last axis.
     x = x.reshape(-1, n)
     y = y.reshape(-1, n)
-    if x_scale is None and y_scale is None:
-        x_scale, y_scale = _max_abs_rows(x, y)
-    elif x_scale is None:
-        (x_scale,), y_scale = _max_abs_rows(x), rows(y_scale)
-    elif y_scale is None:
-        x_scale, (y_scale,) = rows(x_scale), _max_abs_rows(y)
+    if x_scale is None or y_scale is None:
+        moments, kx, ky, sx, sy = _moments_any_scale(x, y)
     else:
-        x_scale, y_scale = rows(x_scale), rows(y_scale)
-    sx = _safe_scale(x_scale)
-    sy = _safe_scale(y_scale)
-    xn = x / sx[:, None]
-    yn = y / sy[:, None]
-
-    # Shifts carry no gradient: every quantity below is exactly invariant to them.
-    kx = lax.stop_gradient(_row_shift(xn))
-    ky = lax.stop_gradient(_row_shift(yn))
-    s_dx, s_dy, s_dxx, s_dxy, s_dyy = _shifted_moments(xn, yn, kx, ky)
+        sx, sy = _safe_scale(rows(x_scale)), _safe_scale(rows(y_scale))
+        moments, kx, ky = _normalised_moments(x, y, sx, sy)
+    s_dx, s_dy, s_dxx, s_dxy, s_dyy = moments
     sxx = s_dxx - s_dx * s_dx / n
     sxy = s_dxy - s_dx * s_dy / n
     # Zero variance, tested exactly: a constant row is shifted by its own
@@ -189,8 +251,7 @@ def _slope(
         den = jnp.where(degenerate, one, sxx)
     else:
         kx, ky = kx[:, 0], ky[:, 0]
-        oxy = s_dxy + kx * s_dy + ky * s_dx + n * kx * ky  # sum(x y), exactly rewritten
-        oxx = s_dxx + 2 * kx * s_dx + n * kx * kx  # sum(x x)
+        oxy, oxx, _ = _origin_sums(moments, kx, ky, n)
         empty = oxx == 0
         if zero_default is None:
             default = jnp.zeros_like(oxy)
@@ -218,11 +279,13 @@ def regression_slope(
     with the intercept ``b`` fitted, and returns ``a``: the closed form of
     scikit-learn's ``LinearRegression().fit(x_row[:, None], y_row).coef_``,
     ``a = sum((x - mean x)(y - mean y)) / sum((x - mean x)^2)``. Rows are
-    normalised by a power of two near their largest magnitude and shifted by
-    a value near their mean before the sums, so rows with a large common
-    offset, tiny (1e-30) or huge (1e30) values lose no precision to
-    cancellation, underflow or overflow; one jitted computation reads the
-    data twice (magnitudes, then all sums at once).
+    shifted by a value near their mean before the sums, so rows with a large
+    common offset lose no precision to cancellation. One jitted pass over the
+    data computes all sums and the row maxima at once; only if some row's
+    values are tiny (below about 1e-6 in float32) or huge (above about
+    4e12), a second pass repeats the sums on rows normalised by a power of
+    two near their largest magnitude, so 1e-30 or 1e30 lose no precision to
+    underflow or overflow either.
 
     Degenerate rows: where ``x`` has zero variance (constant, or a single
     element) there is no unique slope and scikit-learn returns 0; where ``y``

@@ -75,3 +75,39 @@ def test_gradient_matches_finite_differences():
         jax.test_util.check_grads(
             lambda a, b: fj.regression_slope(a, b), (x64, y64), order=2, modes=("fwd", "rev")
         )
+
+
+def test_one_pass_moments_equal_the_normalised_ones():
+    """Rows of ordinary magnitude use the raw one-pass moments; they equal the moments of
+    the rows normalised by powers of two (exact scaling), so the slope does not change."""
+    from fusion_jax import regression
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((6, 300)) * 7.0 + 2.0, jnp.float32)
+    y = jnp.asarray(rng.standard_normal((6, 300)) * 0.01, jnp.float32)
+    moments, kx, ky, sx, sy = regression._moments_any_scale(x, y)
+    np.testing.assert_array_equal(sx, 1.0)  # the one-pass branch was taken
+    px, py = 2.0**-4, 2.0**6  # powers of two: exact scaling
+    scaled, skx, sky = regression._normalised_moments(
+        x, y, jnp.full(6, 1 / px), jnp.full(6, 1 / py)
+    )
+    for raw, norm, power in zip(moments, scaled, (px, py, px * px, px * py, py * py), strict=True):
+        np.testing.assert_allclose(raw * power, norm, rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30, 0.0])
+def test_rows_of_extreme_magnitude_or_zeros_beside_ordinary_rows(scale):
+    """A row of 1e-30s, 1e30s or zeros sends the matrix to the normalised second pass;
+    every row still gets scikit-learn's slope (0 where x is all zero)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 64))
+    y = 0.5 * x + 0.1 * rng.standard_normal((3, 64))
+    x[1] *= scale
+    y[1] *= scale
+    x, y = x.astype(np.float32), y.astype(np.float32)
+    got = np.asarray(fj.regression_slope(x, y))
+    if scale == 0.0:
+        np.testing.assert_allclose(got[[0, 2]], ref_slope(x[[0, 2]], y[[0, 2]]), rtol=1e-5)
+        assert got[1] == 0.0
+    else:
+        np.testing.assert_allclose(got, ref_slope(x, y), rtol=1e-5)
