@@ -1,16 +1,17 @@
 """Steer XLA's fusion on the CPU: compute a value once instead of in every consumer.
 
 XLA fuses cheap elementwise producers into each consumer and recomputes
-them there: a per-row quantity (a scale, a slope) broadcast over a row is
-recomputed for every element of the row, and a random hash read by three
-fusions is computed three times. ``jax.lax.optimization_barrier`` does not
-prevent this on the CPU backend (XLA expands barriers before fusion).
+them there: a random hash read by three fusions is computed three times,
+and a clipped product read by a reduction and an elementwise pass is
+recomputed in both. ``jax.lax.optimization_barrier`` does not prevent this
+on the CPU backend (XLA expands barriers before fusion).
 
 :func:`materialize` returns its argument unchanged, but on the CPU computes
-it inside the body of a ``while_loop`` that runs once: a loop body is
-compiled on its own, so the value is computed once and stored. The trip
-count is 1 but derived from the data, so XLA cannot see it and remove the
-loop. Its derivative is the identity; other backends get the value as is.
+it in a branch of a ``lax.cond``: a branch is compiled on its own, so the
+value is computed once and stored. The condition is always true but
+derived from the data, so XLA cannot see it and remove the branch. Its
+derivative is the identity; other backends get the value as is. Under
+``jax.vmap`` the condition is batched and the value is fused as usual.
 """
 
 from __future__ import annotations
@@ -26,35 +27,35 @@ __all__ = ["materialize", "materialize_fn"]
 T = TypeVar("T")
 
 
-def _opaque_one(leaves: list[jax.Array]) -> jax.Array:
-    """An int32 1 that XLA cannot fold: ``(top bit of some element) | 1``."""
-    first = jnp.ravel(leaves[0])[:1]
+def _opaque_true(value: jax.Array) -> jax.Array:
+    """A boolean True that XLA cannot fold: ``(top bit of an element) | 1 != 0``."""
+    first = jnp.ravel(value)[:1]
     if first.size == 0:
-        return jnp.int32(1)
+        return jnp.bool_(True)
     bits = jax.lax.bitcast_convert_type(first.astype(jnp.float32), jnp.uint32)
-    return ((bits[0] >> 31) | 1).astype(jnp.int32)
+    return ((bits[0] >> 31) | 1) != 0
 
 
-def _run_once(fn: Callable[[], T], like: T, trips: jax.Array) -> T:
-    init = (jnp.int32(0), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like))
-    _, out = jax.lax.while_loop(lambda c: c[0] < trips, lambda c: (c[0] + 1, fn()), init)
-    return out
-
-
-def materialize_fn(fn: Callable[[], T], trips_from: jax.Array) -> T:
+def materialize_fn(fn: Callable[[], T], opaque_from: jax.Array) -> T:
     """``fn()``, on the CPU computed once in its own compiled body (not differentiable).
 
     Args:
         fn: A function of no arguments (close over its inputs).
-        trips_from: Any non-empty array known before ``fn`` runs; the loop's
-            trip count is derived from it.
+        opaque_from: Any array known before ``fn`` runs; the branch
+            condition is derived from it.
 
     Returns:
         What ``fn()`` returns.
     """
     like = jax.eval_shape(fn)
-    trips = _opaque_one([trips_from])
-    return jax.lax.platform_dependent(cpu=lambda: _run_once(fn, like, trips), default=fn)
+
+    def never() -> T:  # the branch not taken: costs nothing at run time
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)
+
+    def on_cpu() -> T:
+        return jax.lax.cond(_opaque_true(opaque_from), fn, never)
+
+    return jax.lax.platform_dependent(cpu=on_cpu, default=fn)
 
 
 @jax.custom_jvp

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
-from fusion_jax._fusion import materialize
 from fusion_jax._static import StaticNumbers
 from fusion_jax.conversion import (
     _prepare_g_max,
@@ -216,9 +215,6 @@ def _program_core(
     if noise is not None:
         g_read = noise.sample(jnp.abs(x), key, g_max=g_max, t_inference=t_inference)
         x = g_read.astype(w.dtype) * jnp.sign(w)
-    # Stored once: recomputing x inside the moments pass and the output pass
-    # made each of them several times slower on the CPU.
-    x = materialize(x)
     return _reconstruct(
         x,
         w,

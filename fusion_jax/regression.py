@@ -22,7 +22,7 @@ __all__ = ["regression_slope"]
 #: row, and each accumulator adds only ``n / 16`` values (sums of long rows
 #: stay accurate).
 _ROW_BLOCKS = 16
-#: How many elements of a row, evenly spaced, give its shift (see :func:`_row_shift`).
+#: How many leading elements of a row give its shift (see :func:`_row_shift`).
 _SHIFT_SAMPLE = 32
 
 
@@ -80,15 +80,14 @@ def _reduce_rows(
 def _row_shift(v: jax.Array) -> jax.Array:
     """A value near each row's mean, ``[rows, 1]``, from a sample of the row.
 
-    The mean of ``_SHIFT_SAMPLE`` elements evenly spaced along the row (all of
-    a shorter row), or exactly the row's first element when the sampled
-    values are all equal, so that a constant row shifts to exact zeros.
-    Sums of shifted values lose no precision to a large common offset (the
-    shift lies within a few standard deviations of the mean), and the moments
-    need only one pass.
+    The mean of the row's first ``_SHIFT_SAMPLE`` elements (all of a shorter
+    row), or exactly the first element when those are all equal, so that a
+    constant row shifts to exact zeros. Sums of shifted values lose no
+    precision to a large common offset (the shift lies within a few standard
+    deviations of the mean), and the moments need only one pass. The sample
+    is contiguous: cheap to read even for many short rows.
     """
-    stride = max(1, v.shape[-1] // _SHIFT_SAMPLE)
-    sample = v[:, ::stride][:, :_SHIFT_SAMPLE]
+    sample = v[:, :_SHIFT_SAMPLE]
     first = sample[:, :1]
     constant = jnp.all(sample == first, axis=-1, keepdims=True)
     return jnp.where(constant, first, jnp.mean(sample, axis=-1, keepdims=True))

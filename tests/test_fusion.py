@@ -29,7 +29,7 @@ def test_derivative_is_the_identity_in_both_modes():
     jax.test_util.check_grads(lambda v: materialize(v**3), (v,), order=2, modes=("fwd", "rev"))
 
 
-def test_materialize_fn_gives_fn_and_is_a_loop_body_on_cpu():
+def test_materialize_fn_gives_fn_and_is_a_branch_on_cpu():
     def fn():
         return jnp.arange(4.0) * 3.0
 
@@ -37,4 +37,4 @@ def test_materialize_fn_gives_fn_and_is_a_loop_body_on_cpu():
     np.testing.assert_array_equal(compute(jnp.ones(2)), jnp.arange(4.0) * 3.0 + 1.0)
     compiled = compute.lower(jnp.ones(2)).compile().as_text()
     if jax.default_backend() == "cpu":
-        assert " while(" in compiled  # computed in its own body, once
+        assert " conditional(" in compiled  # computed in its own body, once
