@@ -68,6 +68,7 @@ def test_program_skips_read_noise_for_a_literal_zero_but_not_for_an_array(monkey
         return real_draw(key, n_words, shape)
 
     monkeypatch.setattr(noise, "_draw_words", counting_draw)
+    jax.clear_caches()  # trace afresh, whatever ran before in this process
     out_literal = fj.program(w, key, noise=literal)
     assert draws == [2]  # latent, drift and stuck words only
     draws.clear()
