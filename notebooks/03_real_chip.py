@@ -231,7 +231,7 @@ print(
 # The model's mean and standard deviation per target bin, against the real
 # read-back's (one sample of the model at every real target, at the
 # calibration time). The spread grows with the target but does not shrink
-# to 0 for small ones: about 0.5 uS near 0, 2.7 uS near 40. That floor in
+# to 0 for small ones: about 0.4 uS near 0, 2.7 uS near 40. That floor in
 # absolute uS is what makes `g_max` matter (notebook 01, section 6).
 
 # %%
@@ -300,8 +300,10 @@ plt.show()
 #
 # `fj.noise.validation_table` puts numbers on the comparison: per bin of
 # target conductance, the real and modelled mean, standard deviation and
-# fraction of zeros. Means agree to about 1%, standard deviations to a few
-# percent.
+# fraction of zeros. Means agree to within 2%, standard deviations to
+# within 4% below 32 uS. Above 32 uS the model's spread is 6 to 9% too
+# large: it keeps growing with the target where the real chip's levels off
+# (the right-hand plot above).
 
 # %%
 table = fj.noise.validation_table(model, targets, programmed, jax.random.key(1), n_bins=10)
@@ -313,7 +315,7 @@ print(table)
 # drift (a few percent after an hour) but not the chip's gain of about 0.55
 # or its offset of about -1 uS. Its spread is larger in absolute uS for small
 # targets, but relative to the mean read-back, the signal that survives, the
-# chip's spread is about 1.5 times the PCM model's.
+# chip's spread is 1.2 to 1.5 times the PCM model's.
 
 # %%
 print(
@@ -356,7 +358,7 @@ for name in names:
 # %% [markdown]
 # The calibrated model predicts the real chip's weight error within a few
 # percent for the three larger layers. For the first conv layer (16 rows of
-# 25 weights) it is about 10% low, a gap larger than the spread between
+# 25 weights) it is about 12% low, a gap larger than the spread between
 # simulated chips. That layer's devices read back with a few percent more
 # spread around the model's mean than the model gives; the model is fitted to
 # all layers together, of which this one is 0.5% of the devices. The PCM
