@@ -10,9 +10,12 @@ after warm-up (``block_until_ready``). The goal is a ratio of at most 1.3.
 The step is measured under each PRNG JAX offers (``threefry2x32``, the
 default, with ``jax_threefry_partitionable`` on and off; ``rbg``;
 ``unsafe_rbg``), each in its own process, because the implementation is
-fixed when the first key is made. A breakdown of the hardware-aware extra
-cost (random numbers, noise model, conversion and regression) is printed
-for the PRNG in use.
+fixed when the first key is made. With threefry keys the noise models draw
+their words with fusion_jax's fused threefry (``fusion_jax._random``: the
+same hash, one block of 64 bits per device, computed once); with the others
+they call ``jax.random.bits``. A breakdown of the hardware-aware extra cost
+(random numbers, noise model, conversion and regression) is printed for the
+PRNG in use.
 
 Usage::
 
@@ -133,6 +136,7 @@ def _breakdown(repeats: int, warmup: int) -> dict[str, float]:
     import jax
     import jax.numpy as jnp
 
+    from fusion_jax._random import random_words
     from fusion_jax.noise import default_noise
     from fusion_jax.program_params import program_kernel
 
@@ -148,6 +152,12 @@ def _breakdown(repeats: int, warmup: int) -> dict[str, float]:
         )
 
     bits = per_kernel(lambda g, k: jax.random.bits(k, g.shape))
+
+    def both_words(g: Any, k: Any) -> Any:
+        w0, w1 = random_words(k, 2, g.shape)
+        return w0 ^ w1
+
+    words = per_kernel(both_words)
     normals = per_kernel(lambda g, k: jax.random.normal(k, g.shape))
     sample = per_kernel(lambda g, k: noise.sample(g, k, g_max=40.0, t_inference=0.0))
 
@@ -165,8 +175,9 @@ def _breakdown(repeats: int, warmup: int) -> dict[str, float]:
     key = jax.random.key(1)
     return _interleaved_ms(
         {
-            "random_bits_32_per_weight_ms": lambda: bits(key),
-            "normal_draws_1_per_weight_ms": lambda: normals(key),
+            "jax_random_bits_32_per_weight_ms": lambda: bits(key),
+            "fused_threefry_64_per_weight_ms": lambda: words(key),
+            "jax_random_normal_1_per_weight_ms": lambda: normals(key),
             "noise_sample_ms": lambda: sample(key),
             "program_noise_free_forward_ms": lambda: forward_clean(kernels),
             "program_noise_free_grad_ms": lambda: grad_clean(kernels),
