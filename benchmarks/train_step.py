@@ -176,7 +176,7 @@ def _breakdown(repeats: int, warmup: int) -> dict[str, float]:
     return _interleaved_ms(
         {
             "jax_random_bits_32_per_weight_ms": lambda: bits(key),
-            "fused_threefry_64_per_weight_ms": lambda: words(key),
+            "noise_words_64_per_weight_ms": lambda: words(key),
             "jax_random_normal_1_per_weight_ms": lambda: normals(key),
             "noise_sample_ms": lambda: sample(key),
             "program_noise_free_forward_ms": lambda: forward_clean(kernels),
