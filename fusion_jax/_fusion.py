@@ -37,7 +37,10 @@ def _opaque_true(value: jax.Array) -> jax.Array:
 
 
 def materialize_fn(fn: Callable[[], T], opaque_from: jax.Array) -> T:
-    """``fn()``, on the CPU computed once in its own compiled body (not differentiable).
+    """``fn()``, on the CPU computed once in its own compiled body.
+
+    No custom derivative (differentiating goes through the ``lax.cond``);
+    :func:`materialize` has the identity as its derivative.
 
     Args:
         fn: A function of no arguments (close over its inputs).

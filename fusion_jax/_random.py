@@ -7,9 +7,9 @@ programming step.
 
 :func:`random_words` computes the same hash, Threefry-2x32 with 20 rounds
 (Salmon et al. 2011), as plain unrolled ``jax.numpy`` integer operations
-keyed by the key's own data, one block per device and counter: XLA fuses
-it into the consumer on every backend, and one block gives 64 bits (two
-words) where ``jax.random.bits`` uses a block per 32-bit word. A test checks
+keyed by the key's own data, one block per device and counter: one block
+gives 64 bits (two words) where ``jax.random.bits`` uses a block per 32-bit
+word, and no loop writes the array to memory between rounds. A test checks
 the blocks bit for bit against ``jax.extend.random.threefry_2x32``. Keys of
 other PRNG implementations (``rbg``, ``unsafe_rbg``, custom ones) draw with
 ``jax.random.bits``.
@@ -18,7 +18,6 @@ other PRNG implementations (``rbg``, ``unsafe_rbg``, custom ones) draw with
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +32,8 @@ __all__ = ["random_words", "threefry2x32"]
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 #: The key-schedule parity constant of Threefry.
 _PARITY = 0x1BD11BDA
-#: Largest number of blocks one call counts with a 32-bit counter.
-_MAX_BLOCKS = 2**32
+#: Elements one call can count with its 32-bit counter (more fall back to jax.random.bits).
+_MAX_ELEMENTS = 2**32
 
 
 def _rotate_left(x: jax.Array, r: int) -> jax.Array:
@@ -91,7 +90,7 @@ def random_words(
     For a threefry key (JAX's default), block ``b`` of element ``i`` (flat
     index) is Threefry-2x32 of the counter ``(b, i)`` under the key's data;
     its two words are words ``2b`` and ``2b + 1``. Other keys use
-    ``jax.random.bits``. Same key, same words, on every backend.
+    ``jax.random.bits``. Same threefry key, same words, on every backend.
 
     On the CPU the words are computed once and stored (see
     :func:`fusion_jax._fusion.materialize`), instead of XLA recomputing the 20 rounds in every
@@ -115,10 +114,10 @@ def random_words(
     """
     data = _threefry_key_data(key)
     size = math.prod(shape)
-    if data is None or size >= _MAX_BLOCKS:
+    if data is None or size >= _MAX_ELEMENTS:
         return tuple(jax.random.bits(key, (n_words, *shape), jnp.uint32))
 
-    def hash_blocks(_: Any) -> tuple[jax.Array, ...]:
+    def hash_blocks() -> tuple[jax.Array, ...]:
         index = jax.lax.iota(jnp.uint32, size).reshape(shape)
         pairs = [
             threefry2x32(data[0], data[1], jnp.full(shape, block, jnp.uint32), index)
@@ -126,4 +125,4 @@ def random_words(
         ]
         return tuple(word for pair in pairs for word in pair)[:n_words]
 
-    return materialize_fn(lambda: hash_blocks(None), data)
+    return materialize_fn(hash_blocks, data)

@@ -31,7 +31,7 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
-from fusion_jax._static import StaticNumbers
+from fusion_jax._static import has_array_leaves
 from fusion_jax.program_params import program_kernel
 from fusion_jax.programming import (
     DEFAULT_NOISE,
@@ -93,7 +93,7 @@ class _FusionLayer(nnx.Module):
         # A model of Python numbers is static (part of the graph definition):
         # its fields stay compile-time constants in a jitted step. One with
         # array fields is data, traced like the parameters.
-        self.noise = model if StaticNumbers(model).tree_flatten()[0] == () else nnx.data(model)
+        self.noise = nnx.data(model) if has_array_leaves(model) else model
         self.t_inference = float(t_inference)
         self.gradient = gradient
         self.strict_aihwkit = bool(strict_aihwkit)

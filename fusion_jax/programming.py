@@ -193,8 +193,9 @@ def _program_jit(
     dtype: Any,
     out_dtype: Any,
 ) -> jax.Array:
-    # The model's Python-number fields arrive as constants (StaticNumbers): XLA
-    # folds them, and terms switched off by a literal 0 are not computed.
+    # The model's Python-number fields arrive as constants (StaticNumbers), so
+    # a model can test them at trace time (a literal read_noise_scale=0 skips
+    # the read-noise draw) and XLA can fold arithmetic on them.
     wc = w.astype(dtype)
     w_hat = _program_core(wc, key, g_max, noise.value, t_inference, strict_aihwkit)
     if gradient == "ste":

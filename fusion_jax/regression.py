@@ -47,10 +47,7 @@ def _add(a: Terms, b: Terms) -> Terms:
 
 
 def _reduce_rows(
-    terms: Terms,
-    combine: Callable[[Terms, Terms], Terms],
-    inits: tuple[float, ...],
-    finishes: tuple[Callable, ...],
+    terms: Terms, combine: Callable[[Terms, Terms], Terms], init: float, finish: Callable
 ) -> Terms:
     """Reduce several ``[rows, n]`` arrays over ``n`` in one pass over the data.
 
@@ -58,19 +55,17 @@ def _reduce_rows(
     inputs inside the reduction instead of writing each to memory. The first
     ``n - n % 16`` elements of a row are cut into 16 contiguous blocks and
     reduced across blocks (independent, vectorisable partial results), then
-    each term's ``finishes`` entry (``jnp.sum``, ``jnp.max``) reduces what is
-    left of the blocks; the last ``n % 16`` elements, if any, are reduced on
-    their own and ``combine``-d in. ``inits`` are the identities of
-    ``combine``, term by term.
+    ``finish`` reduces what is left of the blocks; the last ``n % 16``
+    elements, if any, are reduced on their own and ``combine``-d in.
     """
     n = terms[0].shape[-1]
-    inits = tuple(jnp.asarray(i, t.dtype) for i, t in zip(inits, terms, strict=True))
+    inits = tuple(jnp.asarray(init, t.dtype) for t in terms)
     if n < 2 * _ROW_BLOCKS:
         return tuple(lax.reduce(terms, inits, combine, (1,)))
     main = n - n % _ROW_BLOCKS
     split = tuple(t[:, :main].reshape(t.shape[0], _ROW_BLOCKS, main // _ROW_BLOCKS) for t in terms)
     partial = lax.reduce(split, inits, combine, (1,))
-    result = tuple(f(p, axis=-1) for f, p in zip(finishes, partial, strict=True))
+    result = tuple(finish(p, axis=-1) for p in partial)
     if main < n:
         rest = lax.reduce(tuple(t[:, main:] for t in terms), inits, combine, (1,))
         result = combine(result, tuple(rest))
@@ -82,10 +77,13 @@ def _row_shift(v: jax.Array) -> jax.Array:
 
     The mean of the row's first ``_SHIFT_SAMPLE`` elements (all of a shorter
     row), or exactly the first element when those are all equal, so that a
-    constant row shifts to exact zeros. Sums of shifted values lose no
-    precision to a large common offset (the shift lies within a few standard
-    deviations of the mean), and the moments need only one pass. The sample
-    is contiguous: cheap to read even for many short rows.
+    constant row shifts to exact zeros. For rows whose leading elements look
+    like the rest (weights, conductances), the shift lies within a few
+    standard deviations of the mean, so sums of shifted values lose no
+    precision to a large common offset and the moments need only one pass;
+    a row whose first 32 elements are unlike the rest loses some (the shift
+    is always within the range of the row). The sample is contiguous: cheap
+    to read even for many short rows.
     """
     sample = v[:, :_SHIFT_SAMPLE]
     first = sample[:, :1]
@@ -103,7 +101,7 @@ def _shifted_moments(x: jax.Array, y: jax.Array, kx: jax.Array, ky: jax.Array) -
     """
     dx = x - kx
     dy = y - ky
-    return _reduce_rows((dx, dy, dx * dx, dx * dy, dy * dy), _add, (0.0,) * 5, (jnp.sum,) * 5)
+    return _reduce_rows((dx, dy, dx * dx, dx * dy, dy * dy), _add, 0.0, jnp.sum)
 
 
 @_shifted_moments.defjvp
@@ -169,9 +167,10 @@ def _moments_any_scale(
     are in :func:`_safe_range`: scaling by a power of two is exact, so
     normalised data would give the same sums. Otherwise (rows of 1e-30 or
     1e30, and rows that are all zero, whose sum of squares cannot tell them
-    from an underflow) a second pass takes the row maxima and recomputes the
-    moments on data normalised by powers of two near them. Returns
-    ``(moments, kx, ky, sx, sy)``.
+    from an underflow) two more passes take the row maxima and recompute the
+    moments on data normalised by powers of two near them, for the whole
+    matrix. Under ``jax.vmap`` the ``lax.cond`` becomes a select and all
+    three passes run. Returns ``(moments, kx, ky, sx, sy)``.
     """
     n = x.shape[-1]
     kx = lax.stop_gradient(_row_shift(x))
@@ -185,6 +184,7 @@ def _moments_any_scale(
         # the underflow of a row of 1e-30s.
         return (q >= n * lo * lo) & (q <= hi * hi)
 
+    # (A NaN or Inf fails the bounds already; the explicit test is a safety net.)
     ok = jnp.all(in_range(oxx) & in_range(oyy) & jnp.isfinite(jnp.stack(moments)).all(axis=0))
 
     def normalised() -> tuple[Terms, jax.Array, jax.Array, jax.Array, jax.Array]:
@@ -215,9 +215,9 @@ def _slope(
     for rows whose ``x`` is all zero (default 0); its value never changes
     ``slope * x`` there, only the derivative.
 
-    Passes over the data: one for the moments (with the row maxima when the
-    scales are not given; a second one only for rows of extreme magnitude,
-    see :func:`_moments_any_scale`). Rows are shifted by a value near their mean
+    Passes over the data: one for the moments (with known scales, or when no
+    row is of extreme magnitude or all zero; otherwise two more, see
+    :func:`_moments_any_scale`). Rows are shifted by a value near their mean
     (:func:`_row_shift`) and the centred sums recovered as
     ``sum(dx dy) - sum(dx) sum(dy) / n``: no cancellation for rows with a large
     common offset, without a separate pass for the means.
@@ -280,11 +280,12 @@ def regression_slope(
     ``a = sum((x - mean x)(y - mean y)) / sum((x - mean x)^2)``. Rows are
     shifted by a value near their mean before the sums, so rows with a large
     common offset lose no precision to cancellation. One jitted pass over the
-    data computes all sums and the row maxima at once; only if some row's
-    values are tiny (below about 1e-6 in float32) or huge (above about
-    4e12), a second pass repeats the sums on rows normalised by a power of
-    two near their largest magnitude, so 1e-30 or 1e30 lose no precision to
-    underflow or overflow either.
+    data computes all the sums. Only if some row's sum of squares of ``x`` or
+    ``y`` is outside a safe range (float32: a typical magnitude below about
+    5e-7, or values above about ``4e12 / sqrt(n)``), or is 0 (a row of
+    zeros, which an underflow would look like), two more passes take the
+    row maxima and repeat the sums on rows normalised by a power of two near
+    them, so 1e-30 or 1e30 lose no precision to underflow or overflow either.
 
     Degenerate rows: where ``x`` has zero variance (constant, or a single
     element) there is no unique slope and scikit-learn returns 0; where ``y``

@@ -209,3 +209,19 @@ def test_default_noise_is_the_chip_model():
     expected = X @ fj.program(layer.kernel[...].T, key).T + layer.bias[...]
     np.testing.assert_allclose(layer(X), expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(layer(X), layer(X, deterministic=True))
+
+
+def test_noise_model_of_numbers_is_static_and_one_with_arrays_is_state():
+    from fusion_jax.noise import FusionChipNoise
+
+    numbers = fnnx.FusionLinear(3, 4, rngs=nnx.Rngs(params=0, noise=1))
+    assert "noise" not in nnx.state(numbers)  # compile-time constants of a jitted step
+    arrays = fnnx.FusionLinear(
+        3,
+        4,
+        noise=FusionChipNoise.lenet5_readback(spread_scale=jnp.float32(0.5)),
+        rngs=nnx.Rngs(params=0, noise=1),
+    )
+    assert "noise" in nnx.state(arrays)  # traced, like the parameters
+    x = jnp.ones((2, 3))
+    assert arrays(x).shape == numbers(x).shape == (2, 4)

@@ -78,3 +78,15 @@ def test_gradient_passes_through_code_that_uses_the_words():
     grad = jax.jit(jax.grad(f))(x, key)
     (w,) = random_words(key, 1, x.shape)
     np.testing.assert_allclose(grad, (np.asarray(w) >> 8) * 2.0**-24, rtol=1e-6)
+
+
+def test_arrays_beyond_the_32_bit_counter_draw_with_jax_random_bits(monkeypatch):
+    from fusion_jax import _random
+
+    monkeypatch.setattr(_random, "_MAX_ELEMENTS", 16)
+    key = jax.random.key(9)
+    small = random_words(key, 2, (3, 5))  # 15 elements: the fused hash
+    large = random_words(key, 2, (4, 5))  # 20 elements: past the (patched) counter
+    expected = jax.random.bits(key, (2, 4, 5), jnp.uint32)
+    np.testing.assert_array_equal(jnp.stack(large), expected)
+    assert not np.array_equal(small[0], jax.random.bits(key, (2, 3, 5), jnp.uint32)[0])

@@ -106,8 +106,34 @@ def test_rows_of_extreme_magnitude_or_zeros_beside_ordinary_rows(scale):
     y[1] *= scale
     x, y = x.astype(np.float32), y.astype(np.float32)
     got = np.asarray(fj.regression_slope(x, y))
+    from fusion_jax import regression
+
+    sx = regression._moments_any_scale(jnp.asarray(x), jnp.asarray(y))[3]
+    assert sx[0] != 1.0  # the ordinary rows were normalised too: the second pass ran
     if scale == 0.0:
         np.testing.assert_allclose(got[[0, 2]], ref_slope(x[[0, 2]], y[[0, 2]]), rtol=1e-5)
         assert got[1] == 0.0
     else:
         np.testing.assert_allclose(got, ref_slope(x, y), rtol=1e-5)
+
+
+@pytest.mark.parametrize(("sx", "sy"), [(1.0, 1e-30), (1e-30, 1.0), (1.0, 1e30), (1e30, 1.0)])
+def test_only_x_or_only_y_of_extreme_magnitude(sx, sy):
+    """Each of the two range checks on its own sends the rows to the normalised pass."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 50))
+    y = 0.5 * x + 0.1 * rng.standard_normal((2, 50))
+    x, y = (x * sx).astype(np.float32), (y * sy).astype(np.float32)
+    np.testing.assert_allclose(fj.regression_slope(x, y), ref_slope(x, y), rtol=1e-5)
+
+
+def test_gradient_through_the_normalised_pass():
+    """slope(c x, y) = slope(x, y) / c for a power of two c, so its gradient in x is the
+    unscaled one divided by c; c = 2**-30 sends x to the normalised pass."""
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.standard_normal((3, 40)), jnp.float32)
+    y = jnp.asarray(0.3 * x + 0.2 * rng.standard_normal((3, 40)), jnp.float32)
+    c = 2.0**-30
+    scaled = jax.grad(lambda v: fj.regression_slope(v * c, y).sum())(x)
+    plain = jax.grad(lambda v: fj.regression_slope(v, y).sum())(x)
+    np.testing.assert_allclose(np.asarray(scaled) * c, plain, rtol=1e-4, atol=1e-6)

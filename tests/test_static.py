@@ -75,3 +75,24 @@ def test_program_skips_read_noise_for_a_literal_zero_but_not_for_an_array(monkey
     out_traced = fj.program(w, key, noise=traced)
     assert draws == [2, 1]  # and the read word
     np.testing.assert_array_equal(out_literal, out_traced)
+
+
+def test_numbers_of_different_type_or_sign_get_their_own_compilation():
+    """0.0 and -0.0, 1 and 1.0 and True are different static data; NaN is found again."""
+    traces = []
+
+    @jax.jit
+    def f(s):
+        traces.append(s.value["a"])
+        return jnp.asarray(1.0) / s.value["a"]
+
+    assert float(f(StaticNumbers({"a": 0.0}))) == np.inf
+    assert float(f(StaticNumbers({"a": -0.0}))) == -np.inf
+    g = jax.jit(lambda s: jnp.asarray(s.value["a"]))
+    assert g(StaticNumbers({"a": 1})).dtype == jnp.int32
+    assert g(StaticNumbers({"a": 1.0})).dtype == jnp.float32
+    assert g(StaticNumbers({"a": True})).dtype == jnp.bool_
+    traces.clear()
+    f(StaticNumbers({"a": float("nan")}))
+    f(StaticNumbers({"a": float("nan")}))
+    assert len(traces) == 1  # the second NaN hits the cache
