@@ -94,14 +94,18 @@ def _prepare_g_max(g_max: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(g_max, dtype=dtype)
 
 
-def _signed_conductances(w: jax.Array, g_max: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _signed_conductances(
+    w: jax.Array, g_max: jax.Array, axis: int = -1
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Signed target conductances ``sign(w) * clip(|w * s|, 0, g_max)``.
 
-    Returns ``(x, scale, row_max)`` with ``scale`` and ``row_max`` of shape
-    ``[..., out, 1]``. Computed as ``clip(w * s, -g_max, g_max)``: the same
-    values, without the kink of ``abs`` at 0 in the derivative.
+    Each line along ``axis`` (a row ``[..., out, in]`` for ``-1``, a Flax
+    kernel's column for ``-2``) is one output. Returns ``(x, scale,
+    row_max)`` with ``scale`` and ``row_max`` kept as size-1 ``axis``.
+    Computed as ``clip(w * s, -g_max, g_max)``: the same values, without the
+    kink of ``abs`` at 0 in the derivative.
     """
-    row_max = jnp.max(jnp.abs(w), axis=-1, keepdims=True)
+    row_max = jnp.max(jnp.abs(w), axis=axis, keepdims=True)
     scale = g_max / jnp.maximum(row_max, SCALE_EPS)
     x = _clip_keep_boundary(w * scale, -g_max, g_max)
     return x, scale, row_max
@@ -185,8 +189,9 @@ def _reconstruct(
     x_scale: jax.Array | None = None,
     y_scale: jax.Array | None = None,
     zero_default: jax.Array | None = None,
+    axis: int = -1,
 ) -> jax.Array:
-    """``slope_r * x_r`` per row, the slope fitted of ``w`` on signed ``x``."""
+    """``slope_r * x_r`` per line (along ``axis``), the slope fitted of ``w`` on signed ``x``."""
     slope = _slope(
         x,
         w,
@@ -194,8 +199,9 @@ def _reconstruct(
         x_scale=x_scale,
         y_scale=y_scale,
         zero_default=zero_default,
+        axis=axis,
     )
-    return slope[..., None] * x
+    return jnp.expand_dims(slope, axis) * x
 
 
 def convert_back_to_weights(

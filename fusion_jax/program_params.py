@@ -19,13 +19,14 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation, layout
+from fusion_jax.conversion import _prepare_weights
 from fusion_jax.errors import ArgumentError
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
     NoiseModel,
     _check_gradient_mode,
-    program,
+    _program_prepared,
     resolve_noise,
 )
 
@@ -52,11 +53,15 @@ def program_kernel(
 ) -> Float[Array, "*spatial in out"]:
     """Program one Flax kernel onto the simulated chip and read it back.
 
-    The kernel is rearranged to one row per output channel (the last axis;
-    :func:`fusion_jax.layout.kernel_to_rows`), programmed with
-    :func:`fusion_jax.program`, and put back in Flax layout. Each output
-    channel therefore gets its own conductance scale and its own regression
-    slope, as a chip column would.
+    Each output channel (the last axis) is one row on the chip: it gets its
+    own conductance scale and its own regression slope. The result is
+    :func:`fusion_jax.program` of the reference rows
+    (:func:`fusion_jax.layout.kernel_to_rows`), put back in Flax layout, but
+    computed in the kernel's own layout, without the two transposes. The
+    noise model therefore sees the conductances as ``[in * spatial, out]``
+    and its random draws fall on the devices in that order: with random
+    noise, the same key gives a different (equally distributed) draw than
+    ``program(kernel_to_rows(kernel), key)``.
 
     Args:
         kernel: A Dense kernel ``[in, out]`` or a conv kernel
@@ -93,17 +98,29 @@ def program_kernel(
         (3, 2)
     """
     kernel = jax.numpy.asarray(kernel)
-    rows = layout.kernel_to_rows(kernel)
-    programmed = program(
-        rows,
+    _check_gradient_mode(gradient)
+    model = resolve_noise(noise)
+    if model is not None and key is None:
+        raise ValueError(
+            "program_kernel needs a PRNG key when noise is on (pass key=, or noise=None)."
+        )
+    # Checks (and error messages) as for the reference rows; under jit the
+    # rearranged copy is only inspected, never computed.
+    _prepare_weights(layout.kernel_to_rows(kernel), "kernel")
+    # Computed in the kernel's own layout: one column per output channel, no
+    # transposes (they cost more than the rest of the conversion on a CPU).
+    columns = kernel.reshape(-1, kernel.shape[-1])
+    programmed = _program_prepared(
+        columns,
         key,
-        g_max=g_max,
-        noise=noise,
-        t_inference=t_inference,
+        g_max,
+        model,
+        t_inference,
         strict_aihwkit=strict_aihwkit,
         gradient=gradient,
+        axis=-2,
     )
-    return layout.rows_to_kernel(programmed, kernel.shape)
+    return programmed.reshape(kernel.shape)
 
 
 def is_kernel(path: LeafPath, leaf: Any) -> bool:

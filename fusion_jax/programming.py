@@ -162,6 +162,23 @@ def program(
     if model is not None and key is None:
         raise ValueError("program needs a PRNG key when noise is on (pass key=, or noise=None).")
     w = _prepare_weights(weights)
+    return _program_prepared(
+        w, key, g_max, model, t_inference, strict_aihwkit=strict_aihwkit, gradient=gradient
+    )
+
+
+def _program_prepared(
+    w: jax.Array,
+    key: PRNGKeyArray | None,
+    g_max: Any,
+    model: NoiseModel | None,
+    t_inference: Any,
+    *,
+    strict_aihwkit: bool,
+    gradient: str,
+    axis: int = -1,
+) -> jax.Array:
+    """:func:`program` of validated weights whose lines (outputs) lie along ``axis``."""
     out_dtype = _validation.result_dtype(w.dtype)
     dtype = _validation.compute_dtype(w.dtype)
     g = _prepare_g_max(g_max, dtype)
@@ -175,11 +192,14 @@ def program(
         gradient=gradient,
         dtype=dtype,
         out_dtype=out_dtype,
+        axis=axis,
     )
 
 
 @functools.partial(
-    jax.jit, static_argnames=("strict_aihwkit", "gradient", "dtype", "out_dtype"), inline=True
+    jax.jit,
+    static_argnames=("strict_aihwkit", "gradient", "dtype", "out_dtype", "axis"),
+    inline=True,
 )
 def _program_jit(
     w: jax.Array,
@@ -192,12 +212,13 @@ def _program_jit(
     gradient: str,
     dtype: Any,
     out_dtype: Any,
+    axis: int,
 ) -> jax.Array:
     # The model's Python-number fields arrive as constants (StaticNumbers), so
     # a model can test them at trace time (a literal read_noise_scale=0 skips
     # the read-noise draw) and XLA can fold arithmetic on them.
     wc = w.astype(dtype)
-    w_hat = _program_core(wc, key, g_max, noise.value, t_inference, strict_aihwkit)
+    w_hat = _program_core(wc, key, g_max, noise.value, t_inference, strict_aihwkit, axis)
     if gradient == "ste":
         w_hat = wc + jax.lax.stop_gradient(w_hat - wc)
     return w_hat.astype(out_dtype)
@@ -210,17 +231,20 @@ def _program_core(
     noise: NoiseModel | None,
     t_inference: jax.Array,
     strict_aihwkit: bool,
+    axis: int = -1,
 ) -> jax.Array:
-    """Convert, apply noise, reconstruct (validated inputs, compute dtype)."""
-    x, scale, row_max = _signed_conductances(w, g_max)
+    """Convert, apply noise, reconstruct (validated inputs, compute dtype; lines along ``axis``)."""
+    x, scale, row_max = _signed_conductances(w, g_max, axis)
     if noise is not None:
         g_read = noise.sample(jnp.abs(x), key, g_max=g_max, t_inference=t_inference)
         x = g_read.astype(w.dtype) * jnp.sign(w)
+    row_max, scale = jnp.squeeze(row_max, axis), jnp.squeeze(scale, axis)
     return _reconstruct(
         x,
         w,
         strict_aihwkit=strict_aihwkit,
-        x_scale=jnp.broadcast_to(g_max, row_max.shape[:-1]),
-        y_scale=row_max[..., 0],
-        zero_default=1.0 / scale[..., 0],
+        x_scale=jnp.broadcast_to(g_max, row_max.shape),
+        y_scale=row_max,
+        zero_default=1.0 / scale,
+        axis=axis,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -47,33 +48,47 @@ def _add(a: Terms, b: Terms) -> Terms:
 
 
 def _reduce_rows(
-    terms: Terms, combine: Callable[[Terms, Terms], Terms], init: float, finish: Callable
+    terms: Terms,
+    combine: Callable[[Terms, Terms], Terms],
+    init: float,
+    finish: Callable,
+    axis: int = 1,
 ) -> Terms:
-    """Reduce several ``[rows, n]`` arrays over ``n`` in one pass over the data.
+    """Reduce several 2-D arrays along ``axis`` in one pass over the data.
 
-    One variadic ``lax.reduce``: XLA computes the terms elementwise from the
-    inputs inside the reduction instead of writing each to memory. The first
-    ``n - n % 16`` elements of a row are cut into 16 contiguous blocks and
-    reduced across blocks (independent, vectorisable partial results), then
-    ``finish`` reduces what is left of the blocks; the last ``n % 16``
-    elements, if any, are reduced on their own and ``combine``-d in.
+    ``axis=1``: rows ``[lines, n]`` (the reference layout); ``axis=0``:
+    columns ``[n, lines]`` (a Flax kernel). One variadic ``lax.reduce``: XLA
+    computes the terms elementwise from the inputs inside the reduction
+    instead of writing each to memory. The first ``n - n % 16`` elements of
+    a line are cut into 16 contiguous blocks, reduced to independent,
+    vectorisable partial results that ``finish`` then reduces; the last
+    ``n % 16`` elements, if any, are reduced on their own and
+    ``combine``-d in.
     """
-    n = terms[0].shape[-1]
+    n = terms[0].shape[axis]
     inits = tuple(jnp.asarray(init, t.dtype) for t in terms)
     if n < 2 * _ROW_BLOCKS:
-        return tuple(lax.reduce(terms, inits, combine, (1,)))
+        return tuple(lax.reduce(terms, inits, combine, (axis,)))
     main = n - n % _ROW_BLOCKS
-    split = tuple(t[:, :main].reshape(t.shape[0], _ROW_BLOCKS, main // _ROW_BLOCKS) for t in terms)
-    partial = lax.reduce(split, inits, combine, (1,))
-    result = tuple(finish(p, axis=-1) for p in partial)
+    if axis == 1:  # [lines, 16, n/16]: across blocks, position by position
+        split = tuple(t[:, :main].reshape(t.shape[0], _ROW_BLOCKS, -1) for t in terms)
+        partial = lax.reduce(split, inits, combine, (1,))
+        result = tuple(finish(p, axis=-1) for p in partial)
+        rest = tuple(t[:, main:] for t in terms)
+    else:  # [16, n/16, lines]: within blocks, vectorised over the lines
+        split = tuple(t[:main].reshape(_ROW_BLOCKS, -1, t.shape[1]) for t in terms)
+        partial = lax.reduce(split, inits, combine, (1,))
+        result = tuple(finish(p, axis=0) for p in partial)
+        rest = tuple(t[main:] for t in terms)
     if main < n:
-        rest = lax.reduce(tuple(t[:, main:] for t in terms), inits, combine, (1,))
-        result = combine(result, tuple(rest))
+        result = combine(result, tuple(lax.reduce(rest, inits, combine, (axis,))))
     return result
 
 
-def _row_shift(v: jax.Array) -> jax.Array:
-    """A value near each row's mean, ``[rows, 1]``, from a sample of the row.
+def _row_shift(v: jax.Array, axis: int = 1) -> jax.Array:
+    """A value near each line's mean, from a sample of the line (2-D ``v``, lines along ``axis``).
+
+    Returns ``[lines, 1]`` for ``axis=1``, ``[1, lines]`` for ``axis=0``.
 
     The mean of the row's first ``_SHIFT_SAMPLE`` elements (all of a shorter
     row), or exactly the first element when those are all equal, so that a
@@ -85,54 +100,56 @@ def _row_shift(v: jax.Array) -> jax.Array:
     is always within the range of the row). The sample is contiguous: cheap
     to read even for many short rows.
     """
-    sample = v[:, :_SHIFT_SAMPLE]
-    first = sample[:, :1]
-    constant = jnp.all(sample == first, axis=-1, keepdims=True)
-    return jnp.where(constant, first, jnp.mean(sample, axis=-1, keepdims=True))
+    sample = lax.slice_in_dim(v, 0, min(_SHIFT_SAMPLE, v.shape[axis]), axis=axis)
+    first = lax.slice_in_dim(sample, 0, 1, axis=axis)
+    constant = jnp.all(sample == first, axis=axis, keepdims=True)
+    return jnp.where(constant, first, jnp.mean(sample, axis=axis, keepdims=True))
 
 
-@jax.custom_jvp
-def _shifted_moments(x: jax.Array, y: jax.Array, kx: jax.Array, ky: jax.Array) -> Terms:
-    """Per-row ``(sum dx, sum dy, sum dx^2, sum dx dy, sum dy^2)``.
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def _shifted_moments(
+    x: jax.Array, y: jax.Array, kx: jax.Array, ky: jax.Array, axis: int = 1
+) -> Terms:
+    """Per-line ``(sum dx, sum dy, sum dx^2, sum dx dy, sum dy^2)`` along ``axis``.
 
     Here ``dx = x - kx`` and ``dy = y - ky``, in one pass over ``x`` and ``y``
-    (``[rows, n]``; shifts ``[rows, 1]``). The derivative rule uses plain
+    (2-D; shifts broadcast along ``axis``). The derivative rule uses plain
     sums, which reverse mode can transpose.
     """
     dx = x - kx
     dy = y - ky
-    return _reduce_rows((dx, dy, dx * dx, dx * dy, dy * dy), _add, 0.0, jnp.sum)
+    return _reduce_rows((dx, dy, dx * dx, dx * dy, dy * dy), _add, 0.0, jnp.sum, axis)
 
 
 @_shifted_moments.defjvp
-def _shifted_moments_jvp(primals: Terms, tangents: Terms) -> tuple[Terms, Terms]:
+def _shifted_moments_jvp(axis: int, primals: Terms, tangents: Terms) -> tuple[Terms, Terms]:
     x, y, kx, ky = primals
     tx, ty, tkx, tky = tangents
     dx, dy = x - kx, y - ky
     tdx, tdy = tx - tkx, ty - tky
     tangent = (
-        jnp.sum(tdx, axis=-1),
-        jnp.sum(tdy, axis=-1),
-        2 * jnp.sum(dx * tdx, axis=-1),
-        jnp.sum(tdx * dy + dx * tdy, axis=-1),
-        2 * jnp.sum(dy * tdy, axis=-1),
+        jnp.sum(tdx, axis=axis),
+        jnp.sum(tdy, axis=axis),
+        2 * jnp.sum(dx * tdx, axis=axis),
+        jnp.sum(tdx * dy + dx * tdy, axis=axis),
+        2 * jnp.sum(dy * tdy, axis=axis),
     )
-    return _shifted_moments(x, y, kx, ky), tangent
+    return _shifted_moments(x, y, kx, ky, axis), tangent
 
 
 def _normalised_moments(
-    x: jax.Array, y: jax.Array, sx: jax.Array, sy: jax.Array
+    x: jax.Array, y: jax.Array, sx: jax.Array, sy: jax.Array, axis: int = 1
 ) -> tuple[Terms, jax.Array, jax.Array]:
-    """Moments of ``x / sx`` and ``y / sy`` (per-row powers of two) and their shifts."""
+    """Moments of ``x / sx`` and ``y / sy`` (per-line powers of two) and their shifts."""
     # Multiplying by the reciprocal of a power of two is exact, and cheaper
-    # than a division per element. The per-row values are materialised:
+    # than a division per element. The per-line values are materialised:
     # otherwise XLA recomputes their steps (frexp, selects) for every element.
     inv_sx, inv_sy = materialize(lax.stop_gradient((1.0 / sx, 1.0 / sy)))
-    xn = x * inv_sx[:, None]
-    yn = y * inv_sy[:, None]
+    xn = x * jnp.expand_dims(inv_sx, axis)
+    yn = y * jnp.expand_dims(inv_sy, axis)
     # Shifts carry no gradient: every result is exactly invariant to them.
-    kx, ky = materialize(lax.stop_gradient((_row_shift(xn), _row_shift(yn))))
-    return _shifted_moments(xn, yn, kx, ky), kx, ky
+    kx, ky = materialize(lax.stop_gradient((_row_shift(xn, axis), _row_shift(yn, axis))))
+    return _shifted_moments(xn, yn, kx, ky, axis), kx, ky
 
 
 def _safe_range(dtype: Any) -> tuple[float, float]:
@@ -159,7 +176,7 @@ def _origin_sums(moments: Terms, kx: jax.Array, ky: jax.Array, n: int) -> tuple[
 
 
 def _moments_any_scale(
-    x: jax.Array, y: jax.Array
+    x: jax.Array, y: jax.Array, axis: int = 1
 ) -> tuple[Terms, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Moments and shifts of rows whose magnitudes are unknown, usually in one pass.
 
@@ -172,11 +189,13 @@ def _moments_any_scale(
     matrix. Under ``jax.vmap`` the ``lax.cond`` becomes a select and all
     three passes run. Returns ``(moments, kx, ky, sx, sy)``.
     """
-    n = x.shape[-1]
-    kx = lax.stop_gradient(_row_shift(x))
-    ky = lax.stop_gradient(_row_shift(y))
-    moments = _shifted_moments(x, y, kx, ky)
-    _, oxx, oyy = lax.stop_gradient(_origin_sums(moments, kx[:, 0], ky[:, 0], n))
+    n = x.shape[axis]
+    kx = lax.stop_gradient(_row_shift(x, axis))
+    ky = lax.stop_gradient(_row_shift(y, axis))
+    moments = _shifted_moments(x, y, kx, ky, axis)
+    _, oxx, oyy = lax.stop_gradient(
+        _origin_sums(moments, jnp.squeeze(kx, axis), jnp.squeeze(ky, axis), n)
+    )
     lo, hi = _safe_range(x.dtype)
 
     def in_range(q: jax.Array) -> jax.Array:
@@ -188,10 +207,10 @@ def _moments_any_scale(
     ok = jnp.all(in_range(oxx) & in_range(oyy) & jnp.isfinite(jnp.stack(moments)).all(axis=0))
 
     def normalised() -> tuple[Terms, jax.Array, jax.Array, jax.Array, jax.Array]:
-        max_x = jnp.max(jnp.abs(lax.stop_gradient(x)), axis=-1)
-        max_y = jnp.max(jnp.abs(lax.stop_gradient(y)), axis=-1)
+        max_x = jnp.max(jnp.abs(lax.stop_gradient(x)), axis=axis)
+        max_y = jnp.max(jnp.abs(lax.stop_gradient(y)), axis=axis)
         sx, sy = _safe_scale(max_x), _safe_scale(max_y)
-        return (*_normalised_moments(x, y, sx, sy), sx, sy)
+        return (*_normalised_moments(x, y, sx, sy, axis), sx, sy)
 
     one = jnp.ones_like(oxx)
     return lax.cond(ok, lambda: (tuple(moments), kx, ky, one, one), normalised)
@@ -205,51 +224,64 @@ def _slope(
     x_scale: jax.Array | None = None,
     y_scale: jax.Array | None = None,
     zero_default: jax.Array | None = None,
+    axis: int = -1,
 ) -> jax.Array:
-    """Per-row OLS slope of ``y`` on ``x`` over the last axis (private core).
+    """Per-line OLS slope of ``y`` on ``x`` (private core).
 
-    ``x_scale`` / ``y_scale`` are per-row magnitudes ``[..., out]`` used only to
-    normalise the data before the sums (the slope is invariant to them; they
-    get no gradient). Give both or neither.
-    ``zero_default`` is the slope returned, in the through-origin fallback,
-    for rows whose ``x`` is all zero (default 0); its value never changes
-    ``slope * x`` there, only the derivative.
+    ``axis=-1``: lines are rows ``[..., out, in]`` (the reference layout);
+    ``axis=-2``: lines are the columns of one matrix ``[in, out]`` (a Flax
+    kernel, programmed in its own layout). Returns one slope per line,
+    ``[..., out]`` or ``[out]``.
+
+    ``x_scale`` / ``y_scale`` are per-line magnitudes used only to normalise
+    the data before the sums (the slope is invariant to them; they get no
+    gradient). Give both or neither. ``zero_default`` is the slope returned,
+    in the through-origin fallback, for lines whose ``x`` is all zero
+    (default 0); its value never changes ``slope * x`` there, only the
+    derivative.
 
     Passes over the data: one for the moments (with known scales, or when no
-    row is of extreme magnitude or all zero; otherwise two more, see
-    :func:`_moments_any_scale`). Rows are shifted by a value near their mean
+    line is of extreme magnitude or all zero; otherwise two more, see
+    :func:`_moments_any_scale`). Lines are shifted by a value near their mean
     (:func:`_row_shift`) and the centred sums recovered as
-    ``sum(dx dy) - sum(dx) sum(dy) / n``: no cancellation for rows with a large
-    common offset, without a separate pass for the means.
+    ``sum(dx dy) - sum(dx) sum(dy) / n``: no cancellation for lines with a
+    large common offset, without a separate pass for the means.
     """
-    batch, n = x.shape[:-1], x.shape[-1]
+    if axis == -1:
+        batch, n = x.shape[:-1], x.shape[-1]
+        # One matrix of rows: every reduction below is over its last axis.
+        x = x.reshape(-1, n)
+        y = y.reshape(-1, n)
+        red = 1
+    elif axis == -2 and x.ndim == 2:
+        batch, n = x.shape[1:], x.shape[0]
+        red = 0
+    else:
+        raise ValueError(f"lines along axis {axis} of shape {x.shape} are not supported")
 
-    def rows(v: jax.Array) -> jax.Array:  # per-row values, flattened like the rows
+    def rows(v: jax.Array) -> jax.Array:  # per-line values, flattened like the lines
         return jnp.broadcast_to(v, batch).reshape(-1)
 
-    # One matrix of rows: every reduction below is over the last axis.
-    x = x.reshape(-1, n)
-    y = y.reshape(-1, n)
     if x_scale is None or y_scale is None:
-        moments, kx, ky, sx, sy = _moments_any_scale(x, y)
+        moments, kx, ky, sx, sy = _moments_any_scale(x, y, red)
     else:
         sx, sy = _safe_scale(rows(x_scale)), _safe_scale(rows(y_scale))
-        moments, kx, ky = _normalised_moments(x, y, sx, sy)
+        moments, kx, ky = _normalised_moments(x, y, sx, sy, red)
     s_dx, s_dy, s_dxx, s_dxy, s_dyy = moments
     sxx = s_dxx - s_dx * s_dx / n
     sxy = s_dxy - s_dx * s_dy / n
-    # Zero variance, tested exactly: a constant row is shifted by its own
+    # Zero variance, tested exactly: a constant line is shifted by its own
     # value, so all its dx are exactly 0 (and on data normalised to
     # magnitudes near 1, dx^2 of two distinct values does not underflow).
     degenerate = s_dxx == 0
     one = jnp.ones_like(sxx)
 
     if strict_aihwkit:
-        # scikit-learn's minimum-norm solution: the whole row becomes 0.
+        # scikit-learn's minimum-norm solution: the whole line becomes 0.
         num = jnp.where(degenerate, jnp.zeros_like(sxy), sxy)
         den = jnp.where(degenerate, one, sxx)
     else:
-        kx, ky = kx[:, 0], ky[:, 0]
+        kx, ky = jnp.squeeze(kx, red), jnp.squeeze(ky, red)
         oxy, oxx, _ = _origin_sums(moments, kx, ky, n)
         empty = oxx == 0
         if zero_default is None:

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from noise_doubles import AbsoluteNoise
+from noise_doubles import AbsoluteNoise, OffsetNoise
 
 import fusion_jax as fj
 import fusion_jax.linen as flinen
@@ -33,9 +33,18 @@ def test_init_gives_the_plain_parameters_without_a_noise_key():
 
 
 def test_training_output_is_program_of_transposed_kernel():
+    """One chip row per output feature (deterministic per-device model), and the key
+    given is the key used (random model)."""
+    det = OffsetNoise(offset=4.0)
+    layer, variables = dense_and_vars(g_max=20.0, noise=det)
+    p = variables["params"]
+    w_det = fj.program(p["kernel"].T, K1, g_max=20.0, noise=det).T
+    assert not np.allclose(w_det, p["kernel"])
+    y = layer.apply(variables, X, rng=K1)
+    np.testing.assert_allclose(y, X @ w_det + p["bias"], rtol=1e-5, atol=1e-6)
     layer, variables = dense_and_vars(g_max=20.0)
     p = variables["params"]
-    w_chip = fj.program(p["kernel"].T, K1, g_max=20.0, noise=NOISE).T
+    w_chip = program_kernel(p["kernel"], K1, g_max=20.0, noise=NOISE)
     assert not np.allclose(w_chip, p["kernel"])
     y = layer.apply(variables, X, rng=K1)
     np.testing.assert_allclose(y, X @ w_chip + p["bias"], rtol=1e-5, atol=1e-6)
@@ -137,5 +146,6 @@ def test_default_noise_is_the_chip_model():
     layer = flinen.FusionDense(4)
     variables = layer.init(K0, X)
     p = variables["params"]
-    expected = X @ fj.program(p["kernel"].T, K1).T + p["bias"]
+    chip = fj.noise.FusionChipNoise.lenet5_readback()
+    expected = X @ program_kernel(p["kernel"], K1, noise=chip) + p["bias"]
     np.testing.assert_allclose(layer.apply(variables, X, rng=K1), expected, rtol=1e-5, atol=1e-6)

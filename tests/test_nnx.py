@@ -5,13 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from noise_doubles import AbsoluteNoise
+from noise_doubles import AbsoluteNoise, OffsetNoise
 
 import fusion_jax as fj
 import fusion_jax.nnx as fnnx
 from fusion_jax.program_params import program_kernel
 
 NOISE = AbsoluteNoise(1.0)
+KEY0 = jax.random.key(0)  # for deterministic models, which ignore it
 X = jax.random.normal(jax.random.key(7), (5, 3))
 XC = jax.random.normal(jax.random.key(8), (2, 6, 6, 2))
 
@@ -42,11 +43,21 @@ def test_is_a_drop_in_linear_with_the_same_parameters():
     assert set(nnx.state(layer, nnx.Param)) == set(nnx.state(plain, nnx.Param))
 
 
-def test_training_output_is_program_of_transposed_kernel_with_the_consumed_key():
+def test_training_output_is_program_of_transposed_kernel():
+    """One chip row per output feature: with a deterministic per-device model the layer
+    computes with program() of the transposed kernel."""
+    layer = linear(g_max=20.0, noise=OffsetNoise(offset=4.0))
+    kernel, bias = layer.kernel[...], layer.bias[...]
+    w_chip = fj.program(kernel.T, KEY0, g_max=20.0, noise=OffsetNoise(offset=4.0)).T
+    assert not np.allclose(w_chip, kernel)  # the model does something
+    np.testing.assert_allclose(layer(X), X @ w_chip + bias, rtol=1e-5, atol=1e-6)
+
+
+def test_training_output_uses_the_consumed_key():
     layer = linear(g_max=20.0)
     key = next_noise_key(layer)
     kernel, bias = layer.kernel[...], layer.bias[...]
-    w_chip = fj.program(kernel.T, key, g_max=20.0, noise=NOISE).T
+    w_chip = program_kernel(kernel, key, g_max=20.0, noise=NOISE)
     assert not np.allclose(w_chip, kernel)  # the noise does something
     np.testing.assert_allclose(layer(X), X @ w_chip + bias, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(layer.programmed_kernel(key), w_chip, rtol=1e-6, atol=1e-7)
@@ -150,11 +161,12 @@ def test_conv_programs_each_output_channel_with_its_own_scale():
     rel = jnp.std(err, axis=(0, 1)) / channel_max
     # Each channel's noise is sigma / g_max of its own max, whatever its magnitude.
     np.testing.assert_allclose(rel, NOISE.sigma / layer.g_max, rtol=0.5)
-    # The same as programming the reference layout rows.
-    key = keys[0]
+    # With a deterministic per-device model: the same as programming the reference rows.
+    det = OffsetNoise(offset=3.0)
     rows = fj.layout.kernel_to_rows(layer.kernel[...])
-    expected = fj.layout.rows_to_kernel(fj.program(rows, key, noise=NOISE), (3, 3, 2, 4))
-    np.testing.assert_allclose(programmed[0], expected, rtol=1e-6, atol=1e-6)
+    expected = fj.layout.rows_to_kernel(fj.program(rows, KEY0, noise=det), (3, 3, 2, 4))
+    got = program_kernel(layer.kernel[...], KEY0, noise=det)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
 
 
 def test_conv_degenerate_output_channel_is_the_row_the_reference_zeroes():
@@ -206,7 +218,8 @@ def test_default_noise_is_the_chip_model():
     pytest.importorskip("fusion_jax.noise")
     layer = fnnx.FusionLinear(3, 4, rngs=nnx.Rngs(params=0, noise=1))
     key = next_noise_key(layer)
-    expected = X @ fj.program(layer.kernel[...].T, key).T + layer.bias[...]
+    chip = fj.noise.FusionChipNoise.lenet5_readback()
+    expected = X @ program_kernel(layer.kernel[...], key, noise=chip) + layer.bias[...]
     np.testing.assert_allclose(layer(X), expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(layer(X), layer(X, deterministic=True))
 

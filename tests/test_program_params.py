@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from noise_doubles import AbsoluteNoise
+from noise_doubles import AbsoluteNoise, GivenNoise, OffsetNoise
 
 import fusion_jax as fj
 from fusion_jax.program_params import is_kernel, leaf_key, program_kernel, program_params
@@ -35,16 +35,36 @@ def plain_dict():
 
 
 def test_program_kernel_is_program_of_the_reference_rows():
+    """Each output channel is one chip row: with a deterministic per-device model the
+    programmed kernel is exactly program() of the reference rows."""
     kernel = jax.random.normal(jax.random.key(1), (2, 2, 3, 4))
     rows = fj.layout.kernel_to_rows(kernel)
-    expected = fj.layout.rows_to_kernel(
-        fj.program(rows, KEY, noise=NOISE, g_max=15.0), kernel.shape
+    det = OffsetNoise()
+    expected = fj.layout.rows_to_kernel(fj.program(rows, KEY, noise=det, g_max=15.0), kernel.shape)
+    np.testing.assert_allclose(
+        program_kernel(kernel, KEY, noise=det, g_max=15.0), expected, rtol=1e-5, atol=1e-6
     )
-    np.testing.assert_array_equal(program_kernel(kernel, KEY, noise=NOISE, g_max=15.0), expected)
     dense = jax.random.normal(jax.random.key(2), (5, 3))
-    np.testing.assert_array_equal(
-        program_kernel(dense, KEY, noise=NOISE), fj.program(dense.T, KEY, noise=NOISE).T
+    np.testing.assert_allclose(
+        program_kernel(dense, KEY, noise=det),
+        fj.program(dense.T, KEY, noise=det).T,
+        rtol=1e-5,
+        atol=1e-6,
     )
+
+
+def test_program_kernel_draws_the_noise_in_the_kernels_own_order():
+    """A random model sees the kernel's conductances as ``[in * spatial, out]``: its draws
+    land on the devices in that order, and the rest is program() of the reference rows."""
+    kernel = jax.random.normal(jax.random.key(1), (2, 2, 3, 4))
+    xi = jax.random.normal(KEY, (12, 4)) * NOISE.sigma  # AbsoluteNoise's draws for this kernel
+    got = program_kernel(kernel, KEY, noise=NOISE, g_max=15.0)
+    rows_noise = GivenNoise(fj.layout.kernel_to_rows(xi.reshape(kernel.shape)))
+    expected = fj.layout.rows_to_kernel(
+        fj.program(fj.layout.kernel_to_rows(kernel), KEY, noise=rows_noise, g_max=15.0),
+        kernel.shape,
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_linen_params_kernels_programmed_everything_else_untouched(linen_vars):
