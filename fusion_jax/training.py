@@ -701,11 +701,11 @@ def hardware_aware_experiment(
     ``t_inference`` and evaluated on the test set (:func:`programmed_accuracy`).
 
     With the defaults (MLP 64-16-10, 10 seeds, calibrated chip noise) the
-    digital model loses most at g_max = 10 uS (about 97% clean to 75 to 78%
+    digital model loses most at g_max = 10 uS (about 97% clean to 73 to 77%
     programmed) while the hardware-aware one keeps about 91%, a paired gain
-    of 14 to 16 points, over 7 standard errors; at 40 uS both stay near 94 to
-    95% and the gain is 1.5 to 2 points. A wider network (``hidden=(32,)``)
-    shows about 9 points at 10 uS, the CNN about 6. The
+    of 15 to 18 points, over 5 standard errors; at 40 uS the models reach
+    about 93% and 95.5% and the gain is 2.5 points. A wider network
+    (``hidden=(32,)``) gains about 9 points at 10 uS, the CNN about 5.5. The
     inference time matters little: the per-row regression of the import
     compensates the drift's common gain, leaving only its device-to-device
     spread. Run it and ``print`` the result for the exact figures.

@@ -196,7 +196,7 @@ plt.show()
 #   small `g_max`, where it recovers most of the accuracy the digital model
 #   loses, and it shrinks the spread between chips. It costs a little
 #   accuracy on the clean (unprogrammed) weights, and at `g_max = 40` uS the
-#   gap between the two models narrows to 1 to 2 points.
+#   gap between the two models narrows to under 1 point.
 #
 # The paired per-seed gain at the training point:
 
