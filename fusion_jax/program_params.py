@@ -26,6 +26,7 @@ from fusion_jax.programming import (
     GradientMode,
     NoiseModel,
     _check_gradient_mode,
+    _checked_settings,
     _program_prepared,
     resolve_noise,
 )
@@ -98,12 +99,7 @@ def program_kernel(
         (3, 2)
     """
     kernel = jax.numpy.asarray(kernel)
-    _check_gradient_mode(gradient)
-    model = resolve_noise(noise)
-    if model is not None and key is None:
-        raise ValueError(
-            "program_kernel needs a PRNG key when noise is on (pass key=, or noise=None)."
-        )
+    model = _checked_settings(noise, key, gradient, "program_kernel")
     # Checks (and error messages) as for the reference rows; under jit the
     # rearranged copy is only inspected, never computed.
     _prepare_weights(layout.kernel_to_rows(kernel), "kernel")

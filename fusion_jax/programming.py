@@ -157,14 +157,22 @@ def program(
         >>> w_chip.shape
         (2, 3)
     """
-    _check_gradient_mode(gradient)
-    model = resolve_noise(noise)
-    if model is not None and key is None:
-        raise ValueError("program needs a PRNG key when noise is on (pass key=, or noise=None).")
+    model = _checked_settings(noise, key, gradient, "program")
     w = _prepare_weights(weights)
     return _program_prepared(
         w, key, g_max, model, t_inference, strict_aihwkit=strict_aihwkit, gradient=gradient
     )
+
+
+def _checked_settings(
+    noise: Any, key: PRNGKeyArray | None, gradient: str, caller: str
+) -> NoiseModel | None:
+    """The noise model ``noise`` stands for, after checking ``gradient`` and ``key``."""
+    _check_gradient_mode(gradient)
+    model = resolve_noise(noise)
+    if model is not None and key is None:
+        raise ValueError(f"{caller} needs a PRNG key when noise is on (pass key=, or noise=None).")
+    return model
 
 
 def _program_prepared(
