@@ -45,8 +45,8 @@ def threefry2x32(
 ) -> tuple[UInt32[Array, "*s"], UInt32[Array, "*s"]]:
     """Threefry-2x32 (20 rounds) of the counter pairs ``(x0, x1)`` under key ``(k0, k1)``.
 
-    Unrolled, elementwise integer operations: XLA fuses it with whatever
-    consumes the result.
+    Unrolled, elementwise integer operations: no loop over the rounds, no
+    intermediate array written to memory.
 
     Args:
         k0: First key word.
@@ -92,9 +92,10 @@ def random_words(
     its two words are words ``2b`` and ``2b + 1``. Other keys use
     ``jax.random.bits``. Same threefry key, same words, on every backend.
 
-    On the CPU the words are computed once and stored (see
-    :func:`fusion_jax._fusion.materialize`), instead of XLA recomputing the 20 rounds in every
-    fusion that uses them; other backends fuse the hash into its consumers.
+    On the CPU the words are computed once and stored
+    (:func:`fusion_jax._fusion.materialize_fn`), instead of XLA recomputing
+    the 20 rounds in every fusion that uses them; other backends fuse the
+    hash into its consumers.
 
     Args:
         key: A PRNG key (typed, or a raw ``uint32`` key of the default
