@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -37,16 +36,11 @@ from typing import Any, NoReturn
 import numpy as np
 
 from fusion_jax._atomic import atomic_open, temporary_file
+from fusion_jax.units import format_time, parse_time
 
 __all__ = ["build_parser", "main", "parse_time"]
 
 PROG = "fusion-jax"
-
-#: Time units accepted by :func:`parse_time` (seconds per unit; a year is 3.15e7 s).
-TIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "y": 3.15e7}
-_TIME_RE = re.compile(
-    r"\s*(?P<value>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[a-z]*)\s*"
-)
 
 #: Defaults of ``fusion-jax sweep``.
 DEFAULT_G_MAX_RANGE = (10.0, 40.0, 7)
@@ -69,45 +63,6 @@ class _UserError(ValueError):
 
 
 # --- small parsers -------------------------------------------------------------------------
-
-
-def parse_time(text: str) -> float:
-    """Parse a time since programming: a number with an optional unit.
-
-    Units: ``s`` (default), ``min``, ``h``, ``d`` and ``y`` (3.15e7 s, as
-    :func:`fusion_jax.sweep` labels it).
-
-    Args:
-        text: For example ``"1s"``, ``"30min"``, ``"1d"``, ``"2.5y"`` or ``"3600"``.
-
-    Returns:
-        The time in seconds.
-
-    Raises:
-        ValueError: for text that is not a non-negative number with a known unit.
-
-    Example:
-        >>> from fusion_jax.cli import parse_time
-        >>> parse_time("1h"), parse_time("1y"), parse_time("90")
-        (3600.0, 31500000.0, 90.0)
-    """
-    match = _TIME_RE.fullmatch(text)
-    if match is None or match["unit"] not in ("", *TIME_UNITS):
-        raise ValueError(
-            f"invalid time {text!r}: use a number of seconds with an optional unit "
-            f"({', '.join(TIME_UNITS)}), e.g. 1s, 30min, 1h, 1d, 1y."
-        )
-    seconds = float(match["value"]) * TIME_UNITS[match["unit"] or "s"]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid time {text!r}: it must be a finite, non-negative time.")
-    return seconds
-
-
-def _format_time(seconds: float) -> str:
-    for unit in ("y", "d", "h", "min"):
-        if seconds >= TIME_UNITS[unit]:
-            return f"{seconds / TIME_UNITS[unit]:g} {unit}"
-    return f"{seconds:g} s"
 
 
 def _time_arg(text: str) -> float:
@@ -453,7 +408,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     print(
         f"training {args.epochs} epochs (batch {args.batch_size}, Adam lr "
         f"{args.learning_rate:g}, seed {args.train_seed}); hardware-aware: programmed in every "
-        f"step at g_max {args.train_g_max:g} uS, t {_format_time(args.train_time)} (gradient "
+        f"step at g_max {args.train_g_max:g} uS, t {format_time(args.train_time)} (gradient "
         f"{args.gradient})"
     )
     sys.stdout.flush()
@@ -494,7 +449,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
     print()
     print(table, end="")
     figure = plot_sweep(
-        results, title=f"{_describe_model(args)} on digits, programmed with noise: {args.noise}"
+        results,
+        clean=[clean["digital"], clean["hardware-aware"]],
+        title=f"{_describe_model(args)} on digits, programmed with noise: {args.noise}",
     )
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=150)
@@ -656,7 +613,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
     print(
         f"FusionChipNoise fitted to {targets.size} devices ({args.targets} -> "
-        f"{args.readback}), t_calibration {_format_time(args.t_calibration)}:"
+        f"{args.readback}), t_calibration {format_time(args.t_calibration)}:"
     )
     print(f"  log_median_coefs   {numbers(model.log_median_coefs)}")
     print(f"  log_spread_coefs   {numbers(model.log_spread_coefs)}")
