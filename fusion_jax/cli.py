@@ -11,6 +11,7 @@ Subcommands (``fusion-jax SUBCOMMAND --help`` for each one's options):
   weights ``.npz``, with the per-layer error.
 * ``calibrate``: fit a :class:`~fusion_jax.noise.FusionChipNoise` to a target
   file and its read-back and print it with its validation table.
+* ``data``: the path of the real-chip data shipped with the package.
 
 A user mistake (missing file, bad option or value, malformed or mismatched
 data) prints one line ``fusion-jax: error: ...`` to stderr and exits with
@@ -650,7 +651,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fusion-jax`` argument parser with its four subcommands.
+    """The ``fusion-jax`` argument parser with its subcommands.
 
     Returns:
         An ``argparse.ArgumentParser``; each subcommand's namespace carries
@@ -667,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate programming neural-network weights onto IBM's Fusion analog chip.",
         epilog=f"Run '{PROG} SUBCOMMAND --help' for a subcommand's options.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser(
@@ -881,7 +883,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the model's samples in the table (default: %(default)s)",
     )
     p.set_defaults(run=_run_calibrate)
+
+    p = sub.add_parser(
+        "data",
+        help="print the path of the real-chip data shipped with the package",
+        description=(
+            "Print the folder of the shipped LeNet5 read-back (weights.npz, target_g40.csv, "
+            "programmed.csv), or the path of one of its files, so that the other subcommands "
+            'work from anywhere: fusion-jax export "$(fusion-jax data weights.npz)" target.csv'
+        ),
+    )
+    p.add_argument(
+        "file", nargs="?", default=None, help="one file of the data (default: the folder)"
+    )
+    p.set_defaults(run=_run_data)
     return parser
+
+
+def _version() -> str:
+    from fusion_jax import __version__
+
+    return __version__
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from fusion_jax.datasets import lenet5_path
+
+    # lenet5_path checks the name (a ValueError, reported as one line).
+    print(lenet5_path("weights.npz").parent if args.file is None else lenet5_path(args.file))
+    return 0
 
 
 def _finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
