@@ -298,44 +298,28 @@ def _g_max_range_arg(values: Sequence[str]) -> tuple[float, float, int]:
     return lo, hi, n
 
 
-class _EpochBar(io.TextIOBase):
-    """A text stream that turns :func:`fusion_jax.training.train`'s per-epoch lines into
-    progress-bar updates (one update per line, the line's text as the bar's postfix)."""
-
-    def __init__(self, bar: Any) -> None:
-        self._bar = bar
-        self._pending = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            if line.strip():
-                self._bar.set_postfix_str(line.split(":", 1)[-1].strip(), refresh=False)
-                self._bar.update(1)
-        return len(text)
-
-
 def _train_with_bar(model: Any, data: Any, args: argparse.Namespace, desc: str) -> None:
+    import optax
     from tqdm.auto import tqdm
 
-    from fusion_jax.training import train
+    from fusion_jax.training import EpochEnd, train
 
     settings = {
+        "optimizer": optax.adam(args.learning_rate),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
         "seed": args.train_seed,
     }
     if not args.progress:
-        train(model, data, **settings)
+        train(model, data.x_train, data.y_train, **settings)
         return
     with tqdm(total=args.epochs, desc=desc, unit="epoch", leave=False) as bar:
-        with contextlib.redirect_stdout(_EpochBar(bar)):
-            train(model, data, progress=True, **settings)
+
+        def advance(end: EpochEnd) -> None:
+            bar.set_postfix_str(f"training loss {float(end.loss.mean()):.4f}", refresh=False)
+            bar.update(1)
+
+        train(model, data.x_train, data.y_train, callback=advance, **settings)
 
 
 def _describe_model(args: argparse.Namespace) -> str:
