@@ -32,7 +32,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
 from fusion_jax._static import has_array_leaves
-from fusion_jax.program_params import program_kernel
+from fusion_jax.program_params import kernel_layouts, program_kernel
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -41,7 +41,7 @@ from fusion_jax.programming import (
     resolve_noise,
 )
 
-__all__ = ["FusionConv", "FusionLinear"]
+__all__ = ["FusionConv", "FusionLinear", "kernel_layouts"]
 
 RngsLike = nnx.Rngs | nnx.RngStream | PRNGKeyArray
 

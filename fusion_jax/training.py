@@ -38,7 +38,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from fusion_jax import _validation
 from fusion_jax.digits import CNN, MLP, DigitsData, load_digits_split
-from fusion_jax.program_params import program_params
+from fusion_jax.program_params import Layouts, freeze_layouts, kernel_layouts, program_params
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -122,7 +122,11 @@ def to_apply_fn(model: nnx.Module) -> tuple[ApplyFn, nnx.State]:
         ``nnx.State``; kernel paths end in ``"kernel"``, as
         :func:`~fusion_jax.program_params` selects them); other state (RNG
         streams, noise-model fields, batch statistics) is held fixed inside
-        ``apply_fn``.
+        ``apply_fn``. ``apply_fn.kernel_layouts`` holds the model's kernel
+        axes (:func:`fusion_jax.nnx.kernel_layouts`), the ``layouts`` with
+        which to program ``params`` when it has kernels of rank above 2
+        (convolutions, stacked layers, attention); :func:`programmed_accuracy`
+        uses them.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -142,15 +146,21 @@ def to_apply_fn(model: nnx.Module) -> tuple[ApplyFn, nnx.State]:
         >>> bool(jnp.allclose(round_trip(params), apply_fn(params, x), atol=1e-5))
         True
     """
+    layouts = freeze_layouts(kernel_layouts(model))
     graphdef, params, rest = nnx.split(_mode_view(model, training=False), nnx.Param, ...)
     if not jax.tree.leaves(rest):
         # Parameters only: one function per architecture, so that jitted
         # evaluations of equal models (other seeds, a rerun) compile once.
-        return _stateless_apply_fn(graphdef), params
+        # The graph definition fixes every layer and its shapes, so the
+        # layouts attached to the shared function are the same for all.
+        stateless = _stateless_apply_fn(graphdef)
+        stateless.kernel_layouts = layouts  # type: ignore[attr-defined]
+        return stateless, params
 
     def apply_fn(params: Any, x: Float[Array, "batch ..."]) -> Float[Array, "batch classes"]:
         return nnx.merge(graphdef, params, rest)(x)
 
+    apply_fn.kernel_layouts = layouts  # type: ignore[attr-defined]
     return apply_fn, params
 
 
@@ -509,7 +519,7 @@ def _check_grid(g_max: Any, t_inference: Any) -> tuple[np.ndarray, np.ndarray]:
     return g, t
 
 
-@functools.partial(jax.jit, static_argnames=("apply_fn", "stacked", "strict_aihwkit"))
+@functools.partial(jax.jit, static_argnames=("apply_fn", "stacked", "strict_aihwkit", "layouts"))
 def _grid_accuracy(
     apply_fn: ApplyFn,
     params: Any,
@@ -522,10 +532,19 @@ def _grid_accuracy(
     *,
     stacked: bool,
     strict_aihwkit: bool,
+    layouts: Any,
 ) -> jax.Array:
+    layout_map = dict(layouts) if isinstance(layouts, tuple) else layouts
+
     def at(p: Any, key: PRNGKeyArray, g: jax.Array, t: jax.Array) -> jax.Array:
         chip = program_params(
-            p, key, g_max=g, noise=noise, t_inference=t, strict_aihwkit=strict_aihwkit
+            p,
+            key,
+            g_max=g,
+            noise=noise,
+            t_inference=t,
+            strict_aihwkit=strict_aihwkit,
+            layouts=layout_map,
         )
         return _accuracy(apply_fn, chip, x, y)
 
@@ -549,6 +568,7 @@ def programmed_accuracy(
     noise: NoiseModel | None = DEFAULT_NOISE,
     strict_aihwkit: bool = False,
     stacked: bool = False,
+    layouts: Layouts | None = None,
 ) -> Float[Array, "n_g_max n_t n_keys"]:
     """Test accuracy after programming the model onto the chip, over a grid.
 
@@ -575,6 +595,9 @@ def programmed_accuracy(
             float rounding).
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
         stacked: ``params`` carries a leading axis matched to ``keys``.
+        layouts: The kernel axes for :func:`fusion_jax.program_params`
+            (needed for kernels of rank above 2); default
+            ``apply_fn.kernel_layouts`` (set by :func:`to_apply_fn`), if any.
 
     Returns:
         Accuracies ``acc[i, j, k]`` at ``g_max[i]``, ``t_inference[j]``, ``keys[k]``.
@@ -620,6 +643,9 @@ def programmed_accuracy(
         resolve_noise(noise),
         stacked=bool(stacked),
         strict_aihwkit=bool(strict_aihwkit),
+        layouts=freeze_layouts(
+            getattr(apply_fn, "kernel_layouts", None) if layouts is None else layouts
+        ),
     )
 
 
