@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from fusion_jax import _validation
 from fusion_jax._atomic import atomic_open, temporary_file
 from fusion_jax.units import format_time, parse_time
 
@@ -44,7 +45,7 @@ __all__ = ["build_parser", "main", "parse_time"]
 PROG = "fusion-jax"
 
 #: Defaults of ``fusion-jax sweep``.
-DEFAULT_G_MAX_RANGE = (10.0, 40.0, 7)
+DEFAULT_G_MAX_RANGE = (_validation.G_MAX_MIN, _validation.G_MAX_MAX, 7)
 DEFAULT_SEEDS = 8
 DEFAULT_TIMES = ("1s", "1h", "1d", "1y")
 DEFAULT_OUT = "fusion_jax_results"
@@ -78,10 +79,10 @@ def _g_max_arg(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid g_max {text!r}: not a number.") from None
-    if not 10.0 <= value <= 40.0:
-        raise argparse.ArgumentTypeError(
-            f"invalid g_max {text!r}: the Fusion chip's g_max must be between 10 and 40 uS."
-        )
+    try:
+        _validation.check_g_max(value)  # the one check of g_max, with the reference's message
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"invalid g_max {text!r}: {err}") from None
     return value
 
 
