@@ -32,7 +32,8 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
 from fusion_jax._static import has_array_leaves
-from fusion_jax.program_params import kernel_layouts, program_kernel
+from fusion_jax.layout import KernelAxes
+from fusion_jax.program_params import kernel_layouts, module_kernel_axes, program_kernel
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -41,7 +42,14 @@ from fusion_jax.programming import (
     resolve_noise,
 )
 
-__all__ = ["FusionConv", "FusionLinear", "kernel_layouts"]
+__all__ = [
+    "FusionConv",
+    "FusionEinsum",
+    "FusionLinear",
+    "FusionLinearGeneral",
+    "fusionize",
+    "kernel_layouts",
+]
 
 RngsLike = nnx.Rngs | nnx.RngStream | PRNGKeyArray
 
@@ -118,15 +126,21 @@ class _FusionLayer(nnx.Module):
         else:
             raise TypeError(f"rngs must be an nnx.Rngs or nnx.RngStream, got {type(rngs)}.")
 
-    def programmed_kernel(self, key: PRNGKeyArray | None = None) -> Float[Array, "*spatial in out"]:
+    def programmed_kernel(
+        self, key: PRNGKeyArray | None = None, axes: KernelAxes | None = None
+    ) -> Float[Array, "*spatial in out"]:
         """The kernel as programmed on the chip with ``key`` (Flax layout).
 
         :func:`fusion_jax.program_kernel` of the kernel (times ``mask``, for a
         masked convolution) with this layer's settings; what a training-mode
-        call computes with when it draws ``key``.
+        call computes with when it draws ``key``. Every output feature is one
+        chip row: the kernel's axes are read from the layer
+        (:func:`fusion_jax.program_params.module_kernel_axes`).
 
         Args:
             key: PRNG key for the noise; may be ``None`` when ``noise`` is ``None``.
+            axes: The kernel's axes, if not those read from the layer (an
+                einsum string given at call time).
 
         Returns:
             The programmed kernel, shape and dtype of ``self.kernel``.
@@ -135,9 +149,12 @@ class _FusionLayer(nnx.Module):
         mask = getattr(self, "mask", None)  # nnx.Conv's; nnx.Linear has none
         if mask is not None:
             kernel = kernel * mask
+        if axes is None:
+            axes = module_kernel_axes(self, kernel.shape, type(self).__name__)
         return program_kernel(
             kernel,
             key,
+            axes=axes,
             g_max=self.g_max,
             noise=self.noise,
             t_inference=self.t_inference,
@@ -171,7 +188,11 @@ class _FusionLayer(nnx.Module):
         out_sharding: Any,
         deterministic: bool | None,
         rngs: RngsLike | None,
+        *,
+        plain: Callable[..., jax.Array] | None = None,
+        axes: KernelAxes | None = None,
     ) -> jax.Array:
+        plain_call = self._plain_call if plain is None else plain
         deterministic = deterministic if deterministic is not None else self.deterministic
         if deterministic is None:
             raise ValueError(
@@ -179,9 +200,9 @@ class _FusionLayer(nnx.Module):
                 "call, or use model.train() / model.eval()."
             )
         if deterministic:
-            return self._plain_call(self, inputs, out_sharding)
-        kernel = self.programmed_kernel(self._noise_key(rngs))
-        return self._plain_call(_KernelView(self, kernel), inputs, out_sharding)
+            return plain_call(self, inputs, out_sharding)
+        kernel = self.programmed_kernel(self._noise_key(rngs), axes)
+        return plain_call(_KernelView(self, kernel), inputs, out_sharding)
 
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view``: ``deterministic=True`` uses the digital weights.
@@ -394,3 +415,7 @@ class FusionConv(_FusionLayer, nnx.Conv):
             The convolved outputs, channels last.
         """
         return self._fusion_call(jax.numpy.asarray(inputs), out_sharding, deterministic, rngs)
+
+
+# The layers of any kernel shape and fusionize build on the classes above.
+from fusion_jax._nnx_layers import FusionEinsum, FusionLinearGeneral, fusionize  # noqa: E402

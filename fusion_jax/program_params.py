@@ -441,6 +441,8 @@ def freeze_layouts(layouts: Layouts | None) -> Any:
     """
     if layouts is None or (callable(layouts) and not isinstance(layouts, Mapping)):
         return layouts
+    if isinstance(layouts, tuple):  # frozen already
+        layouts = dict(layouts)
     if not isinstance(layouts, Mapping):
         raise TypeError(
             f"layouts must be a mapping leaf path -> KernelAxes or a function, got {type(layouts)}."
