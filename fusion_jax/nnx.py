@@ -1,10 +1,25 @@
 """Flax NNX layers whose forward pass programs the kernel onto the simulated chip.
 
 :class:`FusionLinear` and :class:`FusionConv` are ``nnx.Linear`` and
-``nnx.Conv`` (subclasses: same constructor arguments, same parameters, same
-``nnx.state``) whose kernel goes through :func:`fusion_jax.program_kernel`
-before it is used, so that training sees the weights as the chip would hold
-them (hardware-aware training).
+``nnx.Conv`` (subclasses: same constructor arguments, same parameters)
+whose kernel goes through :func:`fusion_jax.program_kernel` before it is
+used, so that training sees the weights as the chip would hold them
+(hardware-aware training).
+
+Drop-in guarantees:
+
+* the ``nnx.Param`` state is the plain layer's, with the same initial
+  values for the same ``rngs``, also for a single stream (``nnx.Rngs(0)``):
+  a layer reads a stream shared with the parameters without advancing it,
+  so the layers after it are initialised as beside plain layers;
+* a layer that draws noise adds one leaf, ``noise_key``, a
+  :class:`NoiseKey` (an ``nnx.RngState`` of plain ``uint32`` key data), which
+  ``nnx.to_pure_dict``, ``flax.serialization`` and orbax save and restore;
+  ``nnx.state(model, nnx.Param)`` leaves it out, so parameters move between
+  a Fusion model and a plain one in both directions;
+* ``g_max`` and ``t_inference`` may be traced: a layer built under
+  ``jax.vmap`` over them, or ``nnx.view(model, g_max=g)``, sweeps them
+  through a model. A concrete ``g_max`` is range-checked.
 
 Modes follow ``nnx.Dropout``:
 
@@ -76,6 +91,16 @@ class NoiseKey(nnx.RngState):
     save and restore it as plain integers. Each training call without a
     call-time ``rngs`` splits it into the key it programs with and the next
     state.
+
+    Example:
+        >>> from flax import nnx, serialization
+        >>> import fusion_jax as fj
+        >>> layer = fj.nnx.FusionLinear(3, 4, rngs=nnx.Rngs(0))
+        >>> isinstance(layer.noise_key, fj.nnx.NoiseKey), layer.noise_key[...].dtype
+        (True, dtype('uint32'))
+        >>> data = serialization.to_bytes(nnx.to_pure_dict(nnx.state(layer)))
+        >>> sorted(nnx.state(layer, nnx.Param)), sorted(nnx.state(layer, fj.nnx.NoiseKey))
+        (['bias', 'kernel'], ['noise_key'])
     """
 
 
@@ -276,6 +301,13 @@ class _FusionLayer(nnx.Module):
 
         Raises:
             ArgumentError: for a concrete ``g_max`` outside [10, 40].
+
+        Example:
+            >>> from flax import nnx
+            >>> import fusion_jax as fj
+            >>> layer = fj.nnx.FusionLinear(3, 4, g_max=40.0, rngs=nnx.Rngs(0))
+            >>> nnx.view(layer, g_max=20.0).g_max, layer.g_max
+            (20.0, 40.0)
         """
         if deterministic is not None:
             self.deterministic = deterministic
@@ -302,7 +334,8 @@ class FusionLinear(_FusionLayer, nnx.Linear):
     Args:
         in_features: Number of input features.
         out_features: Number of output features.
-        g_max: Largest conductance in uS, in [10, 40].
+        g_max: Largest conductance in uS, in [10, 40] (checked when
+            concrete; a traced value, e.g. under ``jax.vmap``, is accepted).
         noise: A noise model (:mod:`fusion_jax.noise`), the default chip
             model, or ``None`` for the noise-free round trip.
         t_inference: Seconds since programming at which the chip is read.
@@ -314,7 +347,10 @@ class FusionLinear(_FusionLayer, nnx.Linear):
         rng_collection: Name of the ``nnx.Rngs`` stream the noise keys come
             from (``rngs["noise"]`` falls back to the ``default`` stream).
         rngs: ``nnx.Rngs`` for the parameter initialisation and the noise
-            stream (the layer keeps a fork of it, as ``nnx.Dropout`` does).
+            stream. The layer keeps its own stream (``noise_key``, a
+            :class:`NoiseKey`) seeded from ``rngs[rng_collection]``: a separate
+            stream is advanced by one key (as ``nnx.Dropout`` does), one shared
+            with the parameters is read without being advanced.
         **linear_kwargs: The other arguments of ``nnx.Linear`` (``use_bias``,
             ``dtype``, ``param_dtype``, ``precision``, ``kernel_init``,
             ``bias_init``, ...).
@@ -406,7 +442,7 @@ class FusionConv(_FusionLayer, nnx.Conv):
         out_features: Number of output channels.
         kernel_size: Shape of the convolution window.
         strides: Inter-window strides.
-        g_max: Largest conductance in uS, in [10, 40].
+        g_max: Largest conductance in uS, in [10, 40] (checked when concrete).
         noise: A noise model, the default chip model, or ``None``.
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
@@ -414,7 +450,8 @@ class FusionConv(_FusionLayer, nnx.Conv):
         deterministic: ``True`` for evaluation mode, ``False`` for training
             mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
-        rngs: ``nnx.Rngs`` for the parameters and the noise stream.
+        rngs: ``nnx.Rngs`` for the parameters and the noise stream (as for
+            :class:`FusionLinear`).
         **conv_kwargs: The other arguments of ``nnx.Conv`` (``padding``,
             ``feature_group_count``, ``use_bias``, ``mask``, ``dtype``, ...).
 
