@@ -11,6 +11,7 @@ Subcommands (``fusion-jax SUBCOMMAND --help`` for each one's options):
   weights ``.npz``, with the per-layer error.
 * ``calibrate``: fit a :class:`~fusion_jax.noise.FusionChipNoise` to a target
   file and its read-back and print it with its validation table.
+* ``data``: the path of the real-chip data shipped with the package.
 
 A user mistake (missing file, bad option or value, malformed or mismatched
 data) prints one line ``fusion-jax: error: ...`` to stderr and exits with
@@ -35,6 +36,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from fusion_jax import _validation
 from fusion_jax._atomic import atomic_open, temporary_file
 from fusion_jax.units import format_time, parse_time
 
@@ -43,7 +45,7 @@ __all__ = ["build_parser", "main", "parse_time"]
 PROG = "fusion-jax"
 
 #: Defaults of ``fusion-jax sweep``.
-DEFAULT_G_MAX_RANGE = (10.0, 40.0, 7)
+DEFAULT_G_MAX_RANGE = (_validation.G_MAX_MIN, _validation.G_MAX_MAX, 7)
 DEFAULT_SEEDS = 8
 DEFAULT_TIMES = ("1s", "1h", "1d", "1y")
 DEFAULT_OUT = "fusion_jax_results"
@@ -77,10 +79,10 @@ def _g_max_arg(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid g_max {text!r}: not a number.") from None
-    if not 10.0 <= value <= 40.0:
-        raise argparse.ArgumentTypeError(
-            f"invalid g_max {text!r}: the Fusion chip's g_max must be between 10 and 40 uS."
-        )
+    try:
+        _validation.check_g_max(value)  # the one check of g_max, with the reference's message
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"invalid g_max {text!r}: {err}") from None
     return value
 
 
@@ -297,44 +299,28 @@ def _g_max_range_arg(values: Sequence[str]) -> tuple[float, float, int]:
     return lo, hi, n
 
 
-class _EpochBar(io.TextIOBase):
-    """A text stream that turns :func:`fusion_jax.training.train`'s per-epoch lines into
-    progress-bar updates (one update per line, the line's text as the bar's postfix)."""
-
-    def __init__(self, bar: Any) -> None:
-        self._bar = bar
-        self._pending = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            if line.strip():
-                self._bar.set_postfix_str(line.split(":", 1)[-1].strip(), refresh=False)
-                self._bar.update(1)
-        return len(text)
-
-
 def _train_with_bar(model: Any, data: Any, args: argparse.Namespace, desc: str) -> None:
+    import optax
     from tqdm.auto import tqdm
 
-    from fusion_jax.training import train
+    from fusion_jax.training import EpochEnd, train
 
     settings = {
+        "optimizer": optax.adam(args.learning_rate),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
         "seed": args.train_seed,
     }
     if not args.progress:
-        train(model, data, **settings)
+        train(model, data.x_train, data.y_train, **settings)
         return
     with tqdm(total=args.epochs, desc=desc, unit="epoch", leave=False) as bar:
-        with contextlib.redirect_stdout(_EpochBar(bar)):
-            train(model, data, progress=True, **settings)
+
+        def advance(end: EpochEnd) -> None:
+            bar.set_postfix_str(f"training loss {float(end.loss.mean()):.4f}", refresh=False)
+            bar.update(1)
+
+        train(model, data.x_train, data.y_train, callback=advance, **settings)
 
 
 def _describe_model(args: argparse.Namespace) -> str:
@@ -650,7 +636,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fusion-jax`` argument parser with its four subcommands.
+    """The ``fusion-jax`` argument parser with its subcommands.
 
     Returns:
         An ``argparse.ArgumentParser``; each subcommand's namespace carries
@@ -667,6 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate programming neural-network weights onto IBM's Fusion analog chip.",
         epilog=f"Run '{PROG} SUBCOMMAND --help' for a subcommand's options.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser(
@@ -881,7 +868,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the model's samples in the table (default: %(default)s)",
     )
     p.set_defaults(run=_run_calibrate)
+
+    p = sub.add_parser(
+        "data",
+        help="print the path of the real-chip data shipped with the package",
+        description=(
+            "Print the folder of the shipped LeNet5 read-back (weights.npz, target_g40.csv, "
+            "programmed.csv), or the path of one of its files, so that the other subcommands "
+            'work from anywhere: fusion-jax export "$(fusion-jax data weights.npz)" target.csv'
+        ),
+    )
+    p.add_argument(
+        "file", nargs="?", default=None, help="one file of the data (default: the folder)"
+    )
+    p.set_defaults(run=_run_data)
     return parser
+
+
+def _version() -> str:
+    from fusion_jax import __version__
+
+    return __version__
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from fusion_jax.datasets import lenet5_path
+
+    # lenet5_path checks the name (a ValueError, reported as one line).
+    print(lenet5_path("weights.npz").parent if args.file is None else lenet5_path(args.file))
+    return 0
 
 
 def _finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -47,7 +47,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
 from fusion_jax._static import has_array_leaves
-from fusion_jax.program_params import program_kernel
+from fusion_jax.program_params import kernel_layouts, program_kernel
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -56,7 +56,7 @@ from fusion_jax.programming import (
     resolve_noise,
 )
 
-__all__ = ["FusionConv", "FusionLinear", "NoiseKey"]
+__all__ = ["FusionConv", "FusionLinear", "NoiseKey", "kernel_layouts"]
 
 #: Folded into a key read from a shared parameter stream, so that the noise
 #: stream differs from the key the next parameter draws.

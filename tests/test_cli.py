@@ -386,3 +386,15 @@ def test_plot_sweep_error_bars_stay_apart_and_clean_line_is_drawn():
         assert len(xs) == 2 and xs[0] != xs[1]
     with pytest.raises(ValueError, match="clean"):
         plot_sweep([_result("a")], clean=[1.5])
+
+
+def test_version_and_data_paths(capsys):
+    status, out, _ = run(capsys, "--version")
+    assert status == 0 and out.strip() == f"fusion-jax {fj.__version__}"
+    status, out, _ = run(capsys, "data")
+    assert status == 0 and Path(out.strip()) == DATA
+    status, out, _ = run(capsys, "data", "programmed.csv")
+    assert status == 0 and Path(out.strip()) == PROGRAMMED and PROGRAMMED.is_file()
+    status, _, err = run(capsys, "data", "nope.csv")
+    assert_one_line_error(status, err)
+    assert "nope.csv" in err
