@@ -39,6 +39,8 @@ __all__ = ["FusionConv", "FusionDense"]
 def _check_settings(layer: nn.Module) -> None:
     _validation.check_g_max(layer.g_max)
     _check_gradient_mode(layer.gradient)
+    resolve_noise(layer.noise)
+    _validation.check_t_inference(layer.t_inference, where=type(layer).__name__)
 
 
 def _plain_layer(layer: nn.Module, plain_cls: type[nn.Module]) -> nn.Module:

@@ -89,6 +89,7 @@ class _FusionLayer(nnx.Module):
         _validation.check_g_max(g_max)
         _check_gradient_mode(gradient)
         model = resolve_noise(noise)
+        _validation.check_t_inference(t_inference, where=type(self).__name__)
         self.g_max = float(g_max)
         # A model of Python numbers is static (part of the graph definition):
         # its fields stay compile-time constants in a jitted step. One with

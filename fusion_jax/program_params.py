@@ -25,10 +25,8 @@ from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
     NoiseModel,
-    _check_gradient_mode,
     _checked_settings,
     _program_prepared,
-    resolve_noise,
 )
 
 __all__ = ["LeafPath", "is_kernel", "leaf_key", "program_kernel", "program_params"]
@@ -98,8 +96,13 @@ def program_kernel(
         >>> fj.program_kernel(kernel, jax.random.key(0), g_max=25.0).shape
         (3, 2)
     """
-    kernel = jax.numpy.asarray(kernel)
-    model = _checked_settings(noise, key, gradient, "program_kernel")
+    kernel = _validation.as_array(kernel, "kernel")
+    model = _checked_settings(noise, key, gradient, "program_kernel", t_inference)
+    if kernel.size == 0:
+        raise ValueError(
+            f"kernel is empty (shape {tuple(kernel.shape)}): a kernel [..., in, out] needs at "
+            "least one input and one output to program."
+        )
     # Checks (and error messages) as for the reference rows; under jit the
     # rearranged copy is only inspected, never computed.
     _prepare_weights(layout.kernel_to_rows(kernel), "kernel")
@@ -292,18 +295,13 @@ def program_params(
         >>> sweep(jnp.array([10.0, 25.0, 40.0]))["params"]["kernel"].shape
         (3, 4, 3)
     """
-    _check_gradient_mode(gradient)
     if np.ndim(g_max) != 0:
         raise ArgumentError(
             f"g_max must be a scalar, got shape {np.shape(g_max)}; to sweep several values "
             "use jax.vmap over g_max."
         )
     _validation.check_g_max(g_max)
-    model = resolve_noise(noise)
-    if model is not None and key is None:
-        raise ValueError(
-            "program_params needs a PRNG key when noise is on (pass key=, or noise=None)."
-        )
+    model = _checked_settings(noise, key, gradient, "program_params", t_inference)
     select = is_kernel if where is None else where
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     out = []
