@@ -155,6 +155,7 @@ class _FusionLayer(nnx.Module):
         _validation.check_g_max(g_max)
         _check_gradient_mode(gradient)
         model = resolve_noise(noise)
+        _validation.check_t_inference(t_inference, where=type(self).__name__)
         # Concrete settings are static (compile-time constants of a jitted
         # step); traced ones (a layer built under jax.vmap over g_max) are data.
         self.g_max = _setting(g_max, "g_max")
