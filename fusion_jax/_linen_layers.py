@@ -137,4 +137,3 @@ def kernel_layouts(
             )
         layouts[path] = axes.stacked(extra) if extra else axes
     return layouts
-

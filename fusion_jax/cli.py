@@ -21,7 +21,6 @@ status 1 (2 for a malformed command line); no output file is left behind.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
 import io
@@ -37,7 +36,7 @@ from typing import Any, NoReturn
 import numpy as np
 
 from fusion_jax import _validation
-from fusion_jax._atomic import atomic_open, temporary_file
+from fusion_jax._atomic import atomic_open, atomic_write_files
 from fusion_jax.units import format_time, parse_time
 
 __all__ = ["build_parser", "main", "parse_time"]
@@ -223,33 +222,8 @@ def _check_output_file(path: str, what: str, inputs: Sequence[str] = ()) -> None
 
 
 def _write_files(folder: Path, files: Mapping[str, bytes]) -> None:
-    """Write all ``files`` into ``folder``, or none of them.
-
-    Every file is first written under a temporary name; only when all are
-    written are they renamed into place. A folder created here is removed
-    again if anything fails.
-    """
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    staged: dict[str, str] = {}
-    try:
-        for name, content in files.items():
-            tmp, fh = temporary_file(os.fspath(folder), name, binary=True)
-            staged[name] = tmp
-            with fh:
-                fh.write(content)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for name, tmp in staged.items():
-            os.replace(tmp, folder / name)
-    except BaseException:
-        for tmp in staged.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+    """Write all ``files`` into ``folder``, or none of them (see :mod:`fusion_jax._atomic`)."""
+    atomic_write_files(folder, files)
 
 
 def _json_ready(value: Any) -> Any:

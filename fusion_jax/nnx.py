@@ -47,7 +47,8 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
 from fusion_jax._static import has_array_leaves
-from fusion_jax.program_params import kernel_layouts, program_kernel
+from fusion_jax.layout import KernelAxes
+from fusion_jax.program_params import kernel_layouts, module_kernel_axes, program_kernel
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -56,7 +57,15 @@ from fusion_jax.programming import (
     resolve_noise,
 )
 
-__all__ = ["FusionConv", "FusionLinear", "NoiseKey", "kernel_layouts"]
+__all__ = [
+    "FusionConv",
+    "FusionEinsum",
+    "FusionLinear",
+    "FusionLinearGeneral",
+    "NoiseKey",
+    "fusionize",
+    "kernel_layouts",
+]
 
 #: Folded into a key read from a shared parameter stream, so that the noise
 #: stream differs from the key the next parameter draws.
@@ -129,6 +138,7 @@ class _FusionLayer(nnx.Module):
         _validation.check_g_max(g_max)
         _check_gradient_mode(gradient)
         model = resolve_noise(noise)
+        _validation.check_t_inference(t_inference, where=type(self).__name__)
         # Concrete settings are static (compile-time constants of a jitted
         # step); traced ones (a layer built under jax.vmap over g_max) are data.
         self.g_max = _setting(g_max, "g_max")
@@ -183,18 +193,28 @@ class _FusionLayer(nnx.Module):
             )
         else:
             key = stream()
+        self._seed_noise_stream(key)
+
+    def _seed_noise_stream(self, key: PRNGKeyArray) -> None:
+        """Start the layer's noise stream at ``key`` (one per layer, for stacked layers)."""
         self._noise_impl = str(jax.random.key_impl(key))
         self.noise_key = NoiseKey(jax.random.key_data(key), tag=self.rng_collection)
 
-    def programmed_kernel(self, key: PRNGKeyArray | None = None) -> Float[Array, "*spatial in out"]:
+    def programmed_kernel(
+        self, key: PRNGKeyArray | None = None, axes: KernelAxes | None = None
+    ) -> Float[Array, "*spatial in out"]:
         """The kernel as programmed on the chip with ``key`` (Flax layout).
 
         :func:`fusion_jax.program_kernel` of the kernel (times ``mask``, for a
         masked convolution) with this layer's settings; what a training-mode
-        call computes with when it draws ``key``.
+        call computes with when it draws ``key``. Every output feature is one
+        chip row: the kernel's axes are read from the layer
+        (:func:`fusion_jax.program_params.module_kernel_axes`).
 
         Args:
             key: PRNG key for the noise; may be ``None`` when ``noise`` is ``None``.
+            axes: The kernel's axes, if not those read from the layer (an
+                einsum string given at call time).
 
         Returns:
             The programmed kernel, shape and dtype of ``self.kernel``.
@@ -203,9 +223,12 @@ class _FusionLayer(nnx.Module):
         mask = getattr(self, "mask", None)  # nnx.Conv's; nnx.Linear has none
         if mask is not None:
             kernel = kernel * mask
+        if axes is None:
+            axes = module_kernel_axes(self, kernel.shape, type(self).__name__)
         return program_kernel(
             kernel,
             key,
+            axes=axes,
             g_max=self.g_max,
             noise=self.noise,
             t_inference=self.t_inference,
@@ -252,7 +275,11 @@ class _FusionLayer(nnx.Module):
         out_sharding: Any,
         deterministic: bool | None,
         rngs: RngsLike | None,
+        *,
+        plain: Callable[..., jax.Array] | None = None,
+        axes: KernelAxes | None = None,
     ) -> jax.Array:
+        plain_call = self._plain_call if plain is None else plain
         deterministic = deterministic if deterministic is not None else self.deterministic
         if deterministic is None:
             raise ValueError(
@@ -260,9 +287,9 @@ class _FusionLayer(nnx.Module):
                 "call, or use model.train() / model.eval()."
             )
         if deterministic:
-            return self._plain_call(self, inputs, out_sharding)
-        kernel = self.programmed_kernel(self._noise_key(rngs))
-        return self._plain_call(self._with_kernel(kernel), inputs, out_sharding)
+            return plain_call(self, inputs, out_sharding)
+        kernel = self.programmed_kernel(self._noise_key(rngs), axes)
+        return plain_call(self._with_kernel(kernel), inputs, out_sharding)
 
     def _with_kernel(self, kernel: jax.Array) -> nnx.Module:
         """This layer with ``kernel`` in place of its own, every other variable shared.
@@ -518,3 +545,7 @@ class FusionConv(_FusionLayer, nnx.Conv):
             The convolved outputs, channels last.
         """
         return self._fusion_call(jax.numpy.asarray(inputs), out_sharding, deterministic, rngs)
+
+
+# The layers of any kernel shape and fusionize build on the classes above.
+from fusion_jax._nnx_layers import FusionEinsum, FusionLinearGeneral, fusionize  # noqa: E402
