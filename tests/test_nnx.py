@@ -399,3 +399,14 @@ def _at(model, g_max):
     """``model``'s training-mode output at ``g_max``, through ``nnx.view``."""
     view = nnx.view(model, g_max=g_max)
     return view(XC)
+
+
+def test_fusionize_gives_each_layer_its_own_noise_stream():
+    """Also from a single-stream nnx.Rngs(0): fusionize draws no parameters, so each
+    converted layer must advance the stream rather than read it."""
+    model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+    fused = fnnx.fusionize(model, noise=NOISE, rngs=nnx.Rngs(0))
+    first, second = (np.asarray(layer.noise_key[...]) for layer in fused.layers)
+    assert not np.array_equal(first, second)
+    x = fused(X)
+    assert x.shape == (5, 2) and not np.array_equal(fused.layers[0].noise_key[...], first)
