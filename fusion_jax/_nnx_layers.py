@@ -404,7 +404,8 @@ def _convert(
     )
     if new.noise is not None and rngs is not None:
         stream = _stream(rngs, rng_collection, type(new).__name__)
-        new.rngs = stream.split(stack_shape) if stack_shape else stream.fork()
+        key = stream()
+        new._seed_noise_stream(jax.random.split(key, stack_shape) if stack_shape else key)
     return new
 
 
