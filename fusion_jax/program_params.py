@@ -129,10 +129,15 @@ def program_kernel(
                [  -1.5 ,   60.  ],
                [   0.75, -120.  ]], dtype=float32)
     """
-    kernel = jax.numpy.asarray(kernel)
+    kernel = _validation.as_array(kernel, "kernel")
     axes = layout._as_axes(axes, kernel.ndim)
     axes.check(kernel.shape)
-    model = _checked_settings(noise, key, gradient, "program_kernel")
+    model = _checked_settings(noise, key, gradient, "program_kernel", t_inference)
+    if kernel.size == 0:
+        raise ValueError(
+            f"kernel is empty (shape {tuple(kernel.shape)}): a kernel [..., in, out] needs at "
+            "least one input and one output to program."
+        )
     # Computed as columns [*stack, in, out], one per output feature, with the
     # inputs in the kernel's own axis order: for Dense, conv and stacked
     # kernels that is a reshape, no transpose (transposes cost more than the
@@ -631,6 +636,12 @@ def program_params(
         _validation.check_g_max(given["g_max"])
     if "noise" in given:
         given["noise"] = resolve_noise(given["noise"])
+        if given["noise"] is not None:
+            _validation.check_noise_model(given["noise"], where="program_params")
+    if "t_inference" in given:
+        _validation.check_t_inference(given["t_inference"], where="program_params")
+    if key is not None:
+        _validation.check_key(key, where="program_params")
 
     if isinstance(params, nnx.Module):
         module_axes, module_settings = _module_specs(params)

@@ -31,6 +31,7 @@ from fusion_jax._atomic import atomic_open
 from fusion_jax.errors import ArgumentError
 from fusion_jax.program_params import Layouts, freeze_layouts, kernel_layouts, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
+from fusion_jax.units import format_time
 
 __all__ = ["SweepResult", "sweep"]
 
@@ -60,7 +61,7 @@ class SweepResult:
         ...                 acc, 1 - acc, label="mlp")
         >>> print(r.format_table())
         mlp: accuracy (%), mean +- std over 2 seeds
-        g_max (uS)           t=1h
+        g_max (uS)           t=1 h
              10.00   82.00 +- 2.83
              40.00   96.00 +- 1.41
     """
@@ -117,7 +118,7 @@ class SweepResult:
 
         Cells are accuracy in percent, mean +- standard deviation over seeds.
         """
-        head = [f"{'g_max (uS)':>10}"] + [f"{_format_time(t):>15}" for t in self.t_inference]
+        head = [f"{'g_max (uS)':>10}"] + [f"{'t=' + format_time(t):>15}" for t in self.t_inference]
         lines = [" ".join(head)]
         acc = 100 * self.accuracy
         ddof = 1 if len(self.seeds) > 1 else 0
@@ -155,13 +156,6 @@ class SweepResult:
         _atomic_write(path, json.dumps(payload, indent=1))
 
 
-def _format_time(t: float) -> str:
-    for unit, seconds in (("y", 3.15e7), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
-        if t >= seconds:
-            return f"t={t / seconds:g}{unit}"
-    return f"t={t:g}s"
-
-
 def _atomic_write(path: str | os.PathLike[str], text: str) -> None:
     with atomic_open(path) as fh:
         fh.write(text)
@@ -171,7 +165,10 @@ def _atomic_write(path: str | os.PathLike[str], text: str) -> None:
 
 
 def _grid_axis(values: Any, name: str) -> np.ndarray:
-    arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    raw = np.asarray(values)
+    if raw.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be numbers, got {values!r}.")
+    arr = np.atleast_1d(raw.astype(np.float64))
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a scalar or a 1-D sequence, got shape {arr.shape}.")
     if arr.size == 0:
@@ -181,14 +178,21 @@ def _grid_axis(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+#: Seeds are 32-bit: ``jax.random.key(seed)`` of the uint32 seed.
+_SEED_LIMIT = 2**32
+
+
 def _check_grid(g_max: Any, seeds: Any, t_inference: Any) -> tuple[np.ndarray, ...]:
     g = _grid_axis(g_max, "g_max")
     bad = g[(g < _validation.G_MAX_MIN) | (g > _validation.G_MAX_MAX)]
     if bad.size:
         raise ArgumentError(f"{_validation.G_MAX_MESSAGE} Got g_max values {bad.tolist()}.")
-    if isinstance(seeds, int | np.integer):
-        if seeds < 1:
-            raise ValueError(f"seeds must be a positive count or a sequence of seeds, got {seeds}.")
+    if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
+        if not 1 <= seeds <= _SEED_LIMIT:
+            raise ValueError(
+                f"seeds must be a positive count (at most 2**32) or a sequence of seeds, "
+                f"got {seeds}."
+            )
         s = np.arange(int(seeds))
     else:
         s = np.atleast_1d(np.asarray(seeds))
@@ -196,11 +200,17 @@ def _check_grid(g_max: Any, seeds: Any, t_inference: Any) -> tuple[np.ndarray, .
             raise ValueError("seeds is empty: the sweep grid needs at least one seed.")
         if s.ndim != 1 or s.dtype.kind not in "iu":
             raise ValueError(f"seeds must be a count or a 1-D sequence of integers, got {seeds!r}.")
-        if np.any(s < 0):
-            raise ValueError(f"seeds must be non-negative, got {s.tolist()}.")
+        # Seeds are drawn as 32-bit words: larger ones would wrap around to a
+        # different seed than the one reported.
+        bad = s[(s < 0) | (s >= _SEED_LIMIT)] if s.dtype.kind == "i" else s[s >= _SEED_LIMIT]
+        if bad.size:
+            raise ValueError(
+                f"seeds must lie in [0, 2**32 - 1] (a key is made from a 32-bit seed), got "
+                f"{bad.tolist()[:8]}."
+            )
     t = _grid_axis(t_inference, "t_inference")
-    if np.any(t < 0):
-        raise ValueError(f"t_inference must be non-negative seconds, got {t.tolist()}.")
+    for value in np.atleast_1d(np.asarray(t_inference)):
+        _validation.check_t_inference(value, where="sweep")
     return g, s.astype(np.int64), t
 
 
