@@ -11,7 +11,7 @@ from flax import nnx
 from jaxtyping import Array, ArrayLike, Float
 
 from fusion_jax.layout import KernelAxes
-from fusion_jax.nnx import FusionConv, FusionLinear, RngsLike, _FusionLayer
+from fusion_jax.nnx import FusionConv, FusionLinear, NoiseKey, RngsLike, _FusionLayer
 from fusion_jax.program_params import _expected_kernel, _path_text, module_kernel_axes
 from fusion_jax.programming import DEFAULT_NOISE, GradientMode, NoiseModel
 
@@ -293,9 +293,9 @@ def fusionize(
     other. Every other module is kept as it is; ``module`` itself is not
     changed.
 
-    A stacked layer gets a stacked noise stream (one key per layer, split
-    from ``rngs``), so ``nnx.scan``/``nnx.vmap`` over the block's state
-    with axis 0 carries it like the parameters.
+    A stacked layer gets a stacked noise stream (a :class:`NoiseKey` with one
+    key per layer, split from ``rngs``), so ``nnx.scan``/``nnx.vmap`` over
+    the block's state with axis 0 carries it like the parameters.
 
     Args:
         module: The model.
@@ -403,8 +403,15 @@ def _convert(
         rngs=None,
     )
     if new.noise is not None and rngs is not None:
-        stream = _stream(rngs, rng_collection, type(new).__name__)
-        new.rngs = stream.split(stack_shape) if stack_shape else stream.fork()
+        if not stack_shape:
+            new._init_noise_stream(new.noise, rngs)
+        else:
+            # One key per stacked layer, so that nnx.scan / nnx.vmap over the
+            # block's state (axis 0) carries the noise stream like the kernel.
+            key = _stream(rngs, rng_collection, type(new).__name__)()
+            new._noise_impl = str(jax.random.key_impl(key))
+            keys = jax.random.split(key, stack_shape)
+            new.noise_key = NoiseKey(jax.random.key_data(keys), tag=rng_collection)
     return new
 
 
