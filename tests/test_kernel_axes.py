@@ -447,3 +447,30 @@ def test_linen_dense_general_and_einsum_layers():
         einsum.apply(variables, x, deterministic=True),
         nn.Einsum((3, 2, 4), "btd,dhk->bthk").apply(variables, x),
     )
+
+
+def test_fusionize_convolutions_nnx_and_linen():
+    """Conv kernels are converted too and programmed with the conv axes (one row per
+    output channel over in * window inputs), in both APIs."""
+    x = normal((2, 7, 3), 5)
+    nnx_model = nnx.Sequential(
+        nnx.Conv(3, 4, (3,), rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1))
+    )
+    fused = fj.nnx.fusionize(nnx_model, noise=OffsetNoise(), rngs=nnx.Rngs(noise=0))
+    assert type(fused.layers[0]) is fj.nnx.FusionConv
+    expected = program_params(nnx_model, KEY, noise=OffsetNoise())(x)
+    np.testing.assert_allclose(fused(x), expected, rtol=1e-4, atol=1e-5)
+
+    linen_model = nn.Sequential([nn.Conv(4, (3,)), nn.Dense(2)])
+    variables = linen_model.init(jax.random.key(0), x)
+    layouts = fj.linen.kernel_layouts(linen_model, x)
+    assert layouts[("params", "layers_0", "kernel")] == KernelAxes.conv(1)
+    chip = program_params(variables, KEY, noise=OffsetNoise(), layouts=layouts)
+    np.testing.assert_allclose(
+        fj.linen.fusionize(linen_model, noise=OffsetNoise()).apply(
+            variables, x, rngs={"noise": KEY}
+        ),
+        linen_model.apply(chip, x),
+        rtol=1e-4,
+        atol=1e-5,
+    )
