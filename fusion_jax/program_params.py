@@ -392,7 +392,8 @@ def _module_specs(
             continue
         leaf_path = (*path, "kernel")
         name = _path_text(leaf_path)
-        found = module_kernel_axes(node, np.shape(kernel[...]), name)
+        value = kernel.get_value()  # an array, or a ShapeDtypeStruct under nnx.eval_shape
+        found = module_kernel_axes(node, tuple(value.shape), name)
         if found is not None:
             axes[leaf_path] = found
         own = _layer_settings(node)
