@@ -377,9 +377,13 @@ def _layer_settings(module: Any) -> dict[str, Any] | None:
 
 
 def _module_specs(
-    module: Any,
-) -> tuple[dict[LeafPath, KernelAxes], dict[LeafPath, dict[str, Any]]]:
-    """Kernel axes and Fusion settings of every known layer of an NNX module, by leaf path."""
+    module: Any, *, strict: bool = True
+) -> tuple[dict[LeafPath, KernelAxes | ValueError], dict[LeafPath, dict[str, Any]]]:
+    """Kernel axes and Fusion settings of every known layer of an NNX module, by leaf path.
+
+    With ``strict=False`` a layer whose axes cannot be read gets its error as
+    its entry, raised only if no ``layouts`` entry replaces it.
+    """
     from flax import nnx
 
     axes: dict[LeafPath, KernelAxes] = {}
@@ -393,7 +397,12 @@ def _module_specs(
         leaf_path = (*path, "kernel")
         name = _path_text(leaf_path)
         value = kernel.get_value()  # an array, or a ShapeDtypeStruct under nnx.eval_shape
-        found = module_kernel_axes(node, tuple(value.shape), name)
+        try:
+            found = module_kernel_axes(node, tuple(value.shape), name)
+        except ValueError as err:
+            if strict:
+                raise
+            found = err
         if found is not None:
             axes[leaf_path] = found
         own = _layer_settings(node)
@@ -435,7 +444,7 @@ def kernel_layouts(module: Any) -> dict[LeafPath, KernelAxes]:
 
     if not isinstance(module, nnx.Module):
         raise TypeError(f"kernel_layouts needs an nnx.Module, got {type(module)}.")
-    return _module_specs(module)[0]
+    return _module_specs(module)[0]  # type: ignore[return-value]
 
 
 def freeze_layouts(layouts: Layouts | None) -> Any:
@@ -645,7 +654,7 @@ def program_params(
         _validation.check_key(key, where="program_params")
 
     if isinstance(params, nnx.Module):
-        module_axes, module_settings = _module_specs(params)
+        module_axes, module_settings = _module_specs(params, strict=False)
         graphdef, state = nnx.split(params)
         programmed = _program_tree(state, key, given, where, layouts, module_axes, module_settings)
         return nnx.merge(graphdef, programmed)
@@ -658,7 +667,7 @@ def _program_tree(
     given: dict[str, Any],
     where: Callable[[LeafPath, Any], bool] | None,
     layouts: Layouts | None,
-    module_axes: Mapping[LeafPath, KernelAxes],
+    module_axes: Mapping[LeafPath, KernelAxes | ValueError],
     module_settings: Mapping[LeafPath, Mapping[str, Any]],
 ) -> Any:
     """program_params on a pytree, with per-leaf axes and settings read from a module."""
@@ -684,6 +693,8 @@ def _program_tree(
         axes = lookup(path, leaf)
         if axes is None:
             axes = module_axes.get(path)
+            if isinstance(axes, ValueError):
+                raise ValueError(f"program_params: {axes}") from None
         if axes is None:
             if np.ndim(leaf) > 2:
                 raise ValueError(

@@ -474,3 +474,15 @@ def test_fusionize_convolutions_nnx_and_linen():
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+def test_einsum_given_its_equation_at_call_time_needs_a_layout():
+    net = nnx.Sequential(fj.nnx.FusionEinsum(None, (3, 4), rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="layers/0/kernel.*einsum_str"):
+        program_params(net, None, noise=None)
+    layouts = {("layers", 0, "kernel"): KernelAxes.einsum("ab,bc->ac")}
+    chip = program_params(net, KEY, noise=OffsetNoise(), layouts=layouts)
+    np.testing.assert_array_equal(
+        chip.layers[0].kernel[...],
+        program_kernel(net.layers[0].kernel[...], KEY, noise=OffsetNoise()),
+    )
