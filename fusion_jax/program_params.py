@@ -2,10 +2,14 @@
 
 :func:`fusion_jax.program` works in the reference's layout, one row per output
 ``[..., out, in]``. Flax keeps the output channel on the last axis of a
-kernel (``[in, out]``, ``[kh, kw, in, out]``). :func:`program_kernel` programs
-one Flax kernel (each output channel is one row on the chip) and
-:func:`program_params` programs every kernel of a model's parameters at once:
-one programmed copy of the whole network, as after writing it to the chip.
+kernel (``[in, out]``, ``[kh, kw, in, out]``); stacked layers, attention
+and einsum kernels have more axes, which a
+:class:`~fusion_jax.layout.KernelAxes` names. :func:`program_kernel` programs
+one kernel (each output feature of each layer is one row on the chip) and
+:func:`program_params` programs every kernel of a model at once (an
+``nnx.Module``, whose layers give their kernels' axes and their settings, or
+a parameter pytree): one programmed copy of the whole network, as after
+writing it to the chip.
 """
 
 from __future__ import annotations
