@@ -20,6 +20,7 @@ from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert
 from fusion_jax.converter import FusionConductanceConverter
 from fusion_jax.errors import ArgumentError
 from fusion_jax.fusion_io import FusionExport, fusion_export, fusion_import
+from fusion_jax.layout import KernelAxes
 from fusion_jax.plotting import plot_sweep
 from fusion_jax.program_params import is_kernel, leaf_key, program_kernel, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, program
@@ -34,6 +35,7 @@ __all__ = [
     "FusionConductanceConverter",
     "FusionExport",
     "FusionParams",
+    "KernelAxes",
     "NoiseModel",
     "SweepResult",
     "convert_back_to_weights",

@@ -293,9 +293,9 @@ def fusionize(
     other. Every other module is kept as it is; ``module`` itself is not
     changed.
 
-    A stacked layer gets a stacked noise stream (one key per layer, split
-    from ``rngs``), so ``nnx.scan``/``nnx.vmap`` over the block's state
-    with axis 0 carries it like the parameters.
+    A stacked layer gets a stacked noise stream (a :class:`NoiseKey` with one
+    key per layer, split from ``rngs``), so ``nnx.scan``/``nnx.vmap`` over
+    the block's state with axis 0 carries it like the parameters.
 
     Args:
         module: The model.
