@@ -491,6 +491,8 @@ class FusionChipNoise:
     def __post_init__(self) -> None:
         for name in ("log_median_coefs", "log_spread_coefs"):
             coefs = getattr(self, name)
+            if coefs is None or isinstance(coefs, jax.core.Tracer):
+                continue  # a placeholder of a pytree spec (vmap in_axes, tree_map)
             if not isinstance(coefs, tuple | list) or len(coefs) == 0:
                 raise ValueError(
                     f"FusionChipNoise.{name} must be a non-empty tuple of coefficients, "

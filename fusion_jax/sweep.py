@@ -214,9 +214,9 @@ def _check_grid(g_max: Any, seeds: Any, t_inference: Any) -> tuple[np.ndarray, .
                 f"seeds must lie in [0, 2**32 - 1] (a key is made from a 32-bit seed), got "
                 f"{bad.tolist()[:8]}."
             )
-    t = _grid_axis(t_inference, "t_inference")
-    for value in np.atleast_1d(np.asarray(t_inference)):
+    for value in np.asarray(t_inference, dtype=object).ravel():
         _validation.check_t_inference(value, where="sweep")
+    t = _grid_axis(t_inference, "t_inference")
     return g, s.astype(np.int64), t
 
 
