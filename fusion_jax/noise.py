@@ -250,6 +250,9 @@ class PCMLikeNoise:
     A concrete ``read_noise_scale == 0`` skips the read-noise term (the
     result is the same); a traced one is computed whatever its value.
 
+    The fields are checked when the model is built (``ValueError`` naming
+    the field): ``c0``-``c2`` finite, scales >= 0, ``t0`` and ``t_read`` > 0.
+
     Attributes:
         prog_noise_scale: Multiplier of the programming noise.
         read_noise_scale: Multiplier of the read noise.
@@ -318,8 +321,12 @@ class PCMLikeNoise:
 
         Raises:
             ArgumentError: for a concrete ``g_max`` outside [10, 40].
-            ValueError: for concrete negative or non-finite conductances, a
-                negative ``t_inference``, or negative scale fields.
+            ValueError: for concrete negative or non-finite conductances
+                (or, x64 off, float64 ones beyond float32's range), or a
+                ``t_inference`` that is NaN, Inf or negative. (The fields
+                are checked when the model is built.)
+            TypeError: for a key that is not a PRNG key, or a non-numeric
+                ``t_inference``.
 
         Example:
             >>> import jax, jax.numpy as jnp
@@ -437,6 +444,11 @@ class FusionChipNoise:
     the other draws as they were; a concrete ``read_noise_scale == 0`` (the
     default) draws nothing for it, a traced one (``jax.vmap`` over the
     field) draws whatever its value. Same key, same result.
+
+    The fields are checked when the model is built (``ValueError`` naming
+    the field): coefficients finite, ``stuck_probability`` in [0, 1],
+    scales and ``t_calibration`` >= 0, ``shift``, ``t0``, ``t_read``,
+    ``g_ref`` and ``g_floor`` > 0.
 
     Attributes:
         log_median_coefs: ``(a0, a1, a2, a3)``: ``ln(latent median + shift)``
@@ -604,8 +616,12 @@ class FusionChipNoise:
 
         Raises:
             ArgumentError: for a concrete ``g_max`` outside [10, 40].
-            ValueError: for concrete negative or non-finite conductances, a
-                negative ``t_inference`` or invalid fields.
+            ValueError: for concrete negative or non-finite conductances
+                (or, x64 off, float64 ones beyond float32's range), or a
+                ``t_inference`` that is NaN, Inf or negative. (The fields
+                are checked when the model is built.)
+            TypeError: for a key that is not a PRNG key, or a non-numeric
+                ``t_inference``.
 
         Example:
             >>> import jax, jax.numpy as jnp
