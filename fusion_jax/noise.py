@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -279,6 +279,9 @@ class PCMLikeNoise:
         Array([ 0., 10., 25.], dtype=float32)
     """
 
+    #: Each read-back depends only on its own target (for a fixed key): see fj.NoiseModel.
+    elementwise: ClassVar[bool] = True
+
     prog_noise_scale: float | Array = 1.0
     read_noise_scale: float | Array = 1.0
     drift_scale: float | Array = 1.0
@@ -486,6 +489,9 @@ class FusionChipNoise:
         >>> [round(float(v), 1) for v in model.latent_mean(jnp.array([10.0, 40.0]))]
         [4.5, 23.3]
     """
+
+    #: Each read-back depends only on its own target (for a fixed key): see fj.NoiseModel.
+    elementwise: ClassVar[bool] = True
 
     log_median_coefs: tuple[float | Array, ...]
     log_spread_coefs: tuple[float | Array, ...]

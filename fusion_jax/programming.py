@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
+from fusion_jax._fusion import materialize_fn
 from fusion_jax._static import StaticNumbers
 from fusion_jax.conversion import (
     _prepare_g_max,
@@ -230,9 +231,13 @@ def _program_jit(
     # a model can test them at trace time (a literal read_noise_scale=0 skips
     # the read-noise draw) and XLA can fold arithmetic on them.
     wc = w.astype(dtype)
-    w_hat = _program_core(wc, key, g_max, noise.value, t_inference, strict_aihwkit, axis)
-    if gradient == "ste":
+    if gradient == "ste":  # no derivative is traced through the programming at all
+        w_hat = _program_core(
+            jax.lax.stop_gradient(wc), key, g_max, noise.value, t_inference, strict_aihwkit, axis
+        )
         w_hat = wc + jax.lax.stop_gradient(w_hat - wc)
+    else:
+        w_hat = _program_core(wc, key, g_max, noise.value, t_inference, strict_aihwkit, axis)
     return w_hat.astype(out_dtype)
 
 
@@ -248,7 +253,7 @@ def _program_core(
     """Convert, apply noise, reconstruct (validated inputs, compute dtype; lines along ``axis``)."""
     x, scale, row_max = _signed_conductances(w, g_max, axis)
     if noise is not None:
-        g_read = noise.sample(jnp.abs(x), key, g_max=g_max, t_inference=t_inference)
+        g_read = _sample(noise, jnp.abs(x), key, g_max, t_inference)
         x = g_read.astype(w.dtype) * jnp.sign(w)
     row_max, scale = jnp.squeeze(row_max, axis), jnp.squeeze(scale, axis)
     return _reconstruct(
@@ -260,3 +265,86 @@ def _program_core(
         zero_default=1.0 / scale,
         axis=axis,
     )
+
+
+def _sample(
+    noise: NoiseModel,
+    g: jax.Array,
+    key: PRNGKeyArray,
+    g_max: jax.Array,
+    t_inference: jax.Array,
+) -> jax.Array:
+    """``noise.sample(g, key, ...)``, with a one-array derivative for elementwise models.
+
+    A model that declares ``elementwise = True`` (each read-back depends only
+    on its own target, for a fixed key: both built-in models) has a diagonal
+    Jacobian in ``g``. Its derivative is then computed in the forward pass
+    (forward mode, with the sample itself, sharing its random draws and
+    transcendental functions) and reverse mode keeps that one array, instead
+    of every intermediate of the sample, and multiplies by it: a fraction of
+    the memory and of the compiled program. Derivatives with respect to the
+    model's fields, ``g_max`` or ``t_inference`` (when they are traced and
+    differentiated) go through the model's own code, as for other models.
+    """
+    if not getattr(noise, "elementwise", False):
+        return noise.sample(g, key, g_max=g_max, t_inference=t_inference)
+    # Python numbers of the model stay Python numbers (constants); only its
+    # array fields are arguments of the custom derivative.
+    leaves, treedef = jax.tree_util.tree_flatten(noise)
+    is_array = [not isinstance(leaf, int | float) for leaf in leaves]
+    numbers = [None if a else leaf for a, leaf in zip(is_array, leaves, strict=True)]
+
+    def sample(
+        g: jax.Array, arrays: list[Any], key: Any, g_max: jax.Array, t: jax.Array
+    ) -> jax.Array:
+        rest = iter(arrays)
+        full = [next(rest) if a else leaf for a, leaf in zip(is_array, numbers, strict=True)]
+        model = jax.tree_util.tree_unflatten(treedef, full)
+        return model.sample(g, key, g_max=g_max, t_inference=t)
+
+    @jax.custom_jvp
+    def diagonal(
+        g: jax.Array, arrays: list[Any], key: Any, g_max: jax.Array, t: jax.Array
+    ) -> jax.Array:
+        return sample(g, arrays, key, g_max, t)
+
+    def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[jax.Array, jax.Array]:
+        g, arrays, key, g_max, t = primals
+        g_dot, *others = tangents
+        if any(map(_nonzero, jax.tree_util.tree_leaves(others, is_leaf=_is_zero))):
+            instantiated = jax.tree_util.tree_map(_instantiate, tangents, is_leaf=_is_zero)
+            return jax.jvp(sample, primals, instantiated)
+
+        # The value and the derivative come out of one pass, stacked, computed
+        # once on the CPU (materialize_fn): XLA would otherwise store every
+        # intermediate (exp, log, erf_inv) that both of them read.
+        def both() -> jax.Array:
+            out, slope = jax.jvp(
+                lambda g: sample(g, arrays, key, g_max, t), (g,), (jnp.ones_like(g),)
+            )
+            return jnp.stack([out, slope], axis=-1)
+
+        stacked = materialize_fn(both, g)
+        out, slope = stacked[..., 0], stacked[..., 1]
+        if not _nonzero(g_dot):
+            return out, jnp.zeros_like(out)
+        return out, slope * g_dot
+
+    diagonal.defjvp(jvp, symbolic_zeros=True)
+    arrays = [leaf for a, leaf in zip(is_array, leaves, strict=True) if a]
+    return diagonal(g, arrays, key, g_max, t_inference)
+
+
+def _is_zero(tangent: Any) -> bool:
+    return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+
+
+def _nonzero(tangent: Any) -> bool:
+    return not _is_zero(tangent)
+
+
+def _instantiate(tangent: Any) -> Any:
+    """A tangent as an array: symbolic zeros become zeros of the tangent type."""
+    if not _is_zero(tangent):
+        return tangent
+    return jnp.zeros(tangent.aval.shape, tangent.aval.dtype)

@@ -29,8 +29,9 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from fusion_jax import _validation
 from fusion_jax._atomic import atomic_open
 from fusion_jax.errors import ArgumentError
-from fusion_jax.program_params import program_params
+from fusion_jax.program_params import Layouts, freeze_layouts, kernel_layouts, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
+from fusion_jax.units import format_time
 
 __all__ = ["SweepResult", "sweep"]
 
@@ -60,7 +61,7 @@ class SweepResult:
         ...                 acc, 1 - acc, label="mlp")
         >>> print(r.format_table())
         mlp: accuracy (%), mean +- std over 2 seeds
-        g_max (uS)           t=1h
+        g_max (uS)           t=1 h
              10.00   82.00 +- 2.83
              40.00   96.00 +- 1.41
     """
@@ -117,7 +118,7 @@ class SweepResult:
 
         Cells are accuracy in percent, mean +- standard deviation over seeds.
         """
-        head = [f"{'g_max (uS)':>10}"] + [f"{_format_time(t):>15}" for t in self.t_inference]
+        head = [f"{'g_max (uS)':>10}"] + [f"{'t=' + format_time(t):>15}" for t in self.t_inference]
         lines = [" ".join(head)]
         acc = 100 * self.accuracy
         ddof = 1 if len(self.seeds) > 1 else 0
@@ -153,13 +154,6 @@ class SweepResult:
             "summary": self.summary(),
         }
         _atomic_write(path, json.dumps(payload, indent=1))
-
-
-def _format_time(t: float) -> str:
-    for unit, seconds in (("y", 3.15e7), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
-        if t >= seconds:
-            return f"t={t / seconds:g}{unit}"
-    return f"t={t:g}s"
 
 
 def _atomic_write(path: str | os.PathLike[str], text: str) -> None:
@@ -256,7 +250,8 @@ def _nnx_apply(graphdef: Any) -> ApplyFn:
     return apply
 
 
-def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any]:
+def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any, Any]:
+    """``(apply_fn, params, kernel layouts read from a module or None)``."""
     try:
         from flax import nnx
     except ImportError:  # pragma: no cover - flax is a dependency
@@ -264,15 +259,16 @@ def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any]:
     if nnx is not None and isinstance(model_or_apply_fn, nnx.Module):
         if params is not None:
             raise ValueError("pass params=None with an nnx.Module: its state is used.")
+        layouts = kernel_layouts(model_or_apply_fn)
         graphdef, state = nnx.split(model_or_apply_fn)
-        return _nnx_apply(graphdef), state
+        return _nnx_apply(graphdef), state, layouts
     if not callable(model_or_apply_fn):
         raise TypeError(
             "model_or_apply_fn must be an nnx.Module or a function apply_fn(params, x) -> logits."
         )
     if params is None:
         raise ValueError("params is required with an apply function.")
-    return model_or_apply_fn, params
+    return model_or_apply_fn, params, getattr(model_or_apply_fn, "kernel_layouts", None)
 
 
 # --- the compiled evaluator ----------------------------------------------------------------
@@ -285,8 +281,10 @@ def _evaluator(
     n_batches: int,
     where: Any,
     strict_aihwkit: bool,
+    layouts: Any = None,
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """The jitted chunk evaluator (cached so that repeated sweeps compile once)."""
+    layout_map = dict(layouts) if isinstance(layouts, tuple) else layouts
 
     def one_point(params, xb, yb, mask, noise, g_max, seed, t):
         key = jax.random.key(seed)
@@ -298,6 +296,7 @@ def _evaluator(
             t_inference=t,
             strict_aihwkit=strict_aihwkit,
             where=where,
+            layouts=layout_map,
         )
 
         def batch_metrics(carry, batch):
@@ -348,6 +347,7 @@ def sweep(
     noise: NoiseModel | None = DEFAULT_NOISE,
     strict_aihwkit: bool = False,
     where: Callable[[tuple, Any], bool] | None = None,
+    layouts: Layouts | None = None,
     chunk_size: int | None = None,
     eval_batch_size: int | None = None,
     devices: Sequence[Any] | None = None,
@@ -382,6 +382,10 @@ def sweep(
             programs without noise.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
         where: Leaf selector for :func:`program_params` (default: kernels).
+        layouts: Kernel axes for :func:`program_params`, needed for kernels
+            of rank above 2 (convolutions, stacked layers, attention) with an
+            ``apply_fn``: for Linen, :func:`fusion_jax.linen.kernel_layouts`.
+            Default: read from the ``nnx.Module`` (or ``apply_fn.kernel_layouts``).
         chunk_size: Grid points per compiled call; by default as many as fit
             ``memory_budget_bytes`` (rounded to a multiple of the devices).
         eval_batch_size: Evaluate the data in batches of this size (a
@@ -413,7 +417,8 @@ def sweep(
     """
     g_values, seed_values, t_values = _check_grid(g_max, seeds, t_inference)
     x, y = _check_data(eval_data)
-    apply_fn, params = _as_apply(model_or_apply_fn, params)
+    apply_fn, params, found_layouts = _as_apply(model_or_apply_fn, params)
+    frozen_layouts = freeze_layouts(found_layouts if layouts is None else layouts)
     model = resolve_noise(noise)
     devices = tuple(jax.devices() if devices is None else devices)
     if not devices:
@@ -449,7 +454,7 @@ def sweep(
 
     dtype = _validation.compute_dtype(jnp.float32)
     pg, ps, pt = padded(grid_g, dtype), padded(grid_s, np.uint32), padded(grid_t, dtype)
-    evaluate = _evaluator(apply_fn, devices, n_batches, where, bool(strict_aihwkit))
+    evaluate = _evaluator(apply_fn, devices, n_batches, where, bool(strict_aihwkit), frozen_layouts)
 
     chunks = range(n_chunks)
     if progress:
