@@ -404,11 +404,12 @@ def test_regression_slope_refuses_nan_and_inf(bad, arg):
         fj.regression_slope(x, y)
 
 
-@pytest.mark.parametrize("shape", [(3, 0), (0, 3), (2, 0, 4)])
+@pytest.mark.parametrize("shape", [(3, 0), (0, 3), (2, 0, 4), (0, 3, 4)])
 def test_program_params_on_an_empty_kernel_names_the_leaf(shape):
     params = {"dense": {"kernel": jnp.zeros(shape)}}
+    layouts = {"dense/kernel": fj.layout.KernelAxes.dense().stacked()} if len(shape) > 2 else None
     with pytest.raises(ValueError, match=r"leaf 'dense/kernel'.*empty \(shape"):
-        fj.program_params(params, KEY)
+        fj.program_params(params, KEY, layouts=layouts)
 
 
 # --- files ----------------------------------------------------------------------------------
