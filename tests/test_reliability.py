@@ -250,6 +250,16 @@ def test_sweep_refuses_seeds_that_would_wrap_around(seeds):
         _check_grid([40.0], seeds, [1.0])
 
 
+@pytest.mark.parametrize("seeds", [[2**32], [0, -3]])
+def test_training_seeds_that_would_wrap_around_are_refused(seeds):
+    from fusion_jax.training import _as_keys, hardware_aware_experiment
+
+    with pytest.raises(ValueError, match=r"must lie in \[0, 2\*\*32 - 1\]"):
+        _as_keys(seeds)
+    with pytest.raises(ValueError, match=r"seeds must lie in \[0, 2\*\*32 - 1\]"):
+        hardware_aware_experiment(seeds=seeds)
+
+
 def test_sweep_keeps_the_largest_32_bit_seed():
     _, s, _ = _check_grid([40.0], np.array([0, 2**32 - 1], np.uint64), [1.0])
     assert s.tolist() == [0, 2**32 - 1]
