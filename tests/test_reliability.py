@@ -320,11 +320,17 @@ def test_largest_rows_are_not_zeroed():
     g_max=st.sampled_from([10.0, 25.0, 40.0]),
 )
 def test_ordinary_rows_scale_bit_for_bit_as_before(rows, g_max):
+    # Rows away from the float range's ends take the plain float32 formula,
+    # unchanged: g_max / m, or torch's reciprocal(m) * g_max (aihwkit's bytes).
     w = np.linspace(-1.0, 1.0, 32, dtype=np.float32).reshape(SHAPE) * np.float32(rows)[:, None]
     g, _ = fj.convert_to_conductances(w, g_max=g_max)
     m = np.abs(w).max(axis=1, keepdims=True)
-    expected = np.abs(np.clip(w * (np.float32(g_max) / m), -g_max, g_max))
-    np.testing.assert_array_equal(np.asarray(g), expected)
+    g32 = np.float32(g_max)
+    candidates = [g32 / m, (np.float32(1.0) / m) * g32]
+    matches = [
+        np.array_equal(np.asarray(g), np.abs(np.clip(w * scale, -g32, g32))) for scale in candidates
+    ]
+    assert any(matches)
 
 
 @given(
