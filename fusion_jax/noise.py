@@ -68,7 +68,13 @@ def _drift_exponent(g_rel: jax.Array, xi: jax.Array, drift_scale: Any) -> jax.Ar
 def _read_noise_sigma(g_rel: jax.Array, t: Any, t_read: Any) -> jax.Array:
     """Relative 1/f read-noise std ``Q * sqrt(ln((t + t_read) / (2 t_read)))``."""
     q = jnp.minimum(0.0088 / jnp.maximum(g_rel, _READ_REL_MIN) ** 0.65, 0.2)
-    return q * jnp.sqrt(jnp.maximum(jnp.log((t + t_read) / (2.0 * t_read)), 0.0))
+    # The quotient overflows for times beyond about 1e32 s (t_read = 2.5e-7 s):
+    # there, the difference of the logs, which is finite.
+    ratio = (t + t_read) / (2.0 * t_read)
+    log_ratio = jnp.where(
+        jnp.isfinite(ratio), jnp.log(ratio), jnp.log(t + t_read) - jnp.log(2.0 * t_read)
+    )
+    return q * jnp.sqrt(jnp.maximum(log_ratio, 0.0))
 
 
 def _add_read_noise(

@@ -645,3 +645,54 @@ def test_linen_layer_refuses_nan_t_inference_at_init():
 def test_nnx_layer_refuses_negative_t_inference():
     with pytest.raises(ValueError, match=r"FusionLinear: t_inference must be a finite number"):
         fj.nnx.FusionLinear(3, 2, t_inference=-5.0, rngs=nnx.Rngs(0))
+
+
+# --- properties over settings and magnitudes ------------------------------------------------
+
+
+@given(
+    t=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-(2**40), 2**40),
+    ),
+    noise=st.sampled_from([PCMLikeNoise(), FusionChipNoise.lenet5_readback(read_noise_scale=1.0)]),
+)
+def test_t_inference_is_accepted_exactly_when_finite_and_non_negative(t, noise):
+    # Valid times up to float32's largest give finite weights (read noise and
+    # drift at 1e38 s included); others are refused, naming the argument.
+    f32 = np.finfo(np.float32)
+    in_range = isinstance(t, int) or t == 0 or float(f32.tiny) <= t <= float(f32.max)
+    valid = bool(np.isfinite(t) and t >= 0 and in_range)
+    if valid:
+        out = fj.program(W, KEY, noise=noise, t_inference=t)
+        assert bool(jnp.all(jnp.isfinite(out)))
+    else:
+        with pytest.raises(ValueError, match="program: t_inference(:| must be a finite number)"):
+            fj.program(W, KEY, noise=noise, t_inference=t)
+
+
+@given(value=st.floats(min_value=-1e308, max_value=1e308, allow_subnormal=True))
+def test_float64_values_convert_exactly_when_float32_holds_them(value):
+    w = np.array([[1.0, value, -2.0], [3.0, 4.0, 5.0]])
+    mag = abs(value)
+    f32 = np.finfo(np.float32)
+    if value == 0 or float(f32.tiny) <= mag <= float(f32.max):
+        g, params = fj.convert_to_conductances(w)
+        np.testing.assert_array_equal(np.asarray(params.original_weights), w.astype(np.float32))
+        assert bool(jnp.all(jnp.isfinite(g)))
+    else:
+        with pytest.raises(ValueError, match=r"out of range for float32.*row 0, column 1"):
+            fj.convert_to_conductances(w)
+
+
+def test_traced_settings_are_reported_under_checkify():
+    from jax.experimental import checkify
+
+    def run(t):
+        return fj.program(W, KEY, noise=PCMLikeNoise(), t_inference=t)
+
+    checked = checkify.checkify(jax.jit(run), errors=checkify.user_checks)
+    err, _ = checked(jnp.float32(float("nan")))
+    assert "t_inference must be a finite number of seconds >= 0" in str(err.get())
+    err, out = checked(jnp.float32(3600.0))
+    assert err.get() is None and bool(jnp.all(jnp.isfinite(out)))
