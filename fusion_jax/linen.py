@@ -65,7 +65,7 @@ def _check_settings(layer: nn.Module) -> None:
     _validation.check_g_max(layer.g_max)
     _check_gradient_mode(layer.gradient)
     resolve_noise(layer.noise)
-    _validation.check_t_inference(layer.t_inference, where=type(layer).__name__)
+    _validation.check_t_inference(layer.t_inference, where=type(layer).__qualname__)
 
 
 def _fusion_apply(

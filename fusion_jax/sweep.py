@@ -178,39 +178,23 @@ def _grid_axis(values: Any, name: str) -> np.ndarray:
     return arr
 
 
-#: Seeds are 32-bit: ``jax.random.key(seed)`` of the uint32 seed.
-_SEED_LIMIT = 2**32
-
-
 def _check_grid(g_max: Any, seeds: Any, t_inference: Any) -> tuple[np.ndarray, ...]:
     g = _grid_axis(g_max, "g_max")
     bad = g[(g < _validation.G_MAX_MIN) | (g > _validation.G_MAX_MAX)]
     if bad.size:
         raise ArgumentError(f"{_validation.G_MAX_MESSAGE} Got g_max values {bad.tolist()}.")
     if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
-        if not 1 <= seeds <= _SEED_LIMIT:
+        if not 1 <= seeds <= _validation.SEED_LIMIT:
             raise ValueError(
                 f"seeds must be a positive count (at most 2**32) or a sequence of seeds, "
                 f"got {seeds}."
             )
         s = np.arange(int(seeds))
     else:
-        s = np.atleast_1d(np.asarray(seeds))
-        if s.size == 0:
-            raise ValueError("seeds is empty: the sweep grid needs at least one seed.")
-        if s.ndim != 1 or s.dtype.kind not in "iu":
-            raise ValueError(f"seeds must be a count or a 1-D sequence of integers, got {seeds!r}.")
-        # Seeds are drawn as 32-bit words: larger ones would wrap around to a
-        # different seed than the one reported.
-        bad = s[(s < 0) | (s >= _SEED_LIMIT)] if s.dtype.kind == "i" else s[s >= _SEED_LIMIT]
-        if bad.size:
-            raise ValueError(
-                f"seeds must lie in [0, 2**32 - 1] (a key is made from a 32-bit seed), got "
-                f"{bad.tolist()[:8]}."
-            )
-    t = _grid_axis(t_inference, "t_inference")
-    for value in np.atleast_1d(np.asarray(t_inference)):
+        s = _validation.check_seeds(seeds)
+    for value in np.asarray(t_inference, dtype=object).ravel():
         _validation.check_t_inference(value, where="sweep")
+    t = _grid_axis(t_inference, "t_inference")
     return g, s.astype(np.int64), t
 
 
