@@ -70,3 +70,28 @@ def test_exact_gradient_keeps_few_weight_sized_buffers():
     grad = jax.grad(lambda w: jnp.sum(fj.program(w, KEY, g_max=25.0) ** 2))
     temp = jax.jit(grad).lower(w).compile().memory_analysis().temp_size_in_bytes
     assert temp <= 7 * w.nbytes
+
+
+def test_new_g_max_t_inference_or_noise_field_values_do_not_recompile():
+    from fusion_jax.programming import _program_jit
+
+    w = jnp.ones((4, 8), jnp.float32) * jnp.arange(1.0, 9.0)
+    fj.program(w, KEY, g_max=25.0, t_inference=0.0)
+    before = _program_jit._cache_size()
+    for g_max, t, spread in ((10.0, 1.0, 0.5), (40.0, 3600.0, 2.0), (17.5, 1e7, 0.0)):
+        model = FusionChipNoise.lenet5_readback(spread_scale=spread)
+        fj.program(w, KEY, g_max=g_max, t_inference=t, noise=model)
+    assert _program_jit._cache_size() == before
+    # the read-noise switch is structure: turning it on is one new program
+    fj.program(w, KEY, noise=FusionChipNoise.lenet5_readback(read_noise=True))
+    assert _program_jit._cache_size() == before + 1
+
+
+def test_literal_and_traced_zero_read_noise_give_the_same_programming():
+    w = jax.random.normal(jax.random.key(5), (8, 16))
+    literal = PCMLikeNoise(read_noise_scale=0.0)
+    traced = jax.jit(lambda s: fj.program(w, KEY, noise=PCMLikeNoise(read_noise_scale=s)))
+    off = fj.program(w, KEY, noise=PCMLikeNoise(read_noise=False, read_noise_scale=0.0))
+    np.testing.assert_allclose(fj.program(w, KEY, noise=literal), traced(0.0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(traced(0.0), off, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(traced(1.0), off)
