@@ -81,11 +81,7 @@ def resolve_noise(noise: Any) -> NoiseModel | None:
         return default_noise()
     if noise is None:
         return None
-    if not hasattr(noise, "sample"):
-        raise TypeError(
-            f"noise must be a noise model with a .sample method (see fj.noise) or None, "
-            f"got {type(noise).__name__}."
-        )
+    _validation.check_noise_model(noise)
     return noise
 
 
@@ -140,7 +136,11 @@ def program(
     Raises:
         ArgumentError: for a concrete ``g_max`` outside [10, 40].
         ValueError: for bad weights (see :func:`convert_to_conductances`), a
-            missing key when noise is on, or an unknown ``gradient``.
+            missing key when noise is on, an unknown ``gradient``, or a
+            ``t_inference`` that is NaN, Inf or negative.
+        TypeError: for a key that is not a PRNG key (an integer seed), a
+            noise model class instead of an instance, or a non-numeric
+            ``t_inference``.
 
     References:
         aihwkit ``FusionConductanceConverter``, ``fusion_export`` /
@@ -157,7 +157,7 @@ def program(
         >>> w_chip.shape
         (2, 3)
     """
-    model = _checked_settings(noise, key, gradient, "program")
+    model = _checked_settings(noise, key, gradient, "program", t_inference)
     w = _prepare_weights(weights)
     return _program_prepared(
         w, key, g_max, model, t_inference, strict_aihwkit=strict_aihwkit, gradient=gradient
@@ -165,13 +165,17 @@ def program(
 
 
 def _checked_settings(
-    noise: Any, key: PRNGKeyArray | None, gradient: str, caller: str
+    noise: Any, key: PRNGKeyArray | None, gradient: str, caller: str, t_inference: Any = 0.0
 ) -> NoiseModel | None:
-    """The noise model ``noise`` stands for, after checking ``gradient`` and ``key``."""
+    """The noise model ``noise`` stands for, after checking every setting.
+
+    ``gradient`` here; noise, key and ``t_inference`` by
+    :func:`fusion_jax._validation.check_settings`, the one check all entry
+    points share.
+    """
     _check_gradient_mode(gradient)
     model = resolve_noise(noise)
-    if model is not None and key is None:
-        raise ValueError(f"{caller} needs a PRNG key when noise is on (pass key=, or noise=None).")
+    _validation.check_settings(where=caller, noise=model, key=key, t_inference=t_inference)
     return model
 
 

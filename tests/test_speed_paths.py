@@ -28,7 +28,7 @@ class _Opaque:
 MODELS = [
     FusionChipNoise.lenet5_readback(),
     PCMLikeNoise(),
-    FusionChipNoise.lenet5_readback(read_noise_scale=2.0),
+    FusionChipNoise.lenet5_readback(read_noise=True, read_noise_scale=2.0),
 ]
 
 
