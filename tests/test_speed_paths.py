@@ -95,3 +95,47 @@ def test_literal_and_traced_zero_read_noise_give_the_same_programming():
     np.testing.assert_allclose(fj.program(w, KEY, noise=literal), traced(0.0), rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(traced(0.0), off, rtol=1e-6, atol=1e-7)
     assert not np.allclose(traced(1.0), off)
+
+
+def test_program_params_compiles_one_program_per_kernel_and_none_for_new_settings():
+    from flax import nnx
+
+    from fusion_jax.program_params import _program_kernel_jit
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.dense = nnx.Linear(36, 5, rngs=rngs)
+
+    model = CNN(nnx.Rngs(0))
+    jax.clear_caches()
+    before = _program_kernel_jit._cache_size()
+    first = fj.program_params(model, jax.random.key(0), g_max=25.0)
+    assert _program_kernel_jit._cache_size() == before + 2  # one per kernel
+    second = fj.program_params(model, jax.random.key(1), g_max=31.0, t_inference=60.0)
+    assert _program_kernel_jit._cache_size() == before + 2  # new values: nothing compiled
+    assert not np.allclose(first.dense.kernel[...], second.dense.kernel[...])
+    with pytest.raises(ValueError, match="NaN or Inf"):  # checked before the jit
+        bad = {"kernel": jnp.full((3, 2), jnp.nan)}
+        fj.program_params(bad, jax.random.key(0))
+
+
+def test_layer_g_max_and_t_inference_as_step_arguments_do_not_recompile():
+    from flax import nnx
+
+    from fusion_jax.nnx import FusionLinear
+
+    layer = FusionLinear(8, 4, g_max=40.0, rngs=nnx.Rngs(params=0, noise=1))
+    graphdef, state = nnx.split(layer)
+    x = jnp.ones((2, 8))
+
+    @jax.jit
+    def forward(state, g_max, t):
+        viewed = nnx.view(nnx.merge(graphdef, state), g_max=g_max, t_inference=t)
+        return viewed(x, rngs=KEY)
+
+    outs = [forward(state, g, t) for g, t in ((40.0, 0.0), (12.0, 3600.0), (25.0, 1e6))]
+    assert forward._cache_size() == 1
+    assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[1], outs[2])
+    expected = x @ fj.program_kernel(layer.kernel[...], KEY, g_max=12.0, t_inference=3600.0)
+    np.testing.assert_allclose(outs[1], expected + layer.bias[...], rtol=1e-5, atol=1e-6)
