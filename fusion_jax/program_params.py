@@ -14,16 +14,18 @@ writing it to the chip.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation, layout
-from fusion_jax.conversion import _prepare_weights
+from fusion_jax.conversion import _prepare_g_max, _prepare_weights
 from fusion_jax.errors import ArgumentError
 from fusion_jax.layout import KernelAxes
 from fusion_jax.programming import (
@@ -142,15 +144,51 @@ def program_kernel(
             f"kernel is empty (shape {tuple(kernel.shape)}): a kernel [..., in, out] needs at "
             "least one input and one output to program."
         )
+    # Checks (and error messages) as for the reference rows, on a host copy
+    # of a concrete kernel (no compilation); a traced kernel is checked
+    # inside the jit.
+    value = _validation.concrete_value(kernel)
+    if value is not None:
+        host_columns = layout._to_columns(value, axes, export_order=False)
+        _prepare_weights(np.swapaxes(host_columns, -1, -2), "kernel")
+    _prepare_g_max(g_max, jnp.float32)  # checked here: inside the jit it is traced
+    return _program_kernel_jit(
+        kernel,
+        key,
+        g_max,
+        model,
+        t_inference,
+        axes=axes,
+        strict_aihwkit=bool(strict_aihwkit),
+        gradient=gradient,
+    )
+
+
+@functools.partial(jax.jit, static_argnames=("axes", "strict_aihwkit", "gradient"), inline=True)
+def _program_kernel_jit(
+    kernel: jax.Array,
+    key: PRNGKeyArray | None,
+    g_max: Any,
+    model: NoiseModel | None,
+    t_inference: Any,
+    *,
+    axes: KernelAxes,
+    strict_aihwkit: bool,
+    gradient: str,
+) -> jax.Array:
+    """program_kernel of a checked kernel: one compiled program per shape and settings.
+
+    Rearranging, programming and putting back are one jitted computation, so
+    an eager call compiles once, and new values of ``g_max``,
+    ``t_inference`` or the noise model's fields do not recompile.
+    """
     # Computed as columns [*stack, in, out], one per output feature, with the
     # inputs in the kernel's own axis order: for Dense, conv and stacked
     # kernels that is a reshape, no transpose (transposes cost more than the
     # rest of the conversion on a CPU). Without tiles a row's result does not
     # depend on the order of its inputs.
     columns = layout._to_columns(kernel, axes, export_order=False)
-    # Checks (and error messages) as for the reference rows; under jit the
-    # swapped copy is only inspected, never computed.
-    _prepare_weights(jax.numpy.swapaxes(columns, -1, -2), "kernel")
+    _prepare_weights(jnp.swapaxes(columns, -1, -2), "kernel")  # traced: only inspected
     programmed = _program_columns(
         columns,
         key,
