@@ -303,14 +303,33 @@ def _evaluator(
 
     if len(devices) == 1:
         return jax.jit(chunk)
-    mesh = Mesh(np.array(devices), (_AXIS,))
-    grid = NamedSharding(mesh, PartitionSpec(_AXIS))
-    repl = NamedSharding(mesh, PartitionSpec())
+    grid, repl = _shardings(devices)
+    # Replicated results: every process (of a multi-process run) reads them all.
     return jax.jit(
         chunk,
         in_shardings=(repl, repl, repl, repl, repl, grid, grid, grid),
-        out_shardings=(grid, grid),
+        out_shardings=(repl, repl),
     )
+
+
+def _shardings(devices: tuple[Any, ...]) -> tuple[NamedSharding, NamedSharding]:
+    """The grid-point sharding over ``devices`` and the replicated one."""
+    mesh = Mesh(np.array(devices), (_AXIS,))
+    return NamedSharding(mesh, PartitionSpec(_AXIS)), NamedSharding(mesh, PartitionSpec())
+
+
+def _grid_array(values: np.ndarray, devices: tuple[Any, ...]) -> np.ndarray | jax.Array:
+    """``values`` (the same on every process) as a global array sharded over the points.
+
+    With one device the values are passed as they are. Otherwise each process
+    places only the slices that its own devices hold
+    (``jax.make_array_from_callback``), which is what a multi-process run
+    needs: ``jax.jit`` refuses a NumPy array with a non-replicated sharding.
+    """
+    if len(devices) == 1:
+        return values
+    grid, _ = _shardings(devices)
+    return jax.make_array_from_callback(values.shape, grid, lambda index: values[index])
 
 
 def _auto_chunk(params: Any, x: jax.Array, batch: int, n_points: int, budget: int) -> int:
@@ -436,14 +455,15 @@ def sweep(
     evaluate = _evaluator(apply_fn, devices, n_batches, where, bool(strict_aihwkit))
 
     chunks = range(n_chunks)
-    if progress:
+    if progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc=f"sweep {label}".strip(), unit="chunk", leave=False)
     acc, loss = [], []
     for c in chunks:
         sl = slice(c * chunk_size, (c + 1) * chunk_size)
-        a, l_ = evaluate(params, xb, yb, mask, model, pg[sl], ps[sl], pt[sl])
+        points = [_grid_array(v[sl], devices) for v in (pg, ps, pt)]
+        a, l_ = evaluate(params, xb, yb, mask, model, *points)
         acc.append(np.asarray(a))
         loss.append(np.asarray(l_))
     shape = (g_values.size, seed_values.size, t_values.size)
