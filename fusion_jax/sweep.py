@@ -31,6 +31,7 @@ from fusion_jax._atomic import atomic_open
 from fusion_jax.errors import ArgumentError
 from fusion_jax.program_params import program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
+from fusion_jax.units import format_time
 
 __all__ = ["SweepResult", "sweep"]
 
@@ -60,7 +61,7 @@ class SweepResult:
         ...                 acc, 1 - acc, label="mlp")
         >>> print(r.format_table())
         mlp: accuracy (%), mean +- std over 2 seeds
-        g_max (uS)           t=1h
+        g_max (uS)           t=1 h
              10.00   82.00 +- 2.83
              40.00   96.00 +- 1.41
     """
@@ -117,7 +118,7 @@ class SweepResult:
 
         Cells are accuracy in percent, mean +- standard deviation over seeds.
         """
-        head = [f"{'g_max (uS)':>10}"] + [f"{_format_time(t):>15}" for t in self.t_inference]
+        head = [f"{'g_max (uS)':>10}"] + [f"{'t=' + format_time(t):>15}" for t in self.t_inference]
         lines = [" ".join(head)]
         acc = 100 * self.accuracy
         ddof = 1 if len(self.seeds) > 1 else 0
@@ -153,13 +154,6 @@ class SweepResult:
             "summary": self.summary(),
         }
         _atomic_write(path, json.dumps(payload, indent=1))
-
-
-def _format_time(t: float) -> str:
-    for unit, seconds in (("y", 3.15e7), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
-        if t >= seconds:
-            return f"t={t / seconds:g}{unit}"
-    return f"t={t:g}s"
 
 
 def _atomic_write(path: str | os.PathLike[str], text: str) -> None:

@@ -45,6 +45,7 @@ from fusion_jax.programming import (
     _check_gradient_mode,
     resolve_noise,
 )
+from fusion_jax.units import format_time
 
 __all__ = [
     "ApplyFn",
@@ -558,13 +559,6 @@ def programmed_accuracy(
 # --- the experiment ----------------------------------------------------------------------------
 
 
-def _format_time(seconds: float) -> str:
-    for unit, size in (("y", 3.15e7), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
-        if seconds >= size:
-            return f"{seconds / size:g} {unit}"
-    return f"{seconds:g} s"
-
-
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
     """Mean and sample standard deviation (0 for a single value) over the last axis."""
     ddof = 1 if values.shape[-1] > 1 else 0
@@ -646,7 +640,7 @@ class ExperimentResult:
         s = self.settings
         lines = [
             f"{self.model.upper()} on digits, {n} seed{'s' if n != 1 else ''}; hardware-aware "
-            f"training at g_max={s['train_g_max']:g} uS, t={_format_time(s['train_t_inference'])},"
+            f"training at g_max={s['train_g_max']:g} uS, t={format_time(s['train_t_inference'])},"
             f" gradient={s['gradient']!r}",
             "test accuracy (%), mean +- std over seeds; gain: mean +- s.e.m. of paired differences",
             "clean weights (not programmed): digital {:.1f} +- {:.1f}, hardware-aware "
@@ -658,7 +652,7 @@ class ExperimentResult:
         ]
         for row in self.summary():
             lines.append(
-                f"{row['g_max']:>6g} {_format_time(row['t_inference']):>7} "
+                f"{row['g_max']:>6g} {format_time(row['t_inference']):>7} "
                 f"{100 * row['digital_mean']:>7.1f} +-{100 * row['digital_std']:>4.1f} "
                 f"{100 * row['aware_mean']:>8.1f} +-{100 * row['aware_std']:>4.1f} "
                 f"{100 * row['gap_mean']:>+7.1f} +-{100 * row['gap_sem']:>4.1f}"

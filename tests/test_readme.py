@@ -27,3 +27,26 @@ def test_readme_example_runs(index, tmp_path, monkeypatch, capsys):
     if "accuracy on the chip" in BLOCKS[index]:
         accuracy = float(out.rsplit(":", 1)[1])
         assert accuracy > 0.8
+
+
+def test_readme_file_workflow_commands_run_from_any_folder(tmp_path):
+    """The bash block of the chip's file workflow, run as written in an empty folder."""
+    import subprocess
+    import sys
+
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if "fusion-jax data" in b]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    from fusion_jax.datasets import lenet5_path
+
+    assert (tmp_path / "target.csv").read_bytes() == lenet5_path("target_g40.csv").read_bytes()
+    assert (tmp_path / "imported.npz").is_file() and (tmp_path / "noise.json").is_file()

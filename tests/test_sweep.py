@@ -122,7 +122,7 @@ def test_result_tables_and_files(tmp_path):
     np.testing.assert_allclose(summary[0]["accuracy_mean"], result.accuracy[0, :, 0].mean())
     np.testing.assert_allclose(summary[0]["accuracy_std"], result.accuracy[0, :, 0].std(ddof=1))
     table = result.format_table()
-    assert "mlp" in table and "t=1s" in table and "40.00" in table
+    assert "mlp" in table and "t=1 s" in table and "40.00" in table
     result.to_csv(tmp_path / "r.csv")
     result.to_json(tmp_path / "r.json")
     lines = (tmp_path / "r.csv").read_text().splitlines()
