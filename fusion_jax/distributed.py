@@ -158,14 +158,22 @@ def process_summary() -> str:
 
 
 def _global_array(leaf: Any, sharding: NamedSharding) -> Any:
-    """``leaf`` (the same on every process) as a global array with ``sharding``."""
+    """``leaf`` (the same on every process) as a global array with ``sharding``.
+
+    A global array (of another mesh or layout) is resharded; with one process
+    any array is simply moved. In a multi-process run a process-local array
+    or NumPy array becomes the pieces this process's devices hold.
+    """
     if not isinstance(leaf, jax.Array | np.ndarray | np.generic):
         return leaf  # Python numbers and None stay as they are (static, or replicated by jit)
-    if isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-        data = _global_array(jax.random.key_data(leaf), sharding)
-        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
-    if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-        return jax.jit(lambda a: a, out_shardings=sharding)(leaf)  # already global: reshard
+    if isinstance(leaf, jax.Array):
+        if leaf.sharding == sharding:
+            return leaf
+        if jax.process_count() == 1 or not leaf.is_fully_addressable:
+            return jax.device_put(leaf, sharding)
+        if jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            data = _global_array(jax.random.key_data(leaf), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
     values = np.asarray(leaf)
     return jax.make_array_from_callback(values.shape, sharding, lambda index: values[index])
 

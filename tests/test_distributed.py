@@ -109,6 +109,9 @@ def test_sweep_equals_single_process(two_processes, one_device, process):
     # Same seeds, same chip draws: the same correct counts, the loss up to summation order.
     np.testing.assert_array_equal(got["accuracy"], one_device["accuracy"])
     np.testing.assert_allclose(got["loss"], one_device["loss"], rtol=1e-6)
+    # Parameters placed on the (data, model) training mesh first: the same sweep.
+    np.testing.assert_array_equal(got["placed_accuracy"], one_device["accuracy"])
+    np.testing.assert_allclose(got["placed_loss"], one_device["loss"], rtol=1e-6)
 
 
 def test_programming_noise_does_not_depend_on_the_layout(two_processes, one_device):
