@@ -21,7 +21,6 @@ status 1 (2 for a malformed command line); no output file is left behind.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
 import io
@@ -36,7 +35,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from fusion_jax._atomic import atomic_open, temporary_file
+from fusion_jax import _validation
+from fusion_jax._atomic import atomic_open, atomic_write_files
 from fusion_jax.units import format_time, parse_time
 
 __all__ = ["build_parser", "main", "parse_time"]
@@ -44,7 +44,7 @@ __all__ = ["build_parser", "main", "parse_time"]
 PROG = "fusion-jax"
 
 #: Defaults of ``fusion-jax sweep``.
-DEFAULT_G_MAX_RANGE = (10.0, 40.0, 7)
+DEFAULT_G_MAX_RANGE = (_validation.G_MAX_MIN, _validation.G_MAX_MAX, 7)
 DEFAULT_SEEDS = 8
 DEFAULT_TIMES = ("1s", "1h", "1d", "1y")
 DEFAULT_OUT = "fusion_jax_results"
@@ -78,10 +78,10 @@ def _g_max_arg(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid g_max {text!r}: not a number.") from None
-    if not 10.0 <= value <= 40.0:
-        raise argparse.ArgumentTypeError(
-            f"invalid g_max {text!r}: the Fusion chip's g_max must be between 10 and 40 uS."
-        )
+    try:
+        _validation.check_g_max(value)  # the one check of g_max, with the reference's message
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"invalid g_max {text!r}: {err}") from None
     return value
 
 
@@ -222,33 +222,8 @@ def _check_output_file(path: str, what: str, inputs: Sequence[str] = ()) -> None
 
 
 def _write_files(folder: Path, files: Mapping[str, bytes]) -> None:
-    """Write all ``files`` into ``folder``, or none of them.
-
-    Every file is first written under a temporary name; only when all are
-    written are they renamed into place. A folder created here is removed
-    again if anything fails.
-    """
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    staged: dict[str, str] = {}
-    try:
-        for name, content in files.items():
-            tmp, fh = temporary_file(os.fspath(folder), name, binary=True)
-            staged[name] = tmp
-            with fh:
-                fh.write(content)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for name, tmp in staged.items():
-            os.replace(tmp, folder / name)
-    except BaseException:
-        for tmp in staged.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+    """Write all ``files`` into ``folder``, or none of them (see :mod:`fusion_jax._atomic`)."""
+    atomic_write_files(folder, files)
 
 
 def _json_ready(value: Any) -> Any:
@@ -298,44 +273,28 @@ def _g_max_range_arg(values: Sequence[str]) -> tuple[float, float, int]:
     return lo, hi, n
 
 
-class _EpochBar(io.TextIOBase):
-    """A text stream that turns :func:`fusion_jax.training.train`'s per-epoch lines into
-    progress-bar updates (one update per line, the line's text as the bar's postfix)."""
-
-    def __init__(self, bar: Any) -> None:
-        self._bar = bar
-        self._pending = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            if line.strip():
-                self._bar.set_postfix_str(line.split(":", 1)[-1].strip(), refresh=False)
-                self._bar.update(1)
-        return len(text)
-
-
 def _train_with_bar(model: Any, data: Any, args: argparse.Namespace, desc: str) -> None:
+    import optax
     from tqdm.auto import tqdm
 
-    from fusion_jax.training import train
+    from fusion_jax.training import EpochEnd, train
 
     settings = {
+        "optimizer": optax.adam(args.learning_rate),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
         "seed": args.train_seed,
     }
     if not args.progress:
-        train(model, data, **settings)
+        train(model, data.x_train, data.y_train, **settings)
         return
     with tqdm(total=args.epochs, desc=desc, unit="epoch", leave=False) as bar:
-        with contextlib.redirect_stdout(_EpochBar(bar)):
-            train(model, data, progress=True, **settings)
+
+        def advance(end: EpochEnd) -> None:
+            bar.set_postfix_str(f"training loss {float(end.loss.mean()):.4f}", refresh=False)
+            bar.update(1)
+
+        train(model, data.x_train, data.y_train, callback=advance, **settings)
 
 
 def _describe_model(args: argparse.Namespace) -> str:

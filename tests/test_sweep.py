@@ -144,7 +144,7 @@ def test_result_tables_and_files(tmp_path):
         (dict(seeds=0), ValueError, "seeds must be a positive count"),
         (dict(seeds=[]), ValueError, "seeds is empty"),
         (dict(t_inference=[]), ValueError, "t_inference is empty"),
-        (dict(t_inference=[-1.0]), ValueError, "non-negative"),
+        (dict(t_inference=[-1.0]), ValueError, "seconds >= 0"),
         (dict(chunk_size=0), ValueError, "chunk_size must be positive"),
     ],
 )
