@@ -409,7 +409,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         from jax.experimental import multihost_utils
 
         for model in models.values():
-            nnx.update(model, multihost_utils.broadcast_one_to_all(nnx.state(model)))
+            weights = nnx.state(model, nnx.Param)
+            nnx.update(model, multihost_utils.broadcast_one_to_all(weights))
 
     # One forward pass for both: a hardware-aware model's parameters have the digital
     # model's structure, so the sweep compiles once.
