@@ -78,6 +78,7 @@ def compute(mesh: Any) -> dict[str, Any]:
     import jax.numpy as jnp
     import optax
     from flax import nnx
+    from jax.sharding import AxisType, Mesh
 
     import fusion_jax as fj
     from fusion_jax.digits import MLP
@@ -110,9 +111,9 @@ def compute(mesh: Any) -> dict[str, Any]:
 
     # Linen parameters programmed once (program_params), kernels split over "model".
     linen = _linen_model()
-    variables = place(linen.init(jax.random.key(0), x[:1]))
-    programmed = jax.jit(lambda v: fj.program_params(v, jax.random.key(7), g_max=15.0))(variables)
-    out["programmed"] = _gather(programmed)
+    variables = linen.init(jax.random.key(0), x[:1])
+    program = jax.jit(lambda v: fj.program_params(v, jax.random.key(7), g_max=15.0))
+    out["programmed"] = _gather(program(place(variables)))
 
     # NNX hardware-aware training steps with the library's train_step.
     fusion = {"g_max": 20.0, "t_inference": 3600.0}
@@ -126,6 +127,17 @@ def compute(mesh: Any) -> dict[str, Any]:
         losses.append(float(train_step(model, optimizer, xb, yb)))
     out["nnx_loss"] = losses
     out["nnx_params"] = _gather(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    # The trained model, still on the mesh, swept as a module.
+    result = fj.sweep(model, None, (x, y), g_max=(10.0, 40.0), seeds=1, t_inference=(3600.0,))
+    out["nnx_sweep_accuracy"], out["nnx_sweep_loss"] = (
+        result.accuracy.tolist(),
+        result.loss.tolist(),
+    )
+
+    # The Linen steps on a mesh of Auto axes (the NNX ones: the mesh given, Explicit axes).
+    if mesh is not None:
+        mesh = Mesh(mesh.devices, mesh.axis_names, axis_types=(AxisType.Auto,) * 2)
+    variables = place(variables)
 
     # Linen hardware-aware training steps: the noise key is an argument of the step.
     tx = optax.adam(1e-2)
@@ -158,13 +170,13 @@ def main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
 
     import jax
+    from jax.sharding import AxisType
 
     import fusion_jax as fj
 
     fj.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    mesh = jax.make_mesh(
-        (args.num_processes, jax.device_count() // args.num_processes), ("data", "model")
-    )
+    shape = (args.num_processes, jax.device_count() // args.num_processes)
+    mesh = jax.make_mesh(shape, ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     out = compute(mesh)
     out["process_index"], out["device_count"] = jax.process_index(), jax.device_count()
     with open(args.out, "w") as fh:

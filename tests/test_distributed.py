@@ -135,6 +135,10 @@ def test_training_steps_equal_single_process(two_processes, one_device, api):
         assert len(leaves) == len(expected) > 0
         for a, b in zip(leaves, expected, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-6)
+    # The NNX model trained on the mesh, swept as a module.
+    for got in two_processes:
+        np.testing.assert_array_equal(got["nnx_sweep_accuracy"], one_device["nnx_sweep_accuracy"])
+        np.testing.assert_allclose(got["nnx_sweep_loss"], one_device["nnx_sweep_loss"], rtol=1e-5)
     # The steps trained: the loss moved.
     assert one_device["nnx_loss"][0] != one_device["nnx_loss"][-1]
 
