@@ -324,6 +324,18 @@ def _sweep_csv(results: Sequence[Any]) -> bytes:
     return buf.getvalue().encode()
 
 
+def _as_flags(message: str) -> str:
+    """A message of :mod:`fusion_jax.distributed` with its argument names as the CLI's flags."""
+    for name, flag in (
+        ("coordinator_address", "--coordinator"),
+        ("num_processes", "--num-processes"),
+        ("process_id", "--process-id"),
+        ("none of them for", "--distributed alone for"),
+    ):
+        message = message.replace(name, flag)
+    return message
+
+
 def _join_run(args: argparse.Namespace) -> Callable[..., None]:
     """Join the multi-process run the flags ask for; return ``print`` for process 0.
 
@@ -331,13 +343,16 @@ def _join_run(args: argparse.Namespace) -> Callable[..., None]:
     sees; afterwards only process 0 prints (the others get a no-op) and shows
     progress bars.
     """
-
     import fusion_jax as fj
 
     explicit = (args.coordinator, args.num_processes, args.process_id)
     if not args.distributed and all(v is None for v in explicit):
         return print
-    fj.distributed.initialize(*explicit)
+    try:
+        fj.distributed.initialize(*explicit)
+    except ValueError as err:
+        flag = "--distributed" if args.distributed else "--coordinator"
+        raise _UserError(f"{flag}: {_as_flags(str(err))}") from None
     print(fj.distributed.process_summary(), flush=True)
     if fj.distributed.is_main_process():
         return print
@@ -359,11 +374,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from flax import nnx
 
     import fusion_jax as fj
-
-    say = _join_run(args)
     from fusion_jax.digits import CNN, MLP, load_digits_split
     from fusion_jax.plotting import plot_sweep
     from fusion_jax.training import evaluate, to_apply_fn
+
+    say = _join_run(args)  # first: before anything uses a device
 
     noise = _noise_model(args.noise)
     data = load_digits_split(0)
@@ -943,10 +958,7 @@ def _finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             try:
                 _check_process_args(*explicit)
             except ValueError as err:
-                problem = str(err)
-                for name in ("coordinator_address", "num_processes", "process_id"):
-                    flag = "--coordinator" if name == "coordinator_address" else "--" + name
-                    problem = problem.replace(name, flag.replace("_", "-"))
+                problem = _as_flags(str(err))
         if problem is not None:
             parser.exit(2, f"{sub}: error: {problem} (see {sub} --help)\n")
     if args.command == "sweep" and args.g_max_range is not None:

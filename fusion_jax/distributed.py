@@ -112,7 +112,8 @@ def initialize(
 
     Raises:
         ValueError: if only some of the three are given, or one is out of
-            range, before contacting anyone.
+            range, before contacting anyone; or, with none given, if JAX
+            detects no run to join.
 
     Example:
         >>> import fusion_jax as fj
@@ -124,12 +125,20 @@ def initialize(
     _check_process_args(coordinator_address, num_processes, process_id)
     if jax.config.jax_cpu_collectives_implementation in (None, "", "none"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address,
-        None if num_processes is None else int(num_processes),
-        None if process_id is None else int(process_id),
-        initialization_timeout=int(initialization_timeout),
-    )
+    try:
+        jax.distributed.initialize(
+            coordinator_address,
+            None if num_processes is None else int(num_processes),
+            None if process_id is None else int(process_id),
+            initialization_timeout=int(initialization_timeout),
+        )
+    except ValueError as err:
+        if coordinator_address is not None:
+            raise
+        raise ValueError(
+            f"JAX detected no multi-process run to join (Cloud TPU pod slice, Slurm, Open MPI): "
+            f"{err} Give coordinator_address, num_processes and process_id instead."
+        ) from err
 
 
 def is_main_process() -> bool:

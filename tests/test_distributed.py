@@ -147,7 +147,8 @@ def test_cli_sweep_two_processes(tmp_path):
     port = _free_port()
     out = tmp_path / "results"
     flags = ["--epochs", "1", "--hidden", "4", "--seeds", "2", "--g-max", "10", "40"]
-    flags += ["--times", "1s", "--noise", "none", "--no-progress", "--out", str(out)]
+    flags += ["--times", "1s", "--noise", "none", "--gradient", "ste", "--no-progress"]
+    flags += ["--out", str(out)]
     runs = _run_processes(
         [["-m", "fusion_jax", "sweep", *flags, *_process_flags(port, i)] for i in range(2)]
     )
@@ -182,6 +183,29 @@ def test_cli_sweep_two_processes(tmp_path):
 def test_cli_multi_process_flags_are_checked(flags, message, capsys, tmp_path):
     assert main(["sweep", *flags, "--out", str(tmp_path / "r")]) == 2
     assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_distributed_outside_a_cluster_says_so(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "TPU_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(_REPO), env.get("PYTHONPATH", "")])
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion_jax",
+            "sweep",
+            "--distributed",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "--distributed: JAX detected no multi-process run to join" in done.stderr
     assert not (tmp_path / "r").exists()
 
 
