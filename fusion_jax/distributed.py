@@ -197,12 +197,19 @@ def shard_params(
     """Place a parameter pytree on ``mesh``: kernels split by output channel.
 
     Every kernel (selected as by :func:`fusion_jax.program_params`) is split
-    over ``model_axis`` along its last axis, the output channels: each device
-    then programs whole rows of the chip (the per-row scale and regression
-    stay on one device). A kernel whose output count the axis does not
-    divide, and every other leaf (biases, RNG state, optimizer moments), is
-    replicated. Every process must pass the same values (for example, built
-    from the same seed); each places only the pieces its devices hold.
+    over ``model_axis`` along its last axis, an output axis of Flax's
+    ``Dense``/``Linear``/``Conv`` kernels: each device then programs whole
+    rows of the chip (the per-row scale and regression stay on one device)
+    and draws exactly the noise one device would. A kernel whose last axis
+    the mesh axis does not divide, and every other leaf (biases, RNG state,
+    optimizer moments), is replicated. Every process must pass the same
+    values (for example, built from the same seed); each places only the
+    pieces its devices hold.
+
+    Splitting a kernel's input axis instead (your own ``NamedSharding``)
+    works on a mesh of ``Auto`` axes (a row's sums then span devices: equal
+    to one device up to float summation order); with ``Explicit`` axes (the
+    default of ``jax.make_mesh``) split kernels by output only.
 
     Works on an ``nnx.State`` (``nnx.state(model)``, apply it back with
     ``nnx.update``), Linen ``variables``, or any pytree of arrays.
