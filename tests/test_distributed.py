@@ -20,6 +20,7 @@ import distributed_worker as worker
 import jax
 import numpy as np
 import pytest
+from jax.sharding import AxisType
 
 import fusion_jax as fj
 from fusion_jax.cli import main
@@ -234,3 +235,15 @@ def test_shard_params_splits_kernels_by_output_channel():
         fj.distributed.shard_params(params, mesh, model_axis="tensor")
     with pytest.raises(ValueError, match="data_axis 'batch' is not an axis"):
         fj.distributed.shard_batch(np.zeros((2, 3)), mesh, data_axis="batch")
+
+
+def test_kernels_sharded_in_their_type_program_as_on_one_device():
+    # On a mesh of Explicit axes the sharding is part of the array's type; the
+    # CPU fusion steering (materialize) must then leave such values as they are.
+    mesh = jax.make_mesh((1, 1), ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
+    w = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    placed = fj.distributed.shard_params({"kernel": w}, mesh)["kernel"]
+    assert "@model" in str(jax.typeof(placed))
+    key = jax.random.key(1)
+    on_mesh = jax.jit(lambda k: fj.program_kernel(k, key, g_max=20.0))(placed)
+    np.testing.assert_array_equal(on_mesh, fj.program_kernel(w, key, g_max=20.0))
