@@ -106,9 +106,24 @@ def _signed_conductances(
     kink of ``abs`` at 0 in the derivative.
     """
     row_max = jnp.max(jnp.abs(w), axis=axis, keepdims=True)
-    scale = g_max / jnp.maximum(row_max, SCALE_EPS)
+    scale = _row_scale(row_max, g_max)
     x = _clip_keep_boundary(w * scale, -g_max, g_max)
     return x, scale, row_max
+
+
+def _row_scale(row_max: jax.Array, g_max: jax.Array) -> jax.Array:
+    """``g_max / max(row_max, 1e-10)``, exact over the whole float range.
+
+    For ``row_max`` within a factor 4 of the dtype's largest finite value,
+    ``1 / row_max`` is subnormal, which CPUs and GPUs flush to 0. Those rows
+    divide both operands by 16 first: exact (powers of two), the same
+    quotient, no subnormal on the way. Every other row is computed as
+    before, bit for bit.
+    """
+    m = jnp.maximum(row_max, SCALE_EPS)
+    big = jax.lax.stop_gradient(m) >= 2.0 ** (jnp.finfo(m.dtype).maxexp - 2)
+    k = jnp.where(big, jnp.asarray(1.0 / 16.0, m.dtype), jnp.asarray(1.0, m.dtype))
+    return (g_max * k) / (m * k)
 
 
 def convert_to_conductances(
@@ -234,7 +249,8 @@ def convert_back_to_weights(
 
     Raises:
         ValueError: if ``params`` lacks ``original_weights``, the shapes differ,
-            or the conductances hold NaN/Inf.
+            or the conductances hold NaN/Inf or negative values (conductances
+            are magnitudes; the sign comes from the original weights).
 
     References:
         aihwkit ``FusionConductanceConverter.convert_back_to_weights``;
@@ -265,6 +281,7 @@ def convert_back_to_weights(
             f"shape {tuple(w.shape)}."
         )
     _validation.check_finite(g, "conductances")
+    _validation.check_non_negative(g, "conductances")
     out_dtype = _validation.result_dtype(w.dtype)
     dtype = _validation.compute_dtype(jnp.result_type(w.dtype, g.dtype))
     return _to_weights_jit(
