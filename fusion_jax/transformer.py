@@ -9,8 +9,9 @@ The model (:class:`Transformer`) is a pre-norm NNX transformer whose blocks
 are built with ``nnx.vmap`` and run with ``nnx.scan``: every kernel of the
 blocks is stacked on a leading layer axis (``[layers, in, out]``,
 attention ``[layers, in, heads, head_dim]`` and ``[layers, heads, head_dim,
-out]``). Programming it onto the chip (:func:`program_transformer`) programs
-each layer of a stack on its own, with one chip row per output feature.
+out]``). Programming it onto the chip with :func:`fusion_jax.program_params`
+(given the module, which knows every kernel's axes) programs each layer of a
+stack on its own, with one chip row per output feature.
 
 Hardware-aware training programs the parameters in every training step with a
 fresh draw of the chip noise, and lets the gradient flow through the
@@ -37,7 +38,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from fusion_jax import _validation
-from fusion_jax.program_params import LeafPath, _plain_path, leaf_key, program_kernel
+from fusion_jax.program_params import program_params
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -53,7 +54,6 @@ __all__ = [
     "TransformerResult",
     "histogram_task",
     "programmed_accuracy",
-    "program_transformer",
     "train",
     "transformer_experiment",
 ]
@@ -188,7 +188,9 @@ class Transformer(nnx.Module):
     ``blocks.ff1.kernel [n_layers, d_model, d_ff]`` and
     ``blocks.attn.query.kernel [n_layers, d_model, n_heads, head_dim]``.
     Embeddings, LayerNorms and biases stay digital on the chip; the kernels
-    are programmed (:func:`program_transformer`).
+    are programmed (``fj.program_params(model, key, g_max=...)`` returns the
+    programmed copy, each stacked layer on its own, one chip row per output
+    feature).
 
     Args:
         vocab: Number of token ids.
@@ -213,6 +215,15 @@ class Transformer(nnx.Module):
         (2, 6, 6)
         >>> model.blocks.attn.query.kernel.shape    # [layers, in, heads, head_dim]
         (3, 8, 2, 4)
+
+        Programmed onto the chip, once: each layer of a stack on its own.
+
+        >>> import jax, fusion_jax as fj
+        >>> chip = fj.program_params(model, jax.random.key(1), g_max=25.0)  # a programmed copy
+        >>> bool((chip.blocks.ff1.kernel[...] != model.blocks.ff1.kernel[...]).any())
+        True
+        >>> chip(jnp.zeros((2, 6), jnp.int32)).shape
+        (2, 6, 6)
     """
 
     def __init__(
@@ -272,126 +283,6 @@ class Transformer(nnx.Module):
 
         x = run(x, self.blocks)
         return self.head(self.ln_f(x[..., 1:, :]))
-
-
-# --- programming the model onto the chip ---------------------------------------------------------
-
-# Kernels of nnx.LinearGeneral in nnx.MultiHeadAttention: query/key/value map [in] to
-# [heads, head_dim] (two output axes); ``out`` maps [heads, head_dim] to [out].
-_TWO_OUTPUT_AXES = ("query", "key", "value")
-
-
-def _kernel_layout(path: LeafPath, ndim: int) -> tuple[int, int] | None:
-    """``(stack_axes, out_axes)`` of a :class:`Transformer` kernel, ``None`` for a digital leaf."""
-    if not path or path[-1] != "kernel":
-        return None
-    stack_axes = 1 if path[0] == "blocks" else 0
-    out_axes = 2 if len(path) >= 2 and path[-2] in _TWO_OUTPUT_AXES else 1
-    if ndim < stack_axes + out_axes + 1:
-        raise ValueError(
-            f"program_transformer: the kernel at {'/'.join(map(str, path))!r} has {ndim} axes; "
-            f"expected {stack_axes} layer axis, at least 1 input and {out_axes} output axes."
-        )
-    return stack_axes, out_axes
-
-
-def program_transformer(
-    params: nnx.State,
-    key: PRNGKeyArray | None,
-    *,
-    g_max: float | Float[Array, ""] = 40.0,
-    noise: NoiseModel | None = DEFAULT_NOISE,
-    t_inference: float | Float[Array, ""] = 0.0,
-    strict_aihwkit: bool = False,
-    gradient: GradientMode = "exact",
-) -> nnx.State:
-    """Program every kernel of a :class:`Transformer` onto the simulated chip, once.
-
-    Every output feature of every layer is one chip row. A stacked block
-    kernel ``[layers, ...]`` is programmed layer by layer (each layer its
-    own rows, scales and regression slopes); within a layer the kernel is
-    flattened to ``[in, out]`` with the inputs on the leading axes and the
-    outputs on the trailing ones: attention query/key/value
-    ``[in, heads, head_dim]`` has ``heads * head_dim`` rows of ``in``
-    inputs, the attention output ``[heads, head_dim, out]`` has ``out`` rows
-    of ``heads * head_dim`` inputs. Each layer draws its noise with its own
-    key (:func:`fusion_jax.leaf_key` of the path, then the layer index
-    folded in). Embeddings, LayerNorm parameters and biases stay digital and
-    are returned as they are.
-
-    Args:
-        params: The ``nnx.Param`` state of a :class:`Transformer`
-            (``nnx.split(model, nnx.Param, ...)[1]``).
-        key: PRNG key; may be ``None`` when ``noise=None``.
-        g_max: Largest conductance in uS, in [10, 40]; may be traced.
-        noise: A noise model, the default chip model, or ``None``.
-        t_inference: Seconds since programming at which the chip is read.
-        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
-        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
-
-    Returns:
-        The state with every kernel programmed.
-
-    Raises:
-        ValueError: for a kernel with too few axes (naming it), or a missing
-            key when noise is on.
-        ArgumentError: for a concrete ``g_max`` outside [10, 40].
-
-    Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from flax import nnx
-        >>> from fusion_jax.transformer import Transformer, program_transformer
-        >>> model = Transformer(vocab=5, seq_len=6, n_classes=6, d_model=8, n_heads=2,
-        ...                     d_ff=16, rngs=nnx.Rngs(0))
-        >>> graphdef, params = nnx.split(model, nnx.Param)
-        >>> chip = program_transformer(params, jax.random.key(1), g_max=25.0)
-        >>> ff1 = params["blocks"]["ff1"]["kernel"][...]
-        >>> ff1_chip = chip["blocks"]["ff1"]["kernel"][...]
-        >>> bool((ff1_chip != ff1).any())
-        True
-        >>> bool((chip["embed"]["embedding"][...] == params["embed"]["embedding"][...]).all())
-        True
-        >>> nnx.merge(graphdef, chip)(jnp.zeros((1, 6), jnp.int32)).shape
-        (1, 6, 6)
-    """
-    _check_gradient_mode(gradient)
-    _validation.check_g_max(g_max)
-    model = resolve_noise(noise)
-    if model is not None and key is None:
-        raise ValueError("program_transformer needs a PRNG key when noise is on (or noise=None).")
-    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    out = []
-    for keypath, leaf in flat:
-        path = _plain_path(keypath)
-        layout = _kernel_layout(path, np.ndim(leaf))
-        if layout is None:
-            out.append(leaf)
-            continue
-        stack_axes, out_axes = layout
-        shape = leaf.shape
-        n_layers = math.prod(shape[:stack_axes])
-        n_out = math.prod(shape[len(shape) - out_axes :])
-        kernels = leaf.reshape(n_layers, -1, n_out)
-
-        def one(kernel: jax.Array, k: PRNGKeyArray | None) -> jax.Array:
-            return program_kernel(
-                kernel,
-                k,
-                g_max=g_max,
-                noise=model,
-                t_inference=t_inference,
-                strict_aihwkit=strict_aihwkit,
-                gradient=gradient,
-            )
-
-        if model is None:
-            programmed = jax.vmap(lambda kern: one(kern, None))(kernels)
-        else:
-            base = leaf_key(key, path)
-            keys = jax.vmap(lambda i, base=base: jax.random.fold_in(base, i))(jnp.arange(n_layers))
-            programmed = jax.vmap(one)(kernels, keys)
-        out.append(programmed.reshape(shape))
-    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -468,6 +359,13 @@ def _g_values(recipe: Recipe) -> jax.Array:
     return jnp.asarray([min(recipe.g_max), max(recipe.g_max)], jnp.float32)
 
 
+def _draw_g_max(key: PRNGKeyArray, g_values: jax.Array, *, choice: bool) -> jax.Array:
+    """One step's g_max: one of ``g_values``, or uniform between their smallest and largest."""
+    if choice:
+        return g_values[jax.random.randint(key, (), 0, g_values.shape[0])]
+    return jax.random.uniform(key, (), g_values.dtype, g_values.min(), g_values.max())
+
+
 def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
@@ -514,24 +412,20 @@ def _train_stack(
     )
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
-    def draw_g_max(key: PRNGKeyArray) -> jax.Array:
-        if choice:
-            return g_values[jax.random.randint(key, (), 0, g_values.shape[0])]
-        return jax.random.uniform(key, (), g_values.dtype, g_values.min(), g_values.max())
-
     def loss_fn(p: nnx.State, key: PRNGKeyArray, step: jax.Array, xb, yb) -> jax.Array:
         if aware:
             k_g, k_noise = jax.random.split(key)
 
             def programmed(p: nnx.State) -> nnx.State:
-                return program_transformer(
-                    p,
+                chip = program_params(
+                    nnx.merge(graphdef, p),
                     k_noise,
-                    g_max=draw_g_max(k_g),
+                    g_max=_draw_g_max(k_g, g_values, choice=choice),
                     noise=noise,
                     t_inference=t_inference,
                     gradient=gradient,
                 )
+                return nnx.state(chip, nnx.Param)
 
             if first_aware > 0:
                 p = jax.lax.cond(step >= first_aware, programmed, lambda p: p, p)
@@ -573,8 +467,8 @@ def train(
     to norm 1, softmax cross-entropy over every token. Each step draws a
     mini-batch of ``batch_size`` training sequences. A hardware-aware
     ``recipe`` programs the parameters in every step
-    (:func:`program_transformer`, a fresh noise key and, for a drawn g_max, a
-    fresh g_max) and the gradient flows through the programming.
+    (:func:`fusion_jax.program_params` of the module, a fresh noise key and,
+    for a drawn g_max, a fresh g_max) and the gradient flows through the programming.
 
     Args:
         models: :class:`Transformer` s of one architecture; trained in place.
@@ -669,10 +563,15 @@ def _chip_accuracy(
     """Token accuracy ``[G, models]``: model ``s`` programmed once (``keys[s]``) per g_max."""
 
     def at(p: nnx.State, key: PRNGKeyArray, g: jax.Array) -> jax.Array:
-        chip = program_transformer(
-            p, key, g_max=g, noise=noise, t_inference=t_inference, strict_aihwkit=strict_aihwkit
+        chip = program_params(
+            nnx.merge(graphdef, p),
+            key,
+            g_max=g,
+            noise=noise,
+            t_inference=t_inference,
+            strict_aihwkit=strict_aihwkit,
         )
-        return jnp.mean(jnp.argmax(nnx.merge(graphdef, chip)(x), axis=-1) == y)
+        return jnp.mean(jnp.argmax(chip(x), axis=-1) == y)
 
     over_models = jax.vmap(at, in_axes=(0, 0, None))
     return jax.lax.map(lambda g: over_models(params, keys, g), g_max)
@@ -691,7 +590,7 @@ def programmed_accuracy(
 ) -> np.ndarray:
     """Token accuracy of each model programmed once onto the chip, at each g_max.
 
-    Model ``s`` is programmed with :func:`program_transformer` under
+    Model ``s`` is programmed with :func:`fusion_jax.program_params` under
     ``keys[s]`` (the same devices at every g_max) and classifies all of
     ``x`` with that one programmed copy.
 
@@ -840,7 +739,7 @@ def transformer_experiment(
     t_inference: float = DEFAULT_T_INFERENCE,
     noise: NoiseModel | None = DEFAULT_NOISE,
     gradient: GradientMode = "exact",
-    steps: int = 1500,
+    steps: int = 1000,
     batch_size: int = 64,
     learning_rate: float = 3e-3,
     data: SequenceData | None = None,

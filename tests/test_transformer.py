@@ -7,21 +7,26 @@ import pytest
 from flax import nnx
 from noise_doubles import AbsoluteNoise, OffsetNoise
 
+import fusion_jax as fj
 from fusion_jax.errors import ArgumentError
-from fusion_jax.program_params import leaf_key, program_kernel
+from fusion_jax.program_params import leaf_key
 from fusion_jax.transformer import (
     Recipe,
     Transformer,
+    _draw_g_max,
     histogram_task,
-    program_transformer,
     programmed_accuracy,
     train,
     transformer_experiment,
 )
 
-# One tiny architecture for every test (each new shape is a new compile).
+# One tiny architecture, one training configuration and one noise model for every
+# test: each new shape or setting is a new compile of the training step.
 SEQ, VOCAB = 6, 3
 SIZES = dict(d_model=8, n_heads=2, d_ff=12, n_layers=2)
+TRAIN = dict(steps=12, batch_size=8, learning_rate=0.03)
+NOISE = AbsoluteNoise(3.0)
+WARM = Recipe.uniform(10.0, 40.0, warmup=0.5)  # half digital, then g_max drawn per step
 
 
 def tiny_model(seed=0):
@@ -94,101 +99,62 @@ def test_transformer_rejects_bad_sizes(kwargs, match):
         Transformer(VOCAB, SEQ, SEQ, **{**SIZES, **kwargs}, rngs=nnx.Rngs(0))
 
 
-# --- programming ------------------------------------------------------------------------------
-
-
-def params_of(model):
-    return nnx.split(model, nnx.Param)[1]
-
-
-def kernel(state, *path):
-    node = state
-    for name in path:
-        node = node[name]
-    return np.asarray(node[...])
+# --- programming (fj.program_params given the module) -----------------------------------------
 
 
 def test_noise_free_programming_returns_the_weights():
-    params = params_of(tiny_model())
-    chip = program_transformer(params, None, g_max=10.0, noise=None)
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(chip), strict=True):
+    model = tiny_model()
+    chip = fj.program_params(model, None, g_max=10.0, noise=None)
+    for a, b in zip(
+        jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(chip)), strict=True
+    ):
         assert np.allclose(a, b, atol=1e-5)
 
 
-def test_only_kernels_are_programmed():
-    params = params_of(tiny_model())
-    chip = program_transformer(params, jax.random.key(0), g_max=10.0)
-    for path in [("embed", "embedding"), ("pos",), ("start",), ("blocks", "ln1", "scale")]:
-        assert np.array_equal(kernel(chip, *path), kernel(params, *path))
-    for path in [("blocks", "ff1", "bias"), ("blocks", "attn", "query", "bias"), ("head", "bias")]:
-        assert np.array_equal(kernel(chip, *path), kernel(params, *path))
-    for path in [
-        ("blocks", "ff1", "kernel"),
-        ("blocks", "attn", "out", "kernel"),
-        ("head", "kernel"),
-    ]:
-        assert not np.allclose(kernel(chip, *path), kernel(params, *path))
-
-
-@pytest.mark.parametrize(
-    "path", [("blocks", "ff2", "kernel"), ("blocks", "attn", "value", "kernel")]
-)
-def test_each_layer_of_a_stack_is_programmed_on_its_own(path):
-    """Layer l of a stack is program_kernel of that layer alone (as [in, out]), with its key."""
-    params = params_of(tiny_model())
+def test_only_kernels_are_programmed_each_stacked_layer_on_its_own():
+    """Embeddings, norms and biases stay digital; layer l of a stack is that layer alone."""
+    model = tiny_model()
     key = jax.random.key(5)
-    chip = kernel(program_transformer(params, key, g_max=25.0), *path)
-    stacked = kernel(params, *path)
-    n_out = stacked.shape[-1] * (stacked.shape[-2] if path[-2] == "value" else 1)
-    for layer in range(stacked.shape[0]):
-        alone = program_kernel(
-            stacked[layer].reshape(-1, n_out),
-            jax.random.fold_in(leaf_key(key, path), layer),
-            g_max=25.0,
+    chip = fj.program_params(model, key, g_max=25.0, noise=NOISE)
+    digital = [
+        lambda m: m.embed.embedding,
+        lambda m: m.pos,
+        lambda m: m.start,
+        lambda m: m.ln_f.scale,
+        lambda m: m.blocks.ln1.scale,
+        lambda m: m.head.bias,
+    ]
+    for leaf in digital:
+        assert np.array_equal(leaf(chip)[...], leaf(model)[...])
+    assert np.array_equal(chip.blocks.ff1.bias[...], model.blocks.ff1.bias[...])
+    assert np.array_equal(chip.blocks.attn.query.bias[...], model.blocks.attn.query.bias[...])
+    # attention value [layers, in, heads, head_dim]: heads * head_dim rows of `in` inputs
+    stacked = np.asarray(model.blocks.attn.value.kernel[...])
+    programmed = np.asarray(chip.blocks.attn.value.kernel[...])
+    keys = jax.random.split(leaf_key(key, ("blocks", "attn", "value", "kernel")), 2)
+    for layer in range(2):
+        alone = fj.program_kernel(
+            stacked[layer].reshape(8, -1), keys[layer], g_max=25.0, noise=NOISE
         )
-        assert np.allclose(chip[layer], np.reshape(alone, stacked.shape[1:]), atol=1e-6)
+        assert np.allclose(programmed[layer], np.reshape(alone, stacked.shape[1:]), atol=1e-6)
+        assert not np.allclose(programmed[layer], stacked[layer])
 
 
-@pytest.mark.parametrize(
-    ("path", "feature"),
-    [
-        (("blocks", "ff1", "kernel"), (1, Ellipsis, 5)),  # layer 1, output 5
-        (("blocks", "attn", "query", "kernel"), (0, slice(None), 1, 2)),  # head 1, dim 2
-        (("blocks", "attn", "out", "kernel"), (1, Ellipsis, 3)),  # output 3 over heads x dims
-    ],
-)
-def test_scaling_one_output_feature_scales_its_row_only(path, feature):
-    """Every output feature of every layer is one chip row, with its own scale.
-
-    Scaling one output feature by 4 scales its programmed values by 4 and
-    changes nothing else (same key: the same devices draw the same noise).
-    An offset noise in absolute uS makes any shared scale visible.
-    """
-    params = params_of(tiny_model())
-    noise = OffsetNoise(gain=0.9, offset=0.7)
-    scaled = jax.tree.map(lambda a: a, params)
-    node = scaled
-    for name in path[:-1]:
-        node = node[name]
-    node[path[-1]].value = node[path[-1]][...].at[feature].multiply(4.0)
+def test_scaling_one_head_feature_scales_its_row_only():
+    """One output feature (head 1, dim 2) of layer 0's query is one chip row with its own scale."""
+    model = tiny_model()
+    scaled = tiny_model()
+    query = scaled.blocks.attn.query.kernel
+    query[...] = query[...].at[0, :, 1, 2].multiply(4.0)
+    noise = OffsetNoise(gain=0.9, offset=0.7)  # absolute uS: a shared scale would show
     key = jax.random.key(1)
-    before = kernel(program_transformer(params, key, g_max=10.0, noise=noise), *path)
-    after = kernel(program_transformer(scaled, key, g_max=10.0, noise=noise), *path)
+    before = fj.program_params(model, key, g_max=10.0, noise=noise).blocks.attn.query.kernel
+    after = fj.program_params(scaled, key, g_max=10.0, noise=noise).blocks.attn.query.kernel
     mask = np.zeros(before.shape, bool)
-    mask[feature] = True
+    mask[0, :, 1, 2] = True
+    before, after = np.asarray(before[...]), np.asarray(after[...])
     assert np.allclose(after[mask], 4.0 * before[mask], rtol=1e-5, atol=1e-7)
     assert np.array_equal(after[~mask], before[~mask])
-
-
-def test_program_transformer_checks_its_arguments():
-    params = params_of(tiny_model())
-    with pytest.raises(ValueError, match="PRNG key"):
-        program_transformer(params, None, g_max=10.0)
-    with pytest.raises(ArgumentError):
-        program_transformer(params, jax.random.key(0), g_max=50.0)
-    bad = {"blocks": {"ff1": {"kernel": jnp.ones((2, 3))}}}  # a stacked kernel without its layer
-    with pytest.raises(ValueError, match="blocks/ff1/kernel"):
-        program_transformer(bad, None, noise=None)
 
 
 # --- training and evaluation ------------------------------------------------------------------
@@ -196,6 +162,7 @@ def test_program_transformer_checks_its_arguments():
 
 def test_recipes():
     assert Recipe.fixed(25.0).g_max == (25.0,) and Recipe.fixed(25.0).aware
+    assert not Recipe.digital().aware
     assert Recipe.choice(10, 40).draw == "choice"
     with pytest.raises(ArgumentError):
         Recipe.uniform(5.0, 40.0)
@@ -205,42 +172,44 @@ def test_recipes():
         Recipe("x", (10.0,), draw="gauss")
 
 
-def test_digital_training_learns_and_updates_in_place(data):
-    model = tiny_model()
-    before = np.asarray(model.head.kernel[...])
-    losses = train(
-        [model], data, Recipe.digital(), jax.random.key(0)[None], steps=60, batch_size=16
-    )
-    assert losses.shape == (1, 60)
-    assert losses[0, -10:].mean() < 0.8 * losses[0, :10].mean()
-    assert not np.allclose(model.head.kernel[...], before)
+def test_g_max_draws_cover_the_range_or_the_set():
+    keys = jax.random.split(jax.random.key(0), 400)
+    values = jnp.array([10.0, 25.0, 40.0])
+    uniform = np.asarray(jax.vmap(lambda k: _draw_g_max(k, values, choice=False))(keys))
+    chosen = np.asarray(jax.vmap(lambda k: _draw_g_max(k, values, choice=True))(keys))
+    assert uniform.min() >= 10.0 and uniform.max() <= 40.0
+    assert uniform.min() < 11.0 and uniform.max() > 39.0 and len(np.unique(uniform)) > 300
+    assert set(np.unique(chosen).tolist()) == {10.0, 25.0, 40.0}
+    fixed = jax.vmap(lambda k: _draw_g_max(k, jnp.array([25.0, 25.0]), choice=False))(keys)
+    assert np.all(np.asarray(fixed) == 25.0)
 
 
-@pytest.mark.parametrize(
-    "recipe", [Recipe.uniform(10.0, 40.0, warmup=0.5), Recipe.choice(10.0, 25.0, 40.0)]
-)
-def test_hardware_aware_training_sees_the_noise(data, recipe):
-    """Trained through the programming: the same seeds without noise would give other weights."""
+def test_training_learns_updates_in_place_and_sees_the_noise(data):
+    """Digital training learns; a warm-up recipe is digital, then trains through the noise."""
     keys = jax.random.split(jax.random.key(0), 2)
-    aware = [tiny_model(0), tiny_model(1)]
-    quiet = [tiny_model(0), tiny_model(1)]
-    args = dict(steps=12, batch_size=8)
-    losses = train(aware, data, recipe, keys, noise=AbsoluteNoise(3.0), **args)
-    quiet_losses = train(quiet, data, recipe, keys, noise=None, **args)
-    assert np.all(np.isfinite(losses))
-    if recipe.warmup:  # the digital first half is the same, the rest is not
-        assert np.allclose(losses[:, :6], quiet_losses[:, :6], atol=1e-5)
-    assert not np.allclose(losses[:, -6:], quiet_losses[:, -6:])
-    assert not np.allclose(aware[0].head.kernel[...], quiet[0].head.kernel[...])
+    digital, aware = [tiny_model(0), tiny_model(1)], [tiny_model(0), tiny_model(1)]
+    before = np.asarray(digital[0].head.kernel[...])
+    d_losses = train(digital, data, Recipe.digital(), keys, **TRAIN)
+    a_losses = train(aware, data, WARM, keys, noise=NOISE, **TRAIN)
+    assert d_losses.shape == a_losses.shape == (2, 12)
+    assert np.all(d_losses[:, -3:].mean(1) < 0.8 * d_losses[:, :3].mean(1))
+    assert not np.allclose(digital[0].head.kernel[...], before)
+    assert np.all(np.isfinite(a_losses))
+    assert np.allclose(a_losses[:, :6], d_losses[:, :6], atol=1e-5)  # the digital half
+    assert not np.allclose(a_losses[:, 6:], d_losses[:, 6:], atol=1e-3)
+    assert not np.allclose(aware[0].head.kernel[...], digital[0].head.kernel[...])
 
 
 def test_train_checks_its_arguments(data):
+    one = jax.random.key(0)[None]
     with pytest.raises(ValueError, match="keys"):
         train([tiny_model()], data, Recipe.digital(), jax.random.split(jax.random.key(0), 2))
     with pytest.raises(ValueError, match="batch_size"):
-        train([tiny_model()], data, Recipe.digital(), jax.random.key(0)[None], batch_size=65)
+        train([tiny_model()], data, Recipe.digital(), one, batch_size=65)
     with pytest.raises(ValueError, match="steps"):
-        train([tiny_model()], data, Recipe.digital(), jax.random.key(0)[None], steps=0)
+        train([tiny_model()], data, Recipe.digital(), one, steps=0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        train([tiny_model()], data, Recipe.digital(), one, learning_rate=-1.0)
 
 
 def test_noise_free_chip_accuracy_is_the_clean_accuracy(data):
@@ -257,17 +226,18 @@ def test_noise_free_chip_accuracy_is_the_clean_accuracy(data):
 def test_experiment_pairs_the_recipes_by_seed(data):
     """Same seed, same initial weights and batches: two digital runs agree exactly."""
     result = transformer_experiment(
-        [Recipe.digital(), Recipe("digital again"), Recipe.fixed(10.0)],
+        [Recipe.digital(), Recipe("digital again"), WARM],
         seeds=(0, 1),
         g_max=(10.0, 40.0),
-        steps=8,
-        batch_size=8,
+        noise=NOISE,
         data=data,
         model_kwargs=SIZES,
+        **TRAIN,
     )
     assert result.chip.shape == (3, 2, 2) and result.clean.shape == (3, 2)
     assert np.array_equal(result.chip[0], result.chip[1])
     assert np.array_equal(result.gain()[1], np.zeros((2, 2)))
+    assert not np.array_equal(result.chip[2], result.chip[0])
     table = result.table()
     assert table.splitlines()[0].startswith("| training | clean | 10 uS | 40 uS |")
-    assert "| g_max = 10 |" in table
+    assert "| g_max ~ U[10, 40] |" in table
