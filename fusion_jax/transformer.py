@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -454,7 +455,7 @@ def train(
     recipe: Recipe,
     keys: PRNGKeyArray,
     *,
-    steps: int = 1500,
+    steps: int = 1000,
     batch_size: int = 64,
     learning_rate: float = 3e-3,
     noise: NoiseModel | None = DEFAULT_NOISE,
@@ -497,9 +498,9 @@ def train(
         >>> data = histogram_task(n_train=64, n_test=8, seq_len=6, vocab=3)
         >>> model = Transformer(3, 6, 6, d_model=8, n_heads=2, d_ff=8, rngs=nnx.Rngs(0))
         >>> losses = train([model], data, Recipe.uniform(10.0, 40.0), jax.random.key(0)[None],
-        ...                steps=20, batch_size=8)
+        ...                steps=10, batch_size=8)
         >>> losses.shape
-        (1, 20)
+        (1, 10)
     """
     _check_gradient_mode(gradient)
     if int(steps) < 1:
@@ -615,7 +616,7 @@ def programmed_accuracy(
         >>> import jax
         >>> from flax import nnx
         >>> from fusion_jax.transformer import Transformer, histogram_task, programmed_accuracy
-        >>> data = histogram_task(n_train=8, n_test=16, seq_len=6, vocab=3)
+        >>> data = histogram_task(n_train=64, n_test=8, seq_len=6, vocab=3)
         >>> model = Transformer(3, 6, 6, d_model=8, n_heads=2, d_ff=8, rngs=nnx.Rngs(0))
         >>> programmed_accuracy([model], data.x_test, data.y_test, jax.random.key(0)[None],
         ...                     g_max=(10.0, 40.0)).shape
@@ -727,7 +728,7 @@ class TransformerResult:
             f"Transformer on the histogram task, {len(self.seeds)} seeds, {s['steps']} steps; "
             f"token accuracy (%) programmed once per seed, read after {s['t_inference']:g} s; "
             "mean ± std over seeds; gain: paired difference to "
-            f"{self.recipes[0]!r}, mean ± s.e.m.\n{self.table()}"
+            f"{self.recipes[0]!r}, mean ± s.e.m.\n\n{self.table()}"
         )
 
 
@@ -767,7 +768,8 @@ def transformer_experiment(
         data: The task; :func:`histogram_task` by default.
         model_kwargs: Arguments of :class:`Transformer` other than
             ``vocab``, ``seq_len`` and ``n_classes``.
-        progress: Print each recipe's final training loss as it finishes.
+        progress: Print each recipe's final training loss and accuracies to
+            standard error as it finishes.
 
     Returns:
         A :class:`TransformerResult`.
@@ -778,12 +780,13 @@ def transformer_experiment(
 
     Example:
         >>> from fusion_jax.transformer import Recipe, histogram_task, transformer_experiment
+        >>> data = histogram_task(n_train=64, n_test=8, seq_len=6, vocab=3)
         >>> result = transformer_experiment(
-        ...     [Recipe.digital(), Recipe.uniform(10.0, 40.0)], seeds=(0, 1), g_max=(10.0, 40.0),
-        ...     steps=10, batch_size=8, data=histogram_task(n_train=32, n_test=8, seq_len=6),
+        ...     [Recipe.digital(), Recipe.uniform(10.0, 40.0)], seeds=(0,), g_max=(10.0, 40.0),
+        ...     steps=10, batch_size=8, data=data,
         ...     model_kwargs={"d_model": 8, "n_heads": 2, "d_ff": 8})
         >>> result.chip.shape                   # recipes x g_max x seeds
-        (2, 2, 2)
+        (2, 2, 1)
         >>> print(result.table())               # doctest: +ELLIPSIS
         | training | clean | 10 uS | 40 uS | gain at 10 uS | gain at 40 uS |
         ...
@@ -841,6 +844,7 @@ def transformer_experiment(
                 f"{recipe.name}: final loss {losses[:, -max(1, steps // 10) :].mean():.3f}, "
                 f"clean {100 * clean[-1].mean():.1f}%, chip "
                 + ", ".join(f"{100 * a:.1f}%" for a in chip[-1].mean(-1)),
+                file=sys.stderr,
                 flush=True,
             )
     return TransformerResult(

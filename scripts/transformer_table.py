@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from fusion_jax.transformer import DEFAULT_RECIPES, Recipe, transformer_experiment
@@ -37,7 +38,7 @@ def main(recipes: str = "table", seeds: int = 5, steps: int = 1000) -> None:
     start = time.perf_counter()
     result = transformer_experiment(chosen, seeds=tuple(range(seeds)), steps=steps, progress=True)
     print(result)
-    print(f"({time.perf_counter() - start:.0f} s)")
+    print(f"({time.perf_counter() - start:.0f} s)", file=sys.stderr)
 
 
 if __name__ == "__main__":
