@@ -16,6 +16,7 @@ from fusion_jax import (
     noise,
     plotting,
     training,
+    transformer,
 )
 from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert_to_conductances
 from fusion_jax.converter import FusionConductanceConverter
@@ -62,4 +63,5 @@ __all__ = [
     "regression_slope",
     "sweep",
     "training",
+    "transformer",
 ]
