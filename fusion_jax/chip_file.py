@@ -302,10 +302,12 @@ def _format_header(chip: ChipFile) -> str:
 def write_chip_file(path: str | os.PathLike[str], chip: ChipFile) -> None:
     """Write a Fusion chip file atomically, in the reference's exact bytes.
 
-    The file is written to a temporary file in the same directory, flushed
-    and fsync'ed, then renamed over ``path`` (:func:`os.replace`), so readers
-    never see a partial file. On any failure the temporary file is removed
-    and an existing ``path`` is left untouched.
+    The content is built in memory, then written to a temporary file in the
+    same directory, flushed and fsync'ed, and renamed over ``path``
+    (:func:`os.replace`), so readers never see a partial file. On any
+    failure the temporary file is removed and an existing ``path`` is left
+    untouched. A replaced file keeps its permission bits; a symbolic link
+    is written through, as :func:`open` does. Errors name ``path``.
 
     Args:
         path: Destination file; its directory must exist.

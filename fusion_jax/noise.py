@@ -68,7 +68,13 @@ def _drift_exponent(g_rel: jax.Array, xi: jax.Array, drift_scale: Any) -> jax.Ar
 def _read_noise_sigma(g_rel: jax.Array, t: Any, t_read: Any) -> jax.Array:
     """Relative 1/f read-noise std ``Q * sqrt(ln((t + t_read) / (2 t_read)))``."""
     q = jnp.minimum(0.0088 / jnp.maximum(g_rel, _READ_REL_MIN) ** 0.65, 0.2)
-    return q * jnp.sqrt(jnp.maximum(jnp.log((t + t_read) / (2.0 * t_read)), 0.0))
+    # The quotient overflows for times beyond about 1e32 s (t_read = 2.5e-7 s):
+    # there, the difference of the logs, which is finite.
+    ratio = (t + t_read) / (2.0 * t_read)
+    log_ratio = jnp.where(
+        jnp.isfinite(ratio), jnp.log(ratio), jnp.log(t + t_read) - jnp.log(2.0 * t_read)
+    )
+    return q * jnp.sqrt(jnp.maximum(log_ratio, 0.0))
 
 
 def _add_read_noise(
@@ -258,6 +264,9 @@ class PCMLikeNoise:
     computed; ``read_noise_scale`` is its size, data like every other field
     (a literal 0 and a traced 0 give the same, as does ``read_noise=False``).
 
+    The fields are checked when the model is built (``ValueError`` naming
+    the field): ``c0``-``c2`` finite, scales >= 0, ``t0`` and ``t_read`` > 0.
+
     Attributes:
         prog_noise_scale: Multiplier of the programming noise.
         read_noise_scale: Multiplier of the read noise (used when ``read_noise``).
@@ -334,8 +343,12 @@ class PCMLikeNoise:
 
         Raises:
             ArgumentError: for a concrete ``g_max`` outside [10, 40].
-            ValueError: for concrete negative or non-finite conductances, a
-                negative ``t_inference``, or negative scale fields.
+            ValueError: for concrete negative or non-finite conductances
+                (or, x64 off, float64 ones beyond float32's range), or a
+                ``t_inference`` that is NaN, Inf or negative. (The fields
+                are checked when the model is built.)
+            TypeError: for a key that is not a PRNG key, or a non-numeric
+                ``t_inference``.
 
         Example:
             >>> import jax, jax.numpy as jnp
@@ -454,6 +467,11 @@ class FusionChipNoise:
     the other draws as they were; with ``read_noise=False`` (the default)
     nothing is drawn for it. Same key, same result.
 
+    The fields are checked when the model is built (``ValueError`` naming
+    the field): coefficients finite, ``stuck_probability`` in [0, 1],
+    scales and ``t_calibration`` >= 0, ``shift``, ``t0``, ``t_read``,
+    ``g_ref`` and ``g_floor`` > 0.
+
     Attributes:
         log_median_coefs: ``(a0, a1, a2, a3)``: ``ln(latent median + shift)``
             as a cubic in ``l``.
@@ -514,6 +532,8 @@ class FusionChipNoise:
     def __post_init__(self) -> None:
         for name in ("log_median_coefs", "log_spread_coefs"):
             coefs = getattr(self, name)
+            if coefs is None or isinstance(coefs, jax.core.Tracer):
+                continue  # a placeholder of a pytree spec (vmap in_axes, tree_map)
             if not isinstance(coefs, tuple | list) or len(coefs) == 0:
                 raise ValueError(
                     f"FusionChipNoise.{name} must be a non-empty tuple of coefficients, "
@@ -625,8 +645,12 @@ class FusionChipNoise:
 
         Raises:
             ArgumentError: for a concrete ``g_max`` outside [10, 40].
-            ValueError: for concrete negative or non-finite conductances, a
-                negative ``t_inference`` or invalid fields.
+            ValueError: for concrete negative or non-finite conductances
+                (or, x64 off, float64 ones beyond float32's range), or a
+                ``t_inference`` that is NaN, Inf or negative. (The fields
+                are checked when the model is built.)
+            TypeError: for a key that is not a PRNG key, or a non-numeric
+                ``t_inference``.
 
         Example:
             >>> import jax, jax.numpy as jnp

@@ -2,10 +2,14 @@
 
 :func:`fusion_jax.program` works in the reference's layout, one row per output
 ``[..., out, in]``. Flax keeps the output channel on the last axis of a
-kernel (``[in, out]``, ``[kh, kw, in, out]``). :func:`program_kernel` programs
-one Flax kernel (each output channel is one row on the chip) and
-:func:`program_params` programs every kernel of a model's parameters at once:
-one programmed copy of the whole network, as after writing it to the chip.
+kernel (``[in, out]``, ``[kh, kw, in, out]``); stacked layers, attention
+and einsum kernels have more axes, which a
+:class:`~fusion_jax.layout.KernelAxes` names. :func:`program_kernel` programs
+one kernel (each output feature of each layer is one row on the chip) and
+:func:`program_params` programs every kernel of a model at once (an
+``nnx.Module``, whose layers give their kernels' axes and their settings, or
+a parameter pytree): one programmed copy of the whole network, as after
+writing it to the chip.
 """
 
 from __future__ import annotations
@@ -415,9 +419,13 @@ def _layer_settings(module: Any) -> dict[str, Any] | None:
 
 
 def _module_specs(
-    module: Any,
-) -> tuple[dict[LeafPath, KernelAxes], dict[LeafPath, dict[str, Any]]]:
-    """Kernel axes and Fusion settings of every known layer of an NNX module, by leaf path."""
+    module: Any, *, strict: bool = True
+) -> tuple[dict[LeafPath, KernelAxes | ValueError], dict[LeafPath, dict[str, Any]]]:
+    """Kernel axes and Fusion settings of every known layer of an NNX module, by leaf path.
+
+    With ``strict=False`` a layer whose axes cannot be read gets its error as
+    its entry, raised only if no ``layouts`` entry replaces it.
+    """
     from flax import nnx
 
     axes: dict[LeafPath, KernelAxes] = {}
@@ -430,7 +438,13 @@ def _module_specs(
             continue
         leaf_path = (*path, "kernel")
         name = _path_text(leaf_path)
-        found = module_kernel_axes(node, np.shape(kernel[...]), name)
+        value = kernel.get_value()  # an array, or a ShapeDtypeStruct under nnx.eval_shape
+        try:
+            found = module_kernel_axes(node, tuple(value.shape), name)
+        except ValueError as err:
+            if strict:
+                raise
+            found = err
         if found is not None:
             axes[leaf_path] = found
         own = _layer_settings(node)
@@ -472,7 +486,7 @@ def kernel_layouts(module: Any) -> dict[LeafPath, KernelAxes]:
 
     if not isinstance(module, nnx.Module):
         raise TypeError(f"kernel_layouts needs an nnx.Module, got {type(module)}.")
-    return _module_specs(module)[0]
+    return _module_specs(module)[0]  # type: ignore[return-value]
 
 
 def freeze_layouts(layouts: Layouts | None) -> Any:
@@ -682,7 +696,7 @@ def program_params(
         _validation.check_key(key, where="program_params")
 
     if isinstance(params, nnx.Module):
-        module_axes, module_settings = _module_specs(params)
+        module_axes, module_settings = _module_specs(params, strict=False)
         graphdef, state = nnx.split(params)
         programmed = _program_tree(state, key, given, where, layouts, module_axes, module_settings)
         return nnx.merge(graphdef, programmed)
@@ -695,7 +709,7 @@ def _program_tree(
     given: dict[str, Any],
     where: Callable[[LeafPath, Any], bool] | None,
     layouts: Layouts | None,
-    module_axes: Mapping[LeafPath, KernelAxes],
+    module_axes: Mapping[LeafPath, KernelAxes | ValueError],
     module_settings: Mapping[LeafPath, Mapping[str, Any]],
 ) -> Any:
     """program_params on a pytree, with per-leaf axes and settings read from a module."""
@@ -721,6 +735,8 @@ def _program_tree(
         axes = lookup(path, leaf)
         if axes is None:
             axes = module_axes.get(path)
+            if isinstance(axes, ValueError):
+                raise ValueError(f"program_params: {axes}") from None
         if axes is None:
             if np.ndim(leaf) > 2:
                 raise ValueError(
