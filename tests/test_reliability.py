@@ -661,7 +661,9 @@ def test_nnx_layer_refuses_negative_t_inference():
         st.floats(allow_nan=True, allow_infinity=True),
         st.integers(-(2**40), 2**40),
     ),
-    noise=st.sampled_from([PCMLikeNoise(), FusionChipNoise.lenet5_readback(read_noise_scale=1.0)]),
+    noise=st.sampled_from(
+        [PCMLikeNoise(), FusionChipNoise.lenet5_readback(read_noise=True, read_noise_scale=1.0)]
+    ),
 )
 def test_t_inference_is_accepted_exactly_when_finite_and_non_negative(t, noise):
     # Valid times up to float32's largest give finite weights (read noise and
