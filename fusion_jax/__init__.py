@@ -14,6 +14,7 @@ from fusion_jax import (
     nnx,
     noise,
     plotting,
+    tiles,
     training,
 )
 from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert_to_conductances
@@ -57,5 +58,6 @@ __all__ = [
     "program_params",
     "regression_slope",
     "sweep",
+    "tiles",
     "training",
 ]

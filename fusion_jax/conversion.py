@@ -94,6 +94,18 @@ def _prepare_g_max(g_max: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(g_max, dtype=dtype)
 
 
+def _torch_scale(g_max: jax.Array, m: jax.Array) -> jax.Array:
+    """``g_max / m`` rounded as torch (aihwkit) rounds it: ``reciprocal(m) * g_max``.
+
+    torch evaluates ``number / tensor`` as a reciprocal followed by a
+    multiply, two roundings; an export byte-identical to aihwkit's needs the
+    same. Where ``1 / m`` would be subnormal (flushed to 0 on CPUs) the
+    quotient is taken directly.
+    """
+    inv = 1.0 / m
+    return jnp.where(m < 1.0 / jnp.finfo(m.dtype).tiny, inv * g_max, g_max / m)
+
+
 def _signed_conductances(
     w: jax.Array, g_max: jax.Array, axis: int = -1
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -106,7 +118,7 @@ def _signed_conductances(
     kink of ``abs`` at 0 in the derivative.
     """
     row_max = jnp.max(jnp.abs(w), axis=axis, keepdims=True)
-    scale = g_max / jnp.maximum(row_max, SCALE_EPS)
+    scale = _torch_scale(g_max, jnp.maximum(row_max, SCALE_EPS))
     x = _clip_keep_boundary(w * scale, -g_max, g_max)
     return x, scale, row_max
 

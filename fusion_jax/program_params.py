@@ -15,10 +15,11 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from fusion_jax import _validation, layout
+from fusion_jax import _validation, layout, tiles
 from fusion_jax.conversion import _prepare_weights
 from fusion_jax.errors import ArgumentError
 from fusion_jax.programming import (
@@ -51,6 +52,8 @@ def program_kernel(
     t_inference: float | ArrayLike = 0.0,
     strict_aihwkit: bool = False,
     gradient: GradientMode = "exact",
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
 ) -> Float[Array, "*spatial in out"]:
     """Program one Flax kernel onto the simulated chip and read it back.
 
@@ -63,6 +66,13 @@ def program_kernel(
     and its random draws fall on the devices in that order: with random
     noise, the same key gives a different (equally distributed) draw than
     ``program(kernel_to_rows(kernel), key)``.
+
+    A kernel with more inputs than ``max_input_size`` is split into chip
+    tiles as its export is (:mod:`fusion_jax.tiles`): a Dense kernel along
+    its inputs, a conv kernel on input-channel boundaries (whole channels of
+    ``kh * kw`` inputs per tile, as aihwkit's mapped conv layers), and each
+    tile row is scaled and regressed on its own. Simulating a layer and
+    exporting it (:func:`fusion_jax.fusion_export`) give the same tiles.
 
     Args:
         kernel: A Dense kernel ``[in, out]`` or a conv kernel
@@ -78,13 +88,19 @@ def program_kernel(
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
         gradient: ``"exact"`` or ``"ste"`` (straight-through); see
             :func:`fusion_jax.program`.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split).
+        max_output_size: Most outputs per chip tile (0: no split); output
+            splits change no value.
 
     Returns:
         The programmed kernel, shape and dtype of ``kernel``.
 
     Raises:
         ValueError: for a kernel with fewer than 2 dimensions, NaN/Inf values,
-            a missing key when noise is on, or an unknown ``gradient``.
+            a missing key when noise is on, an unknown ``gradient``, a
+            negative tile size, or a conv channel (``kh * kw`` inputs) larger
+            than ``max_input_size``.
         ArgumentError: for a concrete ``g_max`` outside [10, 40].
 
     Example:
@@ -103,11 +119,17 @@ def program_kernel(
     # Checks (and error messages) as for the reference rows; under jit the
     # rearranged copy is only inspected, never computed.
     _prepare_weights(layout.kernel_to_rows(kernel), "kernel")
+    *spatial, n_in, n_out = kernel.shape
+    group = tiles._group_size(kernel.shape)
+    sizes = tiles._input_sizes(n_in * group, max_input_size, max_output_size, group, n_out)
     # Computed in the kernel's own layout: one column per output channel, no
     # transposes (they cost more than the rest of the conversion on a CPU).
-    columns = kernel.reshape(-1, kernel.shape[-1])
+    # A tiled conv needs its inputs in the export's order, channel-major,
+    # so that each tile is a contiguous run of whole channels.
+    torch_order = len(sizes) > 1 and bool(spatial)
+    moved = jnp.moveaxis(kernel, -2, 0) if torch_order else kernel
     programmed = _program_prepared(
-        columns,
+        moved.reshape(-1, n_out),
         key,
         g_max,
         model,
@@ -115,8 +137,9 @@ def program_kernel(
         strict_aihwkit=strict_aihwkit,
         gradient=gradient,
         axis=-2,
-    )
-    return programmed.reshape(kernel.shape)
+        in_sizes=sizes,
+    ).reshape(moved.shape)
+    return jnp.moveaxis(programmed, 0, -2) if torch_order else programmed
 
 
 def is_kernel(path: LeafPath, leaf: Any) -> bool:
@@ -220,6 +243,8 @@ def program_params(
     strict_aihwkit: bool = False,
     gradient: GradientMode = "exact",
     where: Callable[[LeafPath, Any], bool] | None = None,
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
 ) -> PyTree:
     """Program every kernel of a parameter pytree onto the simulated chip, once.
 
@@ -252,6 +277,9 @@ def program_params(
             sequence indices; the ``.value`` of an ``nnx.Variable`` or Linen
             box left out). Default :func:`is_kernel`. Selected leaves must be
             Flax-layout kernels ``[*spatial, in, out]``.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); see :func:`program_kernel`.
+        max_output_size: Most outputs per chip tile (0: no split).
 
     Returns:
         A pytree of the same structure with the selected leaves programmed.
@@ -293,6 +321,8 @@ def program_params(
         (3, 4, 3)
     """
     _check_gradient_mode(gradient)
+    tiles.check_max_size(max_input_size, "max_input_size")
+    tiles.check_max_size(max_output_size, "max_output_size")
     if np.ndim(g_max) != 0:
         raise ArgumentError(
             f"g_max must be a scalar, got shape {np.shape(g_max)}; to sweep several values "
@@ -331,6 +361,8 @@ def program_params(
                 t_inference=t_inference,
                 strict_aihwkit=strict_aihwkit,
                 gradient=gradient,
+                max_input_size=max_input_size,
+                max_output_size=max_output_size,
             )
         except ArgumentError:
             raise

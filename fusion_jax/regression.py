@@ -229,9 +229,9 @@ def _slope(
     """Per-line OLS slope of ``y`` on ``x`` (private core).
 
     ``axis=-1``: lines are rows ``[..., out, in]`` (the reference layout);
-    ``axis=-2``: lines are the columns of one matrix ``[in, out]`` (a Flax
-    kernel, programmed in its own layout). Returns one slope per line,
-    ``[..., out]`` or ``[out]``.
+    ``axis=-2``: lines are the columns of matrices ``[..., in, out]`` (Flax
+    kernels, programmed in their own layout; leading axes are independent
+    matrices). Returns one slope per line, ``[..., out]``.
 
     ``x_scale`` / ``y_scale`` are per-line magnitudes used only to normalise
     the data before the sums (the slope is invariant to them; they get no
@@ -256,6 +256,35 @@ def _slope(
     elif axis == -2 and x.ndim == 2:
         batch, n = x.shape[1:], x.shape[0]
         red = 0
+    elif axis == -2:
+        # A stack of column matrices [*lead, n, out] (stacked layers, input
+        # tiles): each matrix on its own, vectorised over the stack.
+        lead, n_out = x.shape[:-2], x.shape[-1]
+
+        def per_line(v: jax.Array | None) -> jax.Array | None:
+            if v is None:
+                return None
+            return jnp.broadcast_to(v, (*lead, n_out)).reshape(-1, n_out)
+
+        def one(xi, yi, xs, ys, zd):  # noqa: ANN001, ANN202
+            return _slope(
+                xi,
+                yi,
+                strict_aihwkit=strict_aihwkit,
+                x_scale=xs,
+                y_scale=ys,
+                zero_default=zd,
+                axis=-2,
+            )
+
+        flat = jax.vmap(one)(
+            x.reshape(-1, *x.shape[-2:]),
+            y.reshape(-1, *y.shape[-2:]),
+            per_line(x_scale),
+            per_line(y_scale),
+            per_line(zero_default),
+        )
+        return flat.reshape(*lead, n_out)
     else:
         raise ValueError(f"lines along axis {axis} of shape {x.shape} are not supported")
 
