@@ -76,11 +76,17 @@ def result_dtype(dtype: Any) -> jnp.dtype:
 
 
 def as_matrix_stack(x: Any, name: str) -> jax.Array:
-    """Convert ``x`` to a JAX array of rank >= 2 with a non-empty last axis."""
+    """Convert ``x`` to a JAX array of rank >= 2 with a non-empty last axis.
+
+    Values the conversion would change (x64 off) are refused, see
+    :func:`check_representable`.
+    """
     if not isinstance(x, jax.Array | np.ndarray | jax.core.Tracer):
         x = np.asarray(x)
     if not _is_real_numeric(x.dtype):
         raise TypeError(f"{name} must be a real numeric array, got dtype {x.dtype}.")
+    if isinstance(x, np.ndarray):
+        check_representable(x, name)
     if x.ndim < 2:
         raise ValueError(
             f"{name} must have at least 2 dimensions [..., out, in] (one row per output), "
@@ -129,4 +135,263 @@ def check_finite(x: jax.Array, name: str) -> None:
         f"{name} contain {count} NaN or Inf value{'s' if count != 1 else ''} "
         f"in row{'s' if len(rows) != 1 else ''} {listed}{more} "
         f"(shape {tuple(value.shape)}, rows indexed [..., out])."
+    )
+
+
+# --------------------------------------------------------------------------
+# Values JAX would change on conversion (x64 off)
+# --------------------------------------------------------------------------
+
+
+def _position(index: tuple[int, ...]) -> str:
+    """``index`` as text: ``row (i, j)`` of a matrix stack, ``index k`` of a vector."""
+    if len(index) == 0:
+        return "the scalar"
+    if len(index) == 1:
+        return f"index {index[0]}"
+    return f"row {index[:-1] if len(index) > 2 else index[0]}, column {index[-1]}"
+
+
+def check_representable(value: np.ndarray, name: str) -> None:
+    """Refuse concrete values that the conversion to a JAX array would change.
+
+    With ``jax_enable_x64`` off JAX stores 64-bit inputs in 32 bits: integers
+    beyond the 32-bit range wrap around, and float64 magnitudes beyond
+    float32's overflow to Inf or (below its smallest normal number, 1.2e-38)
+    become subnormal or 0. Such values are refused rather than changed.
+    Non-finite values are left to :func:`check_finite`.
+
+    Raises:
+        ValueError: naming ``name``, the count, the first value and its position.
+    """
+    if jax.config.jax_enable_x64 or value.dtype.itemsize <= 4:
+        return
+    kind = value.dtype.kind
+    if kind in "iu":
+        info = np.iinfo(np.int32 if kind == "i" else np.uint32)
+        bad = (value < info.min) | (value > info.max)
+        target = f"{info.dtype} ({info.min} to {info.max})"
+    elif kind == "f":
+        info32 = np.finfo(np.float32)
+        with np.errstate(invalid="ignore"):
+            mag = np.abs(value)
+            bad = np.isfinite(value) & ((mag > info32.max) | ((mag < info32.tiny) & (mag != 0)))
+        target = f"float32 (nonzero magnitudes {float(info32.tiny):.4g} to {float(info32.max):.4g})"
+    else:
+        return
+    count = int(np.count_nonzero(bad))
+    if count == 0:
+        return
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    raise ValueError(
+        f"{name}: {count} {value.dtype} value{'s' if count != 1 else ''} out of range for "
+        f"{target}, the dtype JAX uses with jax_enable_x64 off; the first, "
+        f"{value[first].item()!r}, at {_position(first)}. Enable x64 "
+        "(jax.config.update('jax_enable_x64', True)) or rescale: values are never changed "
+        "silently."
+    )
+
+
+def as_array(x: Any, name: str) -> jax.Array:
+    """``x`` as a JAX array, refusing values the conversion would change (see above)."""
+    if isinstance(x, jax.Array | jax.core.Tracer):
+        return x
+    value = np.asarray(x)
+    if value.dtype.kind in "biuf":
+        check_representable(value, name)
+    return jnp.asarray(value)
+
+
+# --------------------------------------------------------------------------
+# Settings shared by every entry point
+# --------------------------------------------------------------------------
+
+
+def check_t_inference(t_inference: Any, name: str = "t_inference", where: str = "") -> None:
+    """Check an inference time: a real scalar, finite, >= 0 (seconds).
+
+    Concrete values raise; traced values are checked with
+    ``checkify.debug_check``.
+
+    Raises:
+        TypeError: for a non-numeric value (a string, None, an object).
+        ValueError: for a non-scalar, NaN, Inf, negative, or (x64 off) a
+            value beyond float32's range.
+    """
+    prefix = f"{where}: " if where else ""
+    if isinstance(t_inference, jax.core.Tracer):
+        t = jnp.asarray(t_inference)
+        checkify.debug_check(
+            jnp.all(jnp.isfinite(t) & (t >= 0)),
+            prefix + name + " must be a finite number of seconds >= 0, got {t}.",
+            t=t,
+        )
+        return
+    try:
+        value = np.asarray(t_inference)
+    except Exception:  # noqa: BLE001 - any unconvertible object is a type error here
+        value = np.asarray(None, dtype=object)
+    if value.dtype.kind not in "iuf":
+        raise TypeError(
+            f"{prefix}{name} must be a real number of seconds, got "
+            f"{type(t_inference).__name__} {t_inference!r}."
+        )
+    if value.shape != ():
+        raise ValueError(
+            f"{prefix}{name} must be a scalar (seconds), got shape {value.shape}; to evaluate "
+            "several times use jax.vmap over it or fj.sweep."
+        )
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(
+            f"{prefix}{name} must be a finite number of seconds >= 0, got {value.item()!r}."
+        )
+    check_representable(value, f"{prefix}{name}")
+
+
+def check_key(key: Any, where: str) -> None:
+    """Check that ``key`` is one PRNG key (typed, or a raw ``uint32`` key).
+
+    Raises:
+        TypeError: for an integer, a string or any other non-key.
+        ValueError: for a batch of keys.
+    """
+    dtype = getattr(key, "dtype", None)
+    shape = getattr(key, "shape", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        if shape != ():
+            raise ValueError(
+                f"{where}: key must be one PRNG key, got a batch of keys of shape {shape}; "
+                "use jax.vmap to program with several keys."
+            )
+        return
+    if dtype is not None and jnp.dtype(dtype) == jnp.uint32 and len(shape) == 1:
+        return  # a raw key of the legacy jax.random.PRNGKey API
+    hint = f" (for seed {key}, pass jax.random.key({key}))" if isinstance(key, int) else ""
+    raise TypeError(
+        f"{where}: key must be a PRNG key such as jax.random.key(0), got "
+        f"{type(key).__name__} {key!r}{hint}."
+    )
+
+
+def check_noise_model(noise: Any, where: str = "") -> None:
+    """Check that ``noise`` is a noise model instance (``None`` is not checked here).
+
+    Raises:
+        TypeError: for a class instead of an instance, or an object without
+            a ``sample`` method.
+    """
+    prefix = f"{where}: " if where else ""
+    if isinstance(noise, type):
+        raise TypeError(
+            f"{prefix}noise must be a noise model instance, got the class {noise.__name__} "
+            f"itself: create one, e.g. noise={noise.__name__}(...) (for the chip model "
+            "fj.noise.FusionChipNoise.lenet5_readback()), or pass noise=None."
+        )
+    if not callable(getattr(noise, "sample", None)):
+        raise TypeError(
+            f"{prefix}noise must be a noise model with a .sample method (see fj.noise) or None, "
+            f"got {type(noise).__name__}."
+        )
+
+
+def check_settings(
+    *, where: str, noise: Any = None, key: Any = None, t_inference: Any = 0.0
+) -> None:
+    """The checks every programming entry point makes of its settings.
+
+    ``noise`` is a resolved model (``None``: noise-free, then ``key`` is not
+    needed and not checked).
+
+    Raises:
+        TypeError, ValueError: see :func:`check_noise_model`,
+            :func:`check_key` and :func:`check_t_inference`.
+    """
+    check_t_inference(t_inference, where=where)
+    if noise is None:
+        return
+    check_noise_model(noise, where)
+    if key is None:
+        raise ValueError(f"{where} needs a PRNG key when noise is on (pass key=, or noise=None).")
+    check_key(key, where)
+
+
+def check_model_fields(
+    model: Any,
+    *,
+    finite: tuple[str, ...] = (),
+    non_negative: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
+    probability: tuple[str, ...] = (),
+) -> None:
+    """Check a noise model's numeric fields where the model is built.
+
+    Every named field must be finite; ``non_negative`` ones >= 0,
+    ``positive`` ones > 0 and ``probability`` ones in [0, 1]. A field may be
+    a number, an array (a batch of models) or a tuple of them. Traced fields
+    (under ``jit``/``vmap``) and non-numeric placeholders JAX puts in pytrees
+    (``None``, shape structs) are skipped; strings are refused.
+
+    Raises:
+        TypeError: for a field holding text.
+        ValueError: naming the model, the field and the offending value.
+    """
+    cls = type(model).__name__
+    kinds = (
+        [(n, "finite") for n in finite]
+        + [(n, ">= 0") for n in non_negative]
+        + [(n, "> 0") for n in positive]
+        + [(n, "in [0, 1]") for n in probability]
+    )
+    for name, need in kinds:
+        field = getattr(model, name)
+        parts = field if isinstance(field, tuple | list) else (field,)
+        for part in parts:
+            if part is None or isinstance(part, jax.core.Tracer):
+                continue
+            if isinstance(part, str | bytes):
+                raise TypeError(f"{cls}.{name} must be a number, got the text {part!r}.")
+            value = concrete_value(part)
+            if value is None or value.dtype.kind not in "biuf":
+                continue
+            with np.errstate(invalid="ignore"):
+                ok = np.isfinite(value)
+                if need == ">= 0":
+                    ok &= value >= 0
+                elif need == "> 0":
+                    ok &= value > 0
+                elif need == "in [0, 1]":
+                    ok &= (value >= 0) & (value <= 1)
+            if not np.all(ok):
+                shown = field if value.size <= 8 else f"an array with {int((~ok).sum())} bad values"
+                rule = "finite" if need == "finite" else f"finite and {need}"
+                raise ValueError(f"{cls}.{name} must be {rule}, got {shown!r}.")
+
+
+def check_non_negative(x: jax.Array, name: str) -> None:
+    """Refuse negative values in ``x`` (conductances are magnitudes), naming the rows.
+
+    Concrete arrays raise :class:`ValueError`; traced arrays are checked with
+    ``checkify.debug_check``.
+    """
+    value = concrete_value(x)
+    if value is None:
+        bad = x < 0
+        checkify.debug_check(
+            ~jnp.any(bad), f"{name} contain {{count}} negative values", count=jnp.sum(bad)
+        )
+        return
+    bad = value < 0
+    count = int(bad.sum())
+    if count == 0:
+        return
+    rows = np.argwhere(bad.any(axis=-1))
+    listed = [
+        tuple(int(i) for i in r) if len(r) > 1 else int(r[0]) for r in rows[:_MAX_LISTED_ROWS]
+    ]
+    more = f" and {len(rows) - _MAX_LISTED_ROWS} more" if len(rows) > _MAX_LISTED_ROWS else ""
+    raise ValueError(
+        f"{name} must be >= 0 uS (magnitudes; the sign comes from the original weights): "
+        f"{count} negative value{'s' if count != 1 else ''} (smallest {float(value.min()):.4g}) "
+        f"in row{'s' if len(rows) != 1 else ''} {listed}{more} (shape {tuple(value.shape)}, "
+        "rows indexed [..., out])."
     )

@@ -431,6 +431,72 @@ def _parse_ints(text: str, field: str, line_no: int, path: str) -> tuple[int, ..
     return tuple(values)
 
 
+#: Longest header line accepted (bytes): the reader checks each before reading on.
+_MAX_HEADER_LINE = 1 << 20
+#: Most bytes a value may take in a data line, its comma included. A float's
+#: ``repr`` takes at most 24 characters; read-backs with more digits fit too.
+_MAX_VALUE_BYTES = 32
+
+
+def _decode(raw: bytes, path: str, first_line: int) -> str:
+    """``raw`` as UTF-8 text, or an error naming the file and the line of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = first_line + raw.count(b"\n", 0, err.start)
+        raise ValueError(
+            f"{path}: line {line_no}: byte {raw[err.start]:#04x} is not UTF-8 text; a Fusion "
+            "chip file is a UTF-8 CSV file."
+        ) from None
+
+
+def _read_header(fh: Any, path: str) -> list[str]:
+    """The six header lines (endings removed), each checked for length and encoding."""
+    lines = []
+    for line_no in range(1, 7):
+        raw = fh.readline(_MAX_HEADER_LINE + 1)
+        if len(raw) > _MAX_HEADER_LINE:
+            raise ValueError(
+                f"{path}: line {line_no} is longer than {_MAX_HEADER_LINE:,} bytes: not a Fusion "
+                "chip file header."
+            )
+        if not raw:
+            raise ValueError(
+                f"{path}: a Fusion chip file needs 6 header lines, found {len(lines)} lines."
+            )
+        lines.append(_decode(raw, path, line_no).removesuffix("\n").removesuffix("\r"))
+    return lines
+
+
+def _check_dimensions(
+    path: str,
+    names: tuple[str, ...],
+    counts: tuple[int, ...],
+    heights: tuple[int, ...],
+    widths: tuple[int, ...],
+) -> None:
+    """Every layer at least 1 x 1 with count = height x width, all within the chip."""
+    for field, line_no, values in (("heights", 4, heights), ("widths", 5, widths)):
+        for pos, value in enumerate(values, start=1):
+            if value < 1:
+                raise ValueError(
+                    f"{path}: line {line_no} ({field}), position {pos} (layer "
+                    f"{names[pos - 1]!r}): {value} is not a positive size."
+                )
+    for i, name in enumerate(names):
+        if counts[i] != heights[i] * widths[i]:
+            raise ValueError(
+                f"{path}: line 3 (counts), position {i + 1} (layer {name!r}): count "
+                f"{counts[i]} != height {heights[i]} x width {widths[i]}."
+            )
+    total = sum(counts)
+    if total > CHIP_DEVICES:
+        raise ValueError(
+            f"{path}: line 3 (counts): the layers hold {total:,} weights but the Fusion chip "
+            f"has {CHIP_DEVICES:,} devices."
+        )
+
+
 def read_chip_file(
     path: str | os.PathLike[str],
     *,
@@ -439,6 +505,13 @@ def read_chip_file(
     group_sizes: Mapping[str, int] | None = None,
 ) -> ChipFile:
     """Read a Fusion chip CSV file (``\\n`` or ``\\r\\n`` line endings).
+
+    The header is read and checked first (six lines, each at most 1 MiB,
+    UTF-8; positive sizes with count = height x width; at most
+    :data:`CHIP_DEVICES` weights in all), then the file's size against what
+    the header's layers can take (32 bytes per value; a full chip's file is
+    about 25 MB), and only then the data lines: a bogus file costs no more
+    memory than a real one.
 
     The names line is read as CSV (aihwkit writes the name ``""`` of a
     single-layer model quoted). A layer larger than one tile is put back
@@ -458,9 +531,10 @@ def read_chip_file(
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         ValueError: on a malformed header, a header whose fields disagree in
-            length, repeated layer names, a data line of the wrong length, or
-            a value that is not a finite, non-negative number (naming the
-            line and position).
+            length, negative or zero sizes, repeated layer names, bytes that
+            are not UTF-8, a file larger than its header allows, a data line
+            of the wrong length, or a value that is not a finite,
+            non-negative number (naming the file, line and position).
 
     Example:
         >>> import fusion_jax as fj
@@ -469,30 +543,40 @@ def read_chip_file(
         (('0', '3', '8', '10'), (10, 128))
     """
     path = os.fspath(path)
-    with open(path, encoding="utf-8", newline="") as fh:
-        lines = [line.removesuffix("\r") for line in fh.read().split("\n")]
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        lines = _read_header(fh, path)
+        header_bytes = fh.tell()
+        ids = _parse_ints(lines[0], "ids", 1, path)
+        classes = tuple(lines[1].split(","))
+        counts = _parse_ints(lines[2], "counts", 3, path)
+        heights = _parse_ints(lines[3], "heights", 4, path)
+        widths = _parse_ints(lines[4], "widths", 5, path)
+        names = tuple(next(csv.reader([lines[5]])))  # aihwkit quotes a lone "" name
+        header = dict(
+            zip(HEADER_FIELDS, (ids, classes, counts, heights, widths, names), strict=True)
+        )
+        for field, values in header.items():
+            if len(values) != len(names):
+                raise ValueError(
+                    f"{path}: header line {HEADER_FIELDS.index(field) + 1} ({field}) has "
+                    f"{len(values)} entries but line 6 names {len(names)} layers."
+                )
+        if len(set(names)) != len(names):
+            raise ValueError(f"{path}: line 6 (names) repeats a layer name: {list(names)}.")
+        _check_dimensions(path, names, counts, heights, widths)
+        limit = header_bytes + sum(counts) * _MAX_VALUE_BYTES + 2 * len(names) + 64
+        if size > limit:
+            raise ValueError(
+                f"{path}: the file has {size:,} bytes, more than its header's {len(names)} "
+                f"layer(s) of {sum(counts):,} values can take (at most {limit:,}): not a Fusion "
+                "chip file, or its data lines do not match the header."
+            )
+        text = _decode(fh.read(), path, 7)
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
     while lines and not lines[-1].strip():
         lines.pop()
-    if len(lines) < 6:
-        raise ValueError(
-            f"{path}: a Fusion chip file needs 6 header lines, found {len(lines)} lines."
-        )
-    ids = _parse_ints(lines[0], "ids", 1, path)
-    classes = tuple(lines[1].split(","))
-    counts = _parse_ints(lines[2], "counts", 3, path)
-    heights = _parse_ints(lines[3], "heights", 4, path)
-    widths = _parse_ints(lines[4], "widths", 5, path)
-    names = tuple(next(csv.reader([lines[5]])))
-    header = dict(zip(HEADER_FIELDS, (ids, classes, counts, heights, widths, names), strict=True))
-    for field, values in header.items():
-        if len(values) != len(names):
-            raise ValueError(
-                f"{path}: header line {HEADER_FIELDS.index(field) + 1} ({field}) has "
-                f"{len(values)} entries but line 6 names {len(names)} layers."
-            )
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: line 6 (names) repeats a layer name: {list(names)}.")
-    data_lines = lines[6:]
+    data_lines = lines
     if len(data_lines) != len(names):
         raise ValueError(
             f"{path}: expected {len(names)} data lines (one per layer), found {len(data_lines)}."
@@ -500,11 +584,6 @@ def read_chip_file(
     layers = {}
     for i, (name, line) in enumerate(zip(names, data_lines, strict=True)):
         line_no = 7 + i
-        if counts[i] != heights[i] * widths[i]:
-            raise ValueError(
-                f"{path}: layer {name!r}: count {counts[i]} != height {heights[i]} x width "
-                f"{widths[i]}."
-            )
         items = line.split(",")
         if len(items) != counts[i]:
             raise ValueError(

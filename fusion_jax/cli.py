@@ -11,6 +11,7 @@ Subcommands (``fusion-jax SUBCOMMAND --help`` for each one's options):
   weights ``.npz``, with the per-layer error.
 * ``calibrate``: fit a :class:`~fusion_jax.noise.FusionChipNoise` to a target
   file and its read-back and print it with its validation table.
+* ``data``: the path of the real-chip data shipped with the package.
 
 A user mistake (missing file, bad option or value, malformed or mismatched
 data) prints one line ``fusion-jax: error: ...`` to stderr and exits with
@@ -20,14 +21,12 @@ status 1 (2 for a malformed command line); no output file is left behind.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
 import os
-import re
 import sys
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
@@ -36,20 +35,16 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from fusion_jax._atomic import atomic_open, temporary_file
+from fusion_jax import _validation
+from fusion_jax._atomic import atomic_open, atomic_write_files
+from fusion_jax.units import format_time, parse_time
 
 __all__ = ["build_parser", "main", "parse_time"]
 
 PROG = "fusion-jax"
 
-#: Time units accepted by :func:`parse_time` (seconds per unit; a year is 3.15e7 s).
-TIME_UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "y": 3.15e7}
-_TIME_RE = re.compile(
-    r"\s*(?P<value>[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>[a-z]*)\s*"
-)
-
 #: Defaults of ``fusion-jax sweep``.
-DEFAULT_G_MAX_RANGE = (10.0, 40.0, 7)
+DEFAULT_G_MAX_RANGE = (_validation.G_MAX_MIN, _validation.G_MAX_MAX, 7)
 DEFAULT_SEEDS = 8
 DEFAULT_TIMES = ("1s", "1h", "1d", "1y")
 DEFAULT_OUT = "fusion_jax_results"
@@ -71,45 +66,6 @@ class _UserError(ValueError):
 # --- small parsers -------------------------------------------------------------------------
 
 
-def parse_time(text: str) -> float:
-    """Parse a time since programming: a number with an optional unit.
-
-    Units: ``s`` (default), ``min``, ``h``, ``d`` and ``y`` (3.15e7 s, as
-    :func:`fusion_jax.sweep` labels it).
-
-    Args:
-        text: For example ``"1s"``, ``"30min"``, ``"1d"``, ``"2.5y"`` or ``"3600"``.
-
-    Returns:
-        The time in seconds.
-
-    Raises:
-        ValueError: for text that is not a non-negative number with a known unit.
-
-    Example:
-        >>> from fusion_jax.cli import parse_time
-        >>> parse_time("1h"), parse_time("1y"), parse_time("90")
-        (3600.0, 31500000.0, 90.0)
-    """
-    match = _TIME_RE.fullmatch(text)
-    if match is None or match["unit"] not in ("", *TIME_UNITS):
-        raise ValueError(
-            f"invalid time {text!r}: use a number of seconds with an optional unit "
-            f"({', '.join(TIME_UNITS)}), e.g. 1s, 30min, 1h, 1d, 1y."
-        )
-    seconds = float(match["value"]) * TIME_UNITS[match["unit"] or "s"]
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"invalid time {text!r}: it must be a finite, non-negative time.")
-    return seconds
-
-
-def _format_time(seconds: float) -> str:
-    for unit in ("y", "d", "h", "min"):
-        if seconds >= TIME_UNITS[unit]:
-            return f"{seconds / TIME_UNITS[unit]:g} {unit}"
-    return f"{seconds:g} s"
-
-
 def _time_arg(text: str) -> float:
     try:
         return parse_time(text)
@@ -122,10 +78,10 @@ def _g_max_arg(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid g_max {text!r}: not a number.") from None
-    if not 10.0 <= value <= 40.0:
-        raise argparse.ArgumentTypeError(
-            f"invalid g_max {text!r}: the Fusion chip's g_max must be between 10 and 40 uS."
-        )
+    try:
+        _validation.check_g_max(value)  # the one check of g_max, with the reference's message
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"invalid g_max {text!r}: {err}") from None
     return value
 
 
@@ -266,33 +222,8 @@ def _check_output_file(path: str, what: str, inputs: Sequence[str] = ()) -> None
 
 
 def _write_files(folder: Path, files: Mapping[str, bytes]) -> None:
-    """Write all ``files`` into ``folder``, or none of them.
-
-    Every file is first written under a temporary name; only when all are
-    written are they renamed into place. A folder created here is removed
-    again if anything fails.
-    """
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    staged: dict[str, str] = {}
-    try:
-        for name, content in files.items():
-            tmp, fh = temporary_file(os.fspath(folder), name, binary=True)
-            staged[name] = tmp
-            with fh:
-                fh.write(content)
-                fh.flush()
-                os.fsync(fh.fileno())
-        for name, tmp in staged.items():
-            os.replace(tmp, folder / name)
-    except BaseException:
-        for tmp in staged.values():
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(tmp)
-        if created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+    """Write all ``files`` into ``folder``, or none of them (see :mod:`fusion_jax._atomic`)."""
+    atomic_write_files(folder, files)
 
 
 def _json_ready(value: Any) -> Any:
@@ -342,44 +273,28 @@ def _g_max_range_arg(values: Sequence[str]) -> tuple[float, float, int]:
     return lo, hi, n
 
 
-class _EpochBar(io.TextIOBase):
-    """A text stream that turns :func:`fusion_jax.training.train`'s per-epoch lines into
-    progress-bar updates (one update per line, the line's text as the bar's postfix)."""
-
-    def __init__(self, bar: Any) -> None:
-        self._bar = bar
-        self._pending = ""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        self._pending += text
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            if line.strip():
-                self._bar.set_postfix_str(line.split(":", 1)[-1].strip(), refresh=False)
-                self._bar.update(1)
-        return len(text)
-
-
 def _train_with_bar(model: Any, data: Any, args: argparse.Namespace, desc: str) -> None:
+    import optax
     from tqdm.auto import tqdm
 
-    from fusion_jax.training import train
+    from fusion_jax.training import EpochEnd, train
 
     settings = {
+        "optimizer": optax.adam(args.learning_rate),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate,
         "seed": args.train_seed,
     }
     if not args.progress:
-        train(model, data, **settings)
+        train(model, data.x_train, data.y_train, **settings)
         return
     with tqdm(total=args.epochs, desc=desc, unit="epoch", leave=False) as bar:
-        with contextlib.redirect_stdout(_EpochBar(bar)):
-            train(model, data, progress=True, **settings)
+
+        def advance(end: EpochEnd) -> None:
+            bar.set_postfix_str(f"training loss {float(end.loss.mean()):.4f}", refresh=False)
+            bar.update(1)
+
+        train(model, data.x_train, data.y_train, callback=advance, **settings)
 
 
 def _describe_model(args: argparse.Namespace) -> str:
@@ -453,7 +368,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     print(
         f"training {args.epochs} epochs (batch {args.batch_size}, Adam lr "
         f"{args.learning_rate:g}, seed {args.train_seed}); hardware-aware: programmed in every "
-        f"step at g_max {args.train_g_max:g} uS, t {_format_time(args.train_time)} (gradient "
+        f"step at g_max {args.train_g_max:g} uS, t {format_time(args.train_time)} (gradient "
         f"{args.gradient})"
     )
     sys.stdout.flush()
@@ -494,7 +409,9 @@ def _run_sweep(args: argparse.Namespace) -> int:
     print()
     print(table, end="")
     figure = plot_sweep(
-        results, title=f"{_describe_model(args)} on digits, programmed with noise: {args.noise}"
+        results,
+        clean=[clean["digital"], clean["hardware-aware"]],
+        title=f"{_describe_model(args)} on digits, programmed with noise: {args.noise}",
     )
     png = io.BytesIO()
     figure.savefig(png, format="png", dpi=150)
@@ -696,7 +613,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
     print(
         f"FusionChipNoise fitted to {targets.size} devices ({args.targets} -> "
-        f"{args.readback}), t_calibration {_format_time(args.t_calibration)}:"
+        f"{args.readback}), t_calibration {format_time(args.t_calibration)}:"
     )
     print(f"  log_median_coefs   {numbers(model.log_median_coefs)}")
     print(f"  log_spread_coefs   {numbers(model.log_spread_coefs)}")
@@ -733,7 +650,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fusion-jax`` argument parser with its four subcommands.
+    """The ``fusion-jax`` argument parser with its subcommands.
 
     Returns:
         An ``argparse.ArgumentParser``; each subcommand's namespace carries
@@ -750,6 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate programming neural-network weights onto IBM's Fusion analog chip.",
         epilog=f"Run '{PROG} SUBCOMMAND --help' for a subcommand's options.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
 
     p = sub.add_parser(
@@ -969,7 +887,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the model's samples in the table (default: %(default)s)",
     )
     p.set_defaults(run=_run_calibrate)
+
+    p = sub.add_parser(
+        "data",
+        help="print the path of the real-chip data shipped with the package",
+        description=(
+            "Print the folder of the shipped LeNet5 read-back (weights.npz, target_g40.csv, "
+            "programmed.csv), or the path of one of its files, so that the other subcommands "
+            'work from anywhere: fusion-jax export "$(fusion-jax data weights.npz)" target.csv'
+        ),
+    )
+    p.add_argument(
+        "file", nargs="?", default=None, help="one file of the data (default: the folder)"
+    )
+    p.set_defaults(run=_run_data)
     return parser
+
+
+def _version() -> str:
+    from fusion_jax import __version__
+
+    return __version__
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from fusion_jax.datasets import lenet5_path
+
+    # lenet5_path checks the name (a ValueError, reported as one line).
+    print(lenet5_path("weights.npz").parent if args.file is None else lenet5_path(args.file))
+    return 0
 
 
 def _finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -94,18 +94,6 @@ def _prepare_g_max(g_max: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(g_max, dtype=dtype)
 
 
-def _torch_scale(g_max: jax.Array, m: jax.Array) -> jax.Array:
-    """``g_max / m`` rounded as torch (aihwkit) rounds it: ``reciprocal(m) * g_max``.
-
-    torch evaluates ``number / tensor`` as a reciprocal followed by a
-    multiply, two roundings; an export byte-identical to aihwkit's needs the
-    same. Where ``1 / m`` would be subnormal (flushed to 0 on CPUs) the
-    quotient is taken directly.
-    """
-    inv = 1.0 / m
-    return jnp.where(m < 1.0 / jnp.finfo(m.dtype).tiny, inv * g_max, g_max / m)
-
-
 def _signed_conductances(
     w: jax.Array, g_max: jax.Array, axis: int = -1
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -118,9 +106,27 @@ def _signed_conductances(
     kink of ``abs`` at 0 in the derivative.
     """
     row_max = jnp.max(jnp.abs(w), axis=axis, keepdims=True)
-    scale = _torch_scale(g_max, jnp.maximum(row_max, SCALE_EPS))
+    scale = _row_scale(row_max, g_max)
     x = _clip_keep_boundary(w * scale, -g_max, g_max)
     return x, scale, row_max
+
+
+def _row_scale(row_max: jax.Array, g_max: jax.Array) -> jax.Array:
+    """``g_max / max(row_max, 1e-10)`` rounded as torch rounds it, over the whole float range.
+
+    torch (aihwkit) evaluates ``number / tensor`` as ``reciprocal(tensor) *
+    number``: two roundings, which an export byte-identical to aihwkit's
+    must repeat (a plain division differs in the last bit on about a third
+    of the rows). For ``row_max`` within a factor 4 of the dtype's largest
+    finite value, ``1 / row_max`` is subnormal, which CPUs and GPUs flush to
+    0. Those rows divide both operands by 16 first: exact (powers of two),
+    no subnormal on the way.
+    """
+    m = jnp.maximum(row_max, SCALE_EPS)
+    big = jax.lax.stop_gradient(m) >= 2.0 ** (jnp.finfo(m.dtype).maxexp - 2)
+    k = jnp.where(big, jnp.asarray(1.0 / 16.0, m.dtype), jnp.asarray(1.0, m.dtype))
+    # torch's rounding: the reciprocal, then the product.
+    return (1.0 / (m * k)) * (g_max * k)
 
 
 def convert_to_conductances(
@@ -246,7 +252,8 @@ def convert_back_to_weights(
 
     Raises:
         ValueError: if ``params`` lacks ``original_weights``, the shapes differ,
-            or the conductances hold NaN/Inf.
+            or the conductances hold NaN/Inf or negative values (conductances
+            are magnitudes; the sign comes from the original weights).
 
     References:
         aihwkit ``FusionConductanceConverter.convert_back_to_weights``;
@@ -277,6 +284,7 @@ def convert_back_to_weights(
             f"shape {tuple(w.shape)}."
         )
     _validation.check_finite(g, "conductances")
+    _validation.check_non_negative(g, "conductances")
     out_dtype = _validation.result_dtype(w.dtype)
     dtype = _validation.compute_dtype(jnp.result_type(w.dtype, g.dtype))
     return _to_weights_jit(

@@ -10,10 +10,17 @@ wrong silently scales the wrong direction, so every conversion goes through
 :func:`flax_to_layers` and :func:`layers_to_flax` apply them to a whole Flax
 parameter pytree (Linen params dict, NNX ``State`` or pure dict), so a model
 exports in one call and the imported weights load back into the same model.
+
+:class:`KernelAxes` says which axes of a kernel of any shape are its inputs,
+its outputs and its stack (independent layers, e.g. a leading layer axis
+from ``nnx.scan``); :func:`kernel_to_columns` and :func:`columns_to_kernel`
+map any kernel to ``[*stack, in_flat, out_flat]`` and back. Every output
+feature of every layer is one chip row.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
@@ -23,13 +30,329 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-__all__ = ["flax_to_layers", "kernel_to_rows", "layers_to_flax", "rows_to_kernel"]
+__all__ = [
+    "KernelAxes",
+    "columns_to_kernel",
+    "flax_to_layers",
+    "kernel_to_columns",
+    "kernel_to_rows",
+    "layers_to_flax",
+    "rows_to_kernel",
+]
 
 PyTree = TypeVar("PyTree")
 
 #: Leaf attribute names under which a Flax variable box holds its array
 #: (``nnx.Variable``, ``nn.Partitioned``): dropped from layer names.
 _BOX_ATTRS = ("value", "raw_value")
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelAxes:
+    """Which axes of a kernel are its inputs, its outputs and its stack.
+
+    A kernel of any shape is a stack of independent layers (``stack`` axes,
+    e.g. the layer axis added by ``nnx.scan``/``nn.scan``, or the heads of an
+    einsum that keeps them apart), each mapping its inputs (``inputs`` axes,
+    flattened) to its output features (``outputs`` axes, flattened). Every
+    output feature of every layer is one chip row.
+
+    The order of ``inputs`` is the order in which the inputs are flattened
+    (first axis slowest), the order an export lists a row's values in: a
+    convolution ``[*spatial, in, out]`` has ``inputs=(n, 0, ..., n - 1)``,
+    PyTorch's ``[out, in, *spatial]`` flattening. ``outputs`` and ``stack``
+    are flattened in the order given too. Together the three name every axis
+    of the kernel exactly once. Build one with the constructors
+    (:meth:`dense`, :meth:`conv`, :meth:`general`, :meth:`einsum`) and add
+    leading stack axes with :meth:`stacked`.
+
+    Attributes:
+        inputs: Input axes, in flattening order (at least one).
+        outputs: Output axes, in flattening order (at least one).
+        stack: Stack axes (independent layers), possibly none.
+
+    Raises:
+        ValueError: if the axes are not ``0 .. ndim - 1`` each exactly once,
+            or ``inputs`` or ``outputs`` is empty.
+
+    Example:
+        >>> import fusion_jax as fj
+        >>> fj.layout.KernelAxes.dense()                  # [in, out]
+        KernelAxes(inputs=(0,), outputs=(1,), stack=())
+        >>> fj.layout.KernelAxes.conv(2)                  # [kh, kw, in, out]
+        KernelAxes(inputs=(2, 0, 1), outputs=(3,), stack=())
+        >>> fj.layout.KernelAxes.dense().stacked(1)       # [layers, in, out]
+        KernelAxes(inputs=(1,), outputs=(2,), stack=(0,))
+        >>> fj.layout.KernelAxes.einsum("btd,dhk->bthk")  # attention query [d, heads, k]
+        KernelAxes(inputs=(0,), outputs=(1, 2), stack=())
+    """
+
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    stack: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for field in ("inputs", "outputs", "stack"):
+            value = getattr(self, field)
+            if isinstance(value, int | np.integer):
+                value = (value,)
+            try:
+                axes = tuple(int(a) for a in value)
+            except TypeError:
+                raise TypeError(
+                    f"KernelAxes.{field} must be a tuple of axis numbers, got {value!r}."
+                ) from None
+            if any(isinstance(a, bool) for a in value):
+                raise TypeError(f"KernelAxes.{field} must hold ints, got {value!r}.")
+            object.__setattr__(self, field, axes)
+        if not self.inputs or not self.outputs:
+            raise ValueError(
+                f"KernelAxes needs at least one input and one output axis, got {self}."
+            )
+        every = sorted(self.inputs + self.outputs + self.stack)
+        if every != list(range(len(every))):
+            raise ValueError(
+                f"KernelAxes must name each axis 0..{len(every) - 1} exactly once "
+                f"(non-negative axis numbers), got {self}."
+            )
+
+    @property
+    def ndim(self) -> int:
+        """The rank of the kernels these axes describe."""
+        return len(self.inputs) + len(self.outputs) + len(self.stack)
+
+    @classmethod
+    def dense(cls) -> KernelAxes:
+        """``nnx.Linear`` / ``nn.Dense``: ``[in, out]``."""
+        return cls(inputs=(0,), outputs=(1,))
+
+    @classmethod
+    def conv(cls, spatial: int) -> KernelAxes:
+        """A convolution with ``spatial`` window axes: ``[*window, in, out]``.
+
+        The inputs flatten as PyTorch flattens ``[out, in, *window]``.
+        """
+        spatial = int(spatial)
+        if spatial < 0:
+            raise ValueError(f"spatial must be >= 0, got {spatial}.")
+        return cls(inputs=(spatial, *range(spatial)), outputs=(spatial + 1,))
+
+    @classmethod
+    def general(cls, n_inputs: int, n_outputs: int, n_batch: int = 0) -> KernelAxes:
+        """``nnx.LinearGeneral`` / ``nn.DenseGeneral``: ``[*batch, *in, *out]``.
+
+        Args:
+            n_inputs: Number of contracted input axes (``len(axis)``).
+            n_outputs: Number of output axes (``len(out_features)``).
+            n_batch: Number of batch axes (``batch_axis`` / ``batch_dims``):
+                one independent layer per batch index, so stack axes.
+        """
+        n_inputs, n_outputs, n_batch = int(n_inputs), int(n_outputs), int(n_batch)
+        return cls(
+            inputs=tuple(range(n_batch, n_batch + n_inputs)),
+            outputs=tuple(range(n_batch + n_inputs, n_batch + n_inputs + n_outputs)),
+            stack=tuple(range(n_batch)),
+        )
+
+    @classmethod
+    def einsum(cls, einsum_str: str) -> KernelAxes:
+        """The kernel (second operand) of ``einsum_str``, e.g. ``"...d,dhk->...hk"``.
+
+        Kernel axes contracted with the input are inputs, axes only in the
+        kernel and the output are outputs, axes in the input, the kernel and
+        the output are stack axes (one layer per index).
+
+        Raises:
+            ValueError: for a string without ``->`` or without exactly two
+                operands, an ellipsis or a repeated letter in the kernel, or a
+                kernel axis summed over alone (in neither the input nor the
+                output).
+        """
+        text = str(einsum_str).replace(" ", "")
+        if "->" not in text or text.count(",") != 1:
+            raise ValueError(
+                f"einsum_str must be explicit with two operands, 'input,kernel->output'; "
+                f"got {einsum_str!r}."
+            )
+        operands, result = text.split("->")
+        lhs, rhs = operands.split(",")
+        if "." in rhs:
+            raise ValueError(
+                f"einsum_str {einsum_str!r}: the kernel operand {rhs!r} has an ellipsis; "
+                "name each kernel axis with a letter."
+            )
+        if len(set(rhs)) != len(rhs):
+            raise ValueError(f"einsum_str {einsum_str!r}: the kernel {rhs!r} repeats an axis.")
+        inputs, outputs, stack = [], [], []
+        for axis, letter in enumerate(rhs):
+            in_lhs, in_out = letter in lhs, letter in result
+            if in_lhs and in_out:
+                stack.append(axis)
+            elif in_lhs:
+                inputs.append(axis)
+            elif in_out:
+                outputs.append(axis)
+            else:
+                raise ValueError(
+                    f"einsum_str {einsum_str!r}: kernel axis {letter!r} is in neither the input "
+                    "nor the output (summed over alone); it maps to no chip row or column."
+                )
+        return cls(inputs=tuple(inputs), outputs=tuple(outputs), stack=tuple(stack))
+
+    def stacked(self, n: int = 1) -> KernelAxes:
+        """These axes with ``n`` more leading stack axes (``nnx.vmap``/``nnx.scan`` layers).
+
+        Example:
+            >>> import fusion_jax as fj
+            >>> fj.layout.KernelAxes.conv(1).stacked(2)
+            KernelAxes(inputs=(3, 2), outputs=(4,), stack=(0, 1))
+        """
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}.")
+
+        def shift(axes: tuple[int, ...]) -> tuple[int, ...]:
+            return tuple(a + n for a in axes)
+
+        return KernelAxes(
+            inputs=shift(self.inputs),
+            outputs=shift(self.outputs),
+            stack=(*range(n), *shift(self.stack)),
+        )
+
+    def check(self, shape: Sequence[int], name: str = "kernel") -> None:
+        """Raise ``ValueError`` naming ``name`` unless a kernel of ``shape`` fits.
+
+        Example:
+            >>> import fusion_jax as fj
+            >>> fj.layout.KernelAxes.dense().check((3, 4, 5), "blocks/kernel")
+            Traceback (most recent call last):
+            ...
+            ValueError: blocks/kernel: a kernel of shape (3, 4, 5) has 3 axes, but ... describes 2.
+        """
+        shape = tuple(int(d) for d in shape)
+        if len(shape) != self.ndim:
+            raise ValueError(
+                f"{name}: a kernel of shape {shape} has {len(shape)} axes, but {self} "
+                f"describes {self.ndim}."
+            )
+
+    def _order(self, export_order: bool) -> tuple[int, ...]:
+        """The permutation to ``[*stack, *inputs, *outputs]`` (inputs sorted unless export)."""
+        inputs = self.inputs if export_order else tuple(sorted(self.inputs))
+        return (*self.stack, *inputs, *self.outputs)
+
+
+def _as_axes(axes: KernelAxes | None, ndim: int) -> KernelAxes:
+    if axes is None:
+        if ndim < 2:
+            raise ValueError(f"a kernel must have at least 2 dimensions [..., in, out], got {ndim}")
+        return KernelAxes.conv(ndim - 2) if ndim > 2 else KernelAxes.dense()
+    if not isinstance(axes, KernelAxes):
+        raise TypeError(f"axes must be a fusion_jax.layout.KernelAxes, got {type(axes)}.")
+    return axes
+
+
+def _to_columns(kernel: jax.Array, axes: KernelAxes, *, export_order: bool) -> jax.Array:
+    perm = axes._order(export_order)
+    moved = jnp.transpose(kernel, perm)  # the identity permutation is free
+    stack_shape = moved.shape[: len(axes.stack)]
+    n_in = math.prod(kernel.shape[a] for a in axes.inputs)
+    n_out = math.prod(kernel.shape[a] for a in axes.outputs)
+    return moved.reshape(*stack_shape, n_in, n_out)
+
+
+def _from_columns(
+    columns: jax.Array, axes: KernelAxes, kernel_shape: tuple[int, ...], *, export_order: bool
+) -> jax.Array:
+    perm = axes._order(export_order)
+    moved = columns.reshape(tuple(kernel_shape[a] for a in perm))
+    return jnp.transpose(moved, tuple(int(i) for i in np.argsort(perm)))
+
+
+def kernel_to_columns(
+    kernel: Float[ArrayLike, "*shape"], axes: KernelAxes | None = None
+) -> Float[Array, "*stack in_flat out_flat"]:
+    """Any kernel to ``[*stack, in_flat, out_flat]``: one column per chip row.
+
+    The inputs are flattened in the order of ``axes.inputs`` (for a
+    convolution, the order the export writes a row in), the outputs and the
+    stack axes in theirs. Column ``j`` of layer ``s`` is the chip row of that
+    layer's output feature ``j``; ``kernel_to_rows`` is its transpose for a
+    single layer.
+
+    Args:
+        kernel: The kernel.
+        axes: Its :class:`KernelAxes`; ``None`` for a Flax Dense ``[in, out]``
+            or conv ``[*window, in, out]`` kernel.
+
+    Returns:
+        The columns, ``[*stack_shape, prod(input sizes), prod(output sizes)]``.
+
+    Raises:
+        ValueError: if ``axes`` does not fit the kernel's rank.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import fusion_jax as fj
+        >>> query = jnp.zeros((16, 4, 8))   # nnx.MultiHeadAttention query: [in, heads, head_dim]
+        >>> axes = fj.layout.KernelAxes.general(n_inputs=1, n_outputs=2)
+        >>> fj.layout.kernel_to_columns(query, axes).shape     # 32 chip rows of 16 inputs
+        (16, 32)
+        >>> stacked = jnp.zeros((3, 16, 8))  # three scanned Linear(16, 8) layers
+        >>> fj.layout.kernel_to_columns(stacked, fj.layout.KernelAxes.dense().stacked()).shape
+        (3, 16, 8)
+    """
+    kernel = jnp.asarray(kernel)
+    axes = _as_axes(axes, kernel.ndim)
+    axes.check(kernel.shape)
+    return _to_columns(kernel, axes, export_order=True)
+
+
+def columns_to_kernel(
+    columns: Float[ArrayLike, "*stack in_flat out_flat"],
+    axes: KernelAxes | None,
+    kernel_shape: Sequence[int],
+) -> Float[Array, "*shape"]:
+    """Inverse of :func:`kernel_to_columns`.
+
+    Args:
+        columns: ``[*stack_shape, in_flat, out_flat]``.
+        axes: The kernel's :class:`KernelAxes` (``None``: Flax Dense/conv).
+        kernel_shape: The kernel's shape.
+
+    Returns:
+        The kernel, shape ``kernel_shape``.
+
+    Raises:
+        ValueError: if ``axes`` or ``columns`` do not fit ``kernel_shape``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> import fusion_jax as fj
+        >>> kernel = jnp.arange(24.0).reshape(2, 3, 4)
+        >>> axes = fj.layout.KernelAxes.einsum("bhd,hdk->bhk")  # heads h: a stack axis
+        >>> cols = fj.layout.kernel_to_columns(kernel, axes)
+        >>> cols.shape
+        (2, 3, 4)
+        >>> bool((fj.layout.columns_to_kernel(cols, axes, kernel.shape) == kernel).all())
+        True
+    """
+    columns = jnp.asarray(columns)
+    kernel_shape = tuple(int(d) for d in kernel_shape)
+    axes = _as_axes(axes, len(kernel_shape))
+    axes.check(kernel_shape)
+    expected = (
+        *(kernel_shape[a] for a in axes.stack),
+        math.prod(kernel_shape[a] for a in axes.inputs),
+        math.prod(kernel_shape[a] for a in axes.outputs),
+    )
+    if tuple(columns.shape) != expected:
+        raise ValueError(
+            f"columns of shape {tuple(columns.shape)} do not fit the kernel shape "
+            f"{kernel_shape} with {axes} (expected {expected})."
+        )
+    return _from_columns(columns, axes, kernel_shape, export_order=True)
 
 
 def kernel_to_rows(kernel: Float[ArrayLike, "*spatial in out"]) -> Float[Array, "out fan_in"]:

@@ -1,10 +1,13 @@
 """Flax Linen layers whose forward pass programs the kernel onto the simulated chip.
 
-:class:`FusionDense` and :class:`FusionConv` are ``nn.Dense`` and ``nn.Conv``
-(subclasses: same attributes, same parameter tree, same initial values for
-the same ``params`` key) whose kernel goes through
-:func:`fusion_jax.program_kernel` before it is used, for hardware-aware
-training.
+:class:`FusionDense` and :class:`FusionConv` are drop-in replacements for
+``nn.Dense`` and ``nn.Conv``: subclasses with the same attributes, the same
+default submodule names (``Dense_0``, ``Conv_0``, counted together with the
+plain layers), hence the same parameter tree and the same initial values for
+the same ``params`` key. A digital checkpoint loads into the hardware-aware
+model and back. The kernel goes through :func:`fusion_jax.program_kernel`
+before the plain layer uses it (with the public ``nn.map_variables``), for
+hardware-aware training.
 
 Modes follow ``nn.Dropout``:
 
@@ -17,12 +20,13 @@ Modes follow ``nn.Dropout``:
   set), program its variables once with :func:`fusion_jax.program_params`.
 
 ``init`` never programs (it needs no ``"noise"`` key), and biases are never
-programmed: they are added digitally.
+programmed: they are added digitally. ``g_max`` and ``t_inference`` may be
+traced (e.g. swept with ``jax.vmap``); a concrete ``g_max`` is range-checked.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -30,68 +34,64 @@ import jax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
+from fusion_jax._linen_layers import kernel_layouts, layer_kernel_axes
 from fusion_jax.program_params import program_kernel
 from fusion_jax.programming import DEFAULT_NOISE, _check_gradient_mode, resolve_noise
 
-__all__ = ["FusionConv", "FusionDense"]
+__all__ = ["FusionConv", "FusionDense", "kernel_layouts", "layer_kernel_axes"]
 
 
 def _check_settings(layer: nn.Module) -> None:
     _validation.check_g_max(layer.g_max)
     _check_gradient_mode(layer.gradient)
+    resolve_noise(layer.noise)
+    _validation.check_t_inference(layer.t_inference, where=type(layer).__name__)
 
 
-def _plain_layer(layer: nn.Module, plain_cls: type[nn.Module]) -> nn.Module:
-    """An unbound ``plain_cls`` with ``layer``'s attributes, mask cleared.
-
-    The mask, if any, is applied to the kernel before programming.
-    """
-    kwargs = {
-        f.name: getattr(layer, f.name)
-        for f in dataclasses.fields(plain_cls)
-        if f.init and f.name not in ("parent", "name")
-    }
-    if "mask" in kwargs:
-        kwargs["mask"] = None
-    return plain_cls(**kwargs, parent=None)
-
-
-def _forward(
+def _fusion_apply(
     layer: nn.Module,
-    plain_cls: type[nn.Module],
+    plain_call: Callable[[nn.Module, jax.Array], jax.Array],
     inputs: jax.Array,
-    kernel_shape: tuple[int, ...],
     deterministic: bool | None,
     rng: PRNGKeyArray | None,
 ) -> jax.Array:
-    """Create (or read) the parameters, program the kernel, run the plain layer."""
+    """Run the plain layer's ``__call__`` on ``layer``, its kernel programmed in training mode.
+
+    The plain call creates (at ``init``) and reads the parameters itself, so
+    the names, initialisers and values are the plain layer's. In training
+    mode ``nn.map_variables`` hands it the programmed kernel instead of the
+    stored one; the stored parameters are not changed.
+    """
     _check_settings(layer)
-    # Same names, order, initialisers and shapes as the plain layer: same parameters.
-    kernel = layer.param("kernel", layer.kernel_init, kernel_shape, layer.param_dtype)
-    params = {"kernel": kernel}
-    if layer.use_bias:
-        params["bias"] = layer.param("bias", layer.bias_init, (layer.features,), layer.param_dtype)
-    mask = getattr(layer, "mask", None)
-    if mask is not None:
-        if mask.shape != kernel_shape:
-            raise ValueError(
-                f"mask shape {tuple(mask.shape)} differs from the kernel shape {kernel_shape}."
-            )
-        params["kernel"] = kernel * mask
     if deterministic is None:
         deterministic = layer.deterministic
     if deterministic is None:
         raise ValueError(
-            f"{type(layer).__name__} needs `deterministic`: set the attribute or pass it to "
+            f"{type(layer).__qualname__} needs `deterministic`: set the attribute or pass it to "
             "the call (True: digital weights, False: programmed on every call)."
         )
-    if not deterministic and not layer.is_initializing():
-        noise = resolve_noise(layer.noise)
-        key = None
-        if noise is not None:
-            key = rng if rng is not None else layer.make_rng(layer.rng_collection)
+    if deterministic or layer.is_initializing():
+        return plain_call(layer, inputs)
+    noise = resolve_noise(layer.noise)
+    key = None
+    if noise is not None:
+        key = rng if rng is not None else layer.make_rng(layer.rng_collection)
+    mask = getattr(layer, "mask", None)  # nn.Conv's; nn.Dense has none
+
+    def program(variables: dict[str, Any]) -> dict[str, Any]:
+        params = dict(variables["params"])
+        kernel = params["kernel"]
+        if mask is not None:
+            if mask.shape != kernel.shape:
+                raise ValueError(
+                    f"{type(layer).__qualname__}: mask shape {tuple(mask.shape)} differs from the "
+                    f"kernel shape {tuple(kernel.shape)}."
+                )
+            # Masked-out weights are neither programmed nor counted in a row's scale;
+            # the plain call multiplies by the mask again, which keeps them at zero.
+            kernel = kernel * mask
         params["kernel"] = program_kernel(
-            params["kernel"],
+            kernel,
             key,
             g_max=layer.g_max,
             noise=noise,
@@ -99,21 +99,26 @@ def _forward(
             strict_aihwkit=layer.strict_aihwkit,
             gradient=layer.gradient,
         )
-    return _plain_layer(layer, plain_cls).apply({"params": params}, inputs)
+        return {**variables, "params": params}
+
+    return nn.map_variables(plain_call, "params", trans_in_fn=program)(layer, inputs)
 
 
 class FusionDense(nn.Dense):
     """``nn.Dense`` whose kernel is programmed onto the simulated chip on each apply.
 
-    All of ``nn.Dense``'s attributes are accepted and mean the same, and the
-    parameter tree (``kernel [in, out]``, ``bias [out]``) is the same, so
-    variables move between the two. In training mode the kernel is
+    All of ``nn.Dense``'s attributes are accepted and mean the same. An
+    unnamed ``FusionDense`` is named as an ``nn.Dense`` in its place would be
+    (``Dense_0``, ...), so its parameters (``kernel [in, out]``, ``bias
+    [out]``) have the same path and, for the same ``params`` key, the same
+    initial values: variables move between the two. In training mode the kernel is
     programmed with :func:`fusion_jax.program_kernel` (one chip row per
     output feature) using a key from the ``rng_collection`` RNGs; in
     evaluation mode the digital kernel is used as is. The bias is digital.
 
     Attributes:
-        g_max: Largest conductance in uS, in [10, 40].
+        g_max: Largest conductance in uS, in [10, 40] (checked when
+            concrete; a traced value, e.g. under ``jax.vmap``, is accepted).
         noise: A noise model (:mod:`fusion_jax.noise`), the default chip
             model, or ``None`` for the noise-free round trip.
         t_inference: Seconds since programming at which the chip is read.
@@ -149,7 +154,6 @@ class FusionDense(nn.Dense):
     deterministic: bool | None = False
     rng_collection: str = "noise"
 
-    @nn.compact
     def __call__(
         self,
         inputs: Float[ArrayLike, "*batch in"],
@@ -166,23 +170,23 @@ class FusionDense(nn.Dense):
         Returns:
             The outputs ``[..., features]``.
         """
-        inputs = jax.numpy.asarray(inputs)
-        kernel_shape = (inputs.shape[-1], self.features)
-        return _forward(self, nn.Dense, inputs, kernel_shape, deterministic, rng)
+        return _fusion_apply(self, nn.Dense.__call__, jax.numpy.asarray(inputs), deterministic, rng)
 
 
 class FusionConv(nn.Conv):
     """``nn.Conv`` whose kernel is programmed onto the simulated chip on each apply.
 
-    All of ``nn.Conv``'s attributes are accepted and mean the same, and the
-    parameter tree (``kernel [*kernel_size, in/groups, out]``, ``bias
-    [out]``) is the same. Each output channel (the kernel's last axis) is one
-    row on the chip (:func:`fusion_jax.layout.kernel_to_rows`). A ``mask`` is
-    applied before programming. Modes, attributes and the digital bias are
-    as for :class:`FusionDense`.
+    All of ``nn.Conv``'s attributes are accepted and mean the same; an
+    unnamed ``FusionConv`` is named as an ``nn.Conv`` would be (``Conv_0``,
+    ...), so the parameter tree (``kernel [*kernel_size, in/groups, out]``,
+    ``bias [out]``) and its initial values are the same. Each output channel
+    (the kernel's last axis) is one row on the chip
+    (:func:`fusion_jax.layout.kernel_to_rows`). A ``mask`` is applied before
+    programming (masked-out weights are not programmed). Modes, attributes
+    and the digital bias are as for :class:`FusionDense`.
 
     Attributes:
-        g_max: Largest conductance in uS, in [10, 40].
+        g_max: Largest conductance in uS, in [10, 40] (checked when concrete).
         noise: A noise model, the default chip model, or ``None``.
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
@@ -213,7 +217,6 @@ class FusionConv(nn.Conv):
     deterministic: bool | None = False
     rng_collection: str = "noise"
 
-    @nn.compact
     def __call__(
         self,
         inputs: Float[ArrayLike, "*batch ..."],
@@ -231,14 +234,17 @@ class FusionConv(nn.Conv):
             The convolved outputs, channels last.
         """
         inputs = jax.numpy.asarray(inputs)
-        kernel_size = (
-            (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
-        )
-        in_features = inputs.shape[-1]
-        if in_features % self.feature_group_count:
+        if inputs.shape[-1] % self.feature_group_count:
             raise ValueError(
-                f"FusionConv: {in_features} input channels are not divisible by "
+                f"FusionConv: {inputs.shape[-1]} input channels are not divisible by "
                 f"feature_group_count={self.feature_group_count}."
             )
-        kernel_shape = (*kernel_size, in_features // self.feature_group_count, self.features)
-        return _forward(self, nn.Conv, inputs, kernel_shape, deterministic, rng)
+        return _fusion_apply(self, nn.Conv.__call__, inputs, deterministic, rng)
+
+
+# Flax names an unnamed submodule after its class (``Dense_0``, ``Conv_1``, ...)
+# and derives its parameters' initial keys from that name. Taking the plain
+# layers' class names makes a Fusion layer's parameters those the plain layer
+# would have in its place (the Python names stay FusionDense / FusionConv).
+FusionDense.__name__ = nn.Dense.__name__
+FusionConv.__name__ = nn.Conv.__name__

@@ -1,10 +1,25 @@
 """Flax NNX layers whose forward pass programs the kernel onto the simulated chip.
 
 :class:`FusionLinear` and :class:`FusionConv` are ``nnx.Linear`` and
-``nnx.Conv`` (subclasses: same constructor arguments, same parameters, same
-``nnx.state``) whose kernel goes through :func:`fusion_jax.program_kernel`
-before it is used, so that training sees the weights as the chip would hold
-them (hardware-aware training).
+``nnx.Conv`` (subclasses: same constructor arguments, same parameters)
+whose kernel goes through :func:`fusion_jax.program_kernel` before it is
+used, so that training sees the weights as the chip would hold them
+(hardware-aware training).
+
+Drop-in guarantees:
+
+* the ``nnx.Param`` state is the plain layer's, with the same initial
+  values for the same ``rngs``, also for a single stream (``nnx.Rngs(0)``):
+  a layer reads a stream shared with the parameters without advancing it,
+  so the layers after it are initialised as beside plain layers;
+* a layer that draws noise adds one leaf, ``noise_key``, a
+  :class:`NoiseKey` (an ``nnx.RngState`` of plain ``uint32`` key data), which
+  ``nnx.to_pure_dict``, ``flax.serialization`` and orbax save and restore;
+  ``nnx.state(model, nnx.Param)`` leaves it out, so parameters move between
+  a Fusion model and a plain one in both directions;
+* ``g_max`` and ``t_inference`` may be traced: a layer built under
+  ``jax.vmap`` over them, or ``nnx.view(model, g_max=g)``, sweeps them
+  through a model. A concrete ``g_max`` is range-checked.
 
 Modes follow ``nnx.Dropout``:
 
@@ -32,7 +47,8 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation
 from fusion_jax._static import has_array_leaves
-from fusion_jax.program_params import program_kernel
+from fusion_jax.layout import KernelAxes
+from fusion_jax.program_params import kernel_layouts, module_kernel_axes, program_kernel
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -41,7 +57,19 @@ from fusion_jax.programming import (
     resolve_noise,
 )
 
-__all__ = ["FusionConv", "FusionLinear"]
+__all__ = [
+    "FusionConv",
+    "FusionEinsum",
+    "FusionLinear",
+    "FusionLinearGeneral",
+    "NoiseKey",
+    "fusionize",
+    "kernel_layouts",
+]
+
+#: Folded into a key read from a shared parameter stream, so that the noise
+#: stream differs from the key the next parameter draws.
+_NOISE_SALT = 0x6E6F6973
 
 RngsLike = nnx.Rngs | nnx.RngStream | PRNGKeyArray
 
@@ -63,8 +91,51 @@ class _KernelView:
         return getattr(self._layer, name)
 
 
+class NoiseKey(nnx.RngState):
+    """The state of a Fusion layer's noise stream: the key data of its next key.
+
+    An ``nnx.RngState`` (so ``nnx.RngState`` filters select it and
+    ``nnx.Param`` filters leave it out) holding raw ``uint32`` key data, not
+    a typed PRNG key: ``nnx.to_pure_dict``, ``flax.serialization`` and orbax
+    save and restore it as plain integers. Each training call without a
+    call-time ``rngs`` splits it into the key it programs with and the next
+    state.
+
+    Example:
+        >>> from flax import nnx, serialization
+        >>> import fusion_jax as fj
+        >>> layer = fj.nnx.FusionLinear(3, 4, rngs=nnx.Rngs(0))
+        >>> isinstance(layer.noise_key, fj.nnx.NoiseKey), layer.noise_key[...].dtype
+        (True, dtype('uint32'))
+        >>> data = serialization.to_bytes(nnx.to_pure_dict(nnx.state(layer)))
+        >>> sorted(nnx.state(layer, nnx.Param)), sorted(nnx.state(layer, fj.nnx.NoiseKey))
+        (['bias', 'kernel'], ['noise_key'])
+    """
+
+
+def _setting(value: Any, name: str) -> Any:
+    """A layer setting as stored: a float when concrete (static), else traced data."""
+    concrete = _validation.concrete_value(value)
+    if concrete is None:
+        return nnx.data(jax.numpy.asarray(value))
+    if concrete.ndim != 0:
+        raise ValueError(
+            f"{name} of a layer must be a scalar, got shape {concrete.shape} (use nnx.vmap / "
+            f"jax.vmap over the layer to sweep several values)."
+        )
+    return float(concrete)
+
+
+def _shares_params_stream(rngs: nnx.Rngs, stream: nnx.RngStream) -> bool:
+    """Whether ``stream`` is also the one ``rngs`` draws parameter keys from."""
+    try:
+        return rngs["params"] is stream
+    except KeyError:
+        return False
+
+
 class _FusionLayer(nnx.Module):
-    """What FusionLinear and FusionConv share: settings, keys, programming."""
+    """What the NNX Fusion layers share: settings, noise stream, programming."""
 
     #: The plain Flax forward pass, ``(layer, inputs, out_sharding) -> outputs``.
     _plain_call: Callable[..., jax.Array]
@@ -81,52 +152,82 @@ class _FusionLayer(nnx.Module):
         rng_collection: str,
         rngs: nnx.Rngs | nnx.RngStream | None,
     ) -> None:
-        if _validation.concrete_value(g_max) is None:
-            raise TypeError(
-                "g_max of a layer must be a concrete number (use program_params to "
-                "sweep g_max under jax.vmap)."
-            )
         _validation.check_g_max(g_max)
         _check_gradient_mode(gradient)
         model = resolve_noise(noise)
-        self.g_max = float(g_max)
+        _validation.check_t_inference(t_inference, where=type(self).__name__)
+        # Concrete settings are static (compile-time constants of a jitted
+        # step); traced ones (a layer built under jax.vmap over g_max) are data.
+        self.g_max = _setting(g_max, "g_max")
         # A model of Python numbers is static (part of the graph definition):
         # its fields stay compile-time constants in a jitted step. One with
         # array fields is data, traced like the parameters.
         self.noise = nnx.data(model) if has_array_leaves(model) else model
-        self.t_inference = float(t_inference)
+        self.t_inference = _setting(t_inference, "t_inference")
         self.gradient = gradient
         self.strict_aihwkit = bool(strict_aihwkit)
         self.deterministic = deterministic
         self.rng_collection = rng_collection
-        # As nnx.Dropout: the layer owns a fork of the stream it draws from.
-        # A noise-free layer draws nothing, so it takes nothing from ``rngs``.
+        self._init_noise_stream(model, rngs)
+
+    def _init_noise_stream(
+        self, model: NoiseModel | None, rngs: nnx.Rngs | nnx.RngStream | None
+    ) -> None:
+        """Give the layer its own noise stream (a :class:`NoiseKey`), if it draws noise.
+
+        A noise-free layer, or one built without ``rngs``, has none (``noise_key``
+        is ``None``) and takes nothing from ``rngs``. A separate noise stream
+        (``nnx.Rngs(params=0, noise=1)``) is advanced by one key, as
+        ``nnx.Dropout`` does. A stream the parameters also come from (the
+        ``default`` of ``nnx.Rngs(0)``) is read without being advanced, so the
+        layers built after this one get the initial values they would get
+        beside plain layers: the layer takes the key the stream hands out next,
+        folded with a constant, and its own parameters have just advanced the
+        stream, so no two layers get the same key.
+        """
+        self._noise_impl = None
         if model is None or rngs is None:
-            self.rngs = nnx.data(None)
-        elif isinstance(rngs, nnx.Rngs):
+            self.noise_key = nnx.data(None)
+            return
+        if isinstance(rngs, nnx.Rngs):
             try:
-                stream = rngs[rng_collection]
+                stream = rngs[self.rng_collection]
             except KeyError:
                 raise ValueError(
                     f"{type(self).__name__} draws its programming noise from the RNG stream "
-                    f"{rng_collection!r}, which rngs lacks (and it has no 'default' stream): "
-                    f"pass e.g. nnx.Rngs(params=0, {rng_collection}=1), or noise=None."
+                    f"{self.rng_collection!r}, which rngs lacks (and it has no 'default' "
+                    f"stream): pass e.g. nnx.Rngs(params=0, {self.rng_collection}=1), or "
+                    "noise=None."
                 ) from None
-            self.rngs = stream.fork()
+            shared = _shares_params_stream(rngs, stream)
         elif isinstance(rngs, nnx.RngStream):
-            self.rngs = rngs.fork()
+            stream, shared = rngs, False
         else:
             raise TypeError(f"rngs must be an nnx.Rngs or nnx.RngStream, got {type(rngs)}.")
+        if shared:
+            key = jax.random.fold_in(
+                jax.random.fold_in(stream.key[...], stream.count[...]), _NOISE_SALT
+            )
+        else:
+            key = stream()
+        self._noise_impl = str(jax.random.key_impl(key))
+        self.noise_key = NoiseKey(jax.random.key_data(key), tag=self.rng_collection)
 
-    def programmed_kernel(self, key: PRNGKeyArray | None = None) -> Float[Array, "*spatial in out"]:
+    def programmed_kernel(
+        self, key: PRNGKeyArray | None = None, axes: KernelAxes | None = None
+    ) -> Float[Array, "*spatial in out"]:
         """The kernel as programmed on the chip with ``key`` (Flax layout).
 
         :func:`fusion_jax.program_kernel` of the kernel (times ``mask``, for a
         masked convolution) with this layer's settings; what a training-mode
-        call computes with when it draws ``key``.
+        call computes with when it draws ``key``. Every output feature is one
+        chip row: the kernel's axes are read from the layer
+        (:func:`fusion_jax.program_params.module_kernel_axes`).
 
         Args:
             key: PRNG key for the noise; may be ``None`` when ``noise`` is ``None``.
+            axes: The kernel's axes, if not those read from the layer (an
+                einsum string given at call time).
 
         Returns:
             The programmed kernel, shape and dtype of ``self.kernel``.
@@ -135,9 +236,12 @@ class _FusionLayer(nnx.Module):
         mask = getattr(self, "mask", None)  # nnx.Conv's; nnx.Linear has none
         if mask is not None:
             kernel = kernel * mask
+        if axes is None:
+            axes = module_kernel_axes(self, kernel.shape, type(self).__name__)
         return program_kernel(
             kernel,
             key,
+            axes=axes,
             g_max=self.g_max,
             noise=self.noise,
             t_inference=self.t_inference,
@@ -148,22 +252,35 @@ class _FusionLayer(nnx.Module):
     def _noise_key(self, rngs: RngsLike | None) -> PRNGKeyArray | None:
         if self.noise is None:
             return None
-        source = rngs if rngs is not None else self.rngs
-        if source is None:
+        if rngs is None:
+            return self._next_own_key()
+        if isinstance(rngs, nnx.Rngs):
+            return rngs[self.rng_collection]()
+        if isinstance(rngs, nnx.RngStream):
+            return rngs()
+        if isinstance(rngs, jax.Array):
+            return rngs
+        raise TypeError(f"rngs must be an nnx.Rngs, nnx.RngStream or a PRNG key, got {type(rngs)}.")
+
+    def _next_own_key(self) -> PRNGKeyArray:
+        """Split the layer's noise stream: the key to use now, the next one stored."""
+        if self.noise_key is None:
             raise ValueError(
                 f"{type(self).__name__} is in training mode (deterministic=False) with noise on, "
                 "but has no RNG stream: pass rngs= to the constructor or to the call, or use "
                 "deterministic=True / model.eval() for the digital weights."
             )
-        if isinstance(source, nnx.Rngs):
-            return source[self.rng_collection]()
-        if isinstance(source, nnx.RngStream):
-            return source()
-        if isinstance(source, jax.Array):
-            return source
-        raise TypeError(
-            f"rngs must be an nnx.Rngs, nnx.RngStream or a PRNG key, got {type(source)}."
-        )
+        data = self.noise_key.get_value()
+        if isinstance(data, jax.ShapeDtypeStruct):
+            raise ValueError(
+                f"{type(self).__name__}'s noise stream (noise_key) is abstract: the layer comes "
+                "from nnx.eval_shape and its NoiseKey was not restored. Restore the full state "
+                "(nnx.state(model), not only nnx.Param), or build the model with real rngs and "
+                "load the parameters into it with nnx.update."
+            )
+        key, following = jax.random.split(jax.random.wrap_key_data(data, impl=self._noise_impl))
+        self.noise_key.set_value(jax.random.key_data(following))
+        return key
 
     def _fusion_call(
         self,
@@ -171,7 +288,11 @@ class _FusionLayer(nnx.Module):
         out_sharding: Any,
         deterministic: bool | None,
         rngs: RngsLike | None,
+        *,
+        plain: Callable[..., jax.Array] | None = None,
+        axes: KernelAxes | None = None,
     ) -> jax.Array:
+        plain_call = self._plain_call if plain is None else plain
         deterministic = deterministic if deterministic is not None else self.deterministic
         if deterministic is None:
             raise ValueError(
@@ -179,18 +300,45 @@ class _FusionLayer(nnx.Module):
                 "call, or use model.train() / model.eval()."
             )
         if deterministic:
-            return self._plain_call(self, inputs, out_sharding)
-        kernel = self.programmed_kernel(self._noise_key(rngs))
-        return self._plain_call(_KernelView(self, kernel), inputs, out_sharding)
+            return plain_call(self, inputs, out_sharding)
+        kernel = self.programmed_kernel(self._noise_key(rngs), axes)
+        return plain_call(_KernelView(self, kernel), inputs, out_sharding)
 
-    def set_view(self, deterministic: bool | None = None) -> None:
-        """Used by ``nnx.view``: ``deterministic=True`` uses the digital weights.
+    def set_view(
+        self,
+        deterministic: bool | None = None,
+        g_max: float | jax.Array | None = None,
+        t_inference: float | jax.Array | None = None,
+    ) -> None:
+        """Used by ``nnx.view``: change the mode or the chip settings of a view.
+
+        ``nnx.view(model, deterministic=True)`` evaluates with the digital
+        weights; ``nnx.view(model, g_max=g)`` computes with another ``g_max``,
+        which may be traced (``jax.vmap`` over ``g`` sweeps it through the
+        model, sharing its parameters).
 
         Args:
             deterministic: New mode; ``None`` leaves it unchanged.
+            g_max: New largest conductance in uS (range-checked when concrete).
+            t_inference: New read time in seconds.
+
+        Raises:
+            ArgumentError: for a concrete ``g_max`` outside [10, 40].
+
+        Example:
+            >>> from flax import nnx
+            >>> import fusion_jax as fj
+            >>> layer = fj.nnx.FusionLinear(3, 4, g_max=40.0, rngs=nnx.Rngs(0))
+            >>> nnx.view(layer, g_max=20.0).g_max, layer.g_max
+            (20.0, 40.0)
         """
         if deterministic is not None:
             self.deterministic = deterministic
+        if g_max is not None:
+            _validation.check_g_max(g_max)
+            self.g_max = _setting(g_max, "g_max")
+        if t_inference is not None:
+            self.t_inference = _setting(t_inference, "t_inference")
 
 
 class FusionLinear(_FusionLayer, nnx.Linear):
@@ -209,7 +357,8 @@ class FusionLinear(_FusionLayer, nnx.Linear):
     Args:
         in_features: Number of input features.
         out_features: Number of output features.
-        g_max: Largest conductance in uS, in [10, 40].
+        g_max: Largest conductance in uS, in [10, 40] (checked when
+            concrete; a traced value, e.g. under ``jax.vmap``, is accepted).
         noise: A noise model (:mod:`fusion_jax.noise`), the default chip
             model, or ``None`` for the noise-free round trip.
         t_inference: Seconds since programming at which the chip is read.
@@ -221,7 +370,10 @@ class FusionLinear(_FusionLayer, nnx.Linear):
         rng_collection: Name of the ``nnx.Rngs`` stream the noise keys come
             from (``rngs["noise"]`` falls back to the ``default`` stream).
         rngs: ``nnx.Rngs`` for the parameter initialisation and the noise
-            stream (the layer keeps a fork of it, as ``nnx.Dropout`` does).
+            stream. The layer keeps its own stream (``noise_key``, a
+            :class:`NoiseKey`) seeded from ``rngs[rng_collection]``: a separate
+            stream is advanced by one key (as ``nnx.Dropout`` does), one shared
+            with the parameters is read without being advanced.
         **linear_kwargs: The other arguments of ``nnx.Linear`` (``use_bias``,
             ``dtype``, ``param_dtype``, ``precision``, ``kernel_init``,
             ``bias_init``, ...).
@@ -313,7 +465,7 @@ class FusionConv(_FusionLayer, nnx.Conv):
         out_features: Number of output channels.
         kernel_size: Shape of the convolution window.
         strides: Inter-window strides.
-        g_max: Largest conductance in uS, in [10, 40].
+        g_max: Largest conductance in uS, in [10, 40] (checked when concrete).
         noise: A noise model, the default chip model, or ``None``.
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
@@ -321,7 +473,8 @@ class FusionConv(_FusionLayer, nnx.Conv):
         deterministic: ``True`` for evaluation mode, ``False`` for training
             mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
-        rngs: ``nnx.Rngs`` for the parameters and the noise stream.
+        rngs: ``nnx.Rngs`` for the parameters and the noise stream (as for
+            :class:`FusionLinear`).
         **conv_kwargs: The other arguments of ``nnx.Conv`` (``padding``,
             ``feature_group_count``, ``use_bias``, ``mask``, ``dtype``, ...).
 
@@ -394,3 +547,7 @@ class FusionConv(_FusionLayer, nnx.Conv):
             The convolved outputs, channels last.
         """
         return self._fusion_call(jax.numpy.asarray(inputs), out_sharding, deterministic, rngs)
+
+
+# The layers of any kernel shape and fusionize build on the classes above.
+from fusion_jax._nnx_layers import FusionEinsum, FusionLinearGeneral, fusionize  # noqa: E402

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +86,7 @@ def _add_read_noise(
 
 def _as_conductances(conductances: Any) -> jax.Array:
     """Conductances as a floating JAX array; concrete ones must be finite and >= 0."""
-    g = jnp.asarray(conductances)
+    g = _validation.as_array(conductances, "conductances")
     if not jnp.issubdtype(g.dtype, jnp.floating):
         g = g.astype(jnp.float32)
     value = _validation.concrete_value(g)
@@ -106,27 +106,21 @@ def _as_conductances(conductances: Any) -> jax.Array:
 
 
 def _check_time(t_inference: Any, name: str = "t_inference") -> None:
-    value = _validation.concrete_value(t_inference)
-    if value is None:
-        return
-    if value.dtype.kind not in "biuf" or value.shape != ():
-        raise ValueError(f"{name} must be a real scalar (seconds), got {value!r}.")
-    if not np.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {float(value)}.")
+    _validation.check_t_inference(t_inference, name)
 
 
-def _check_fields(model: Any, names: tuple[str, ...], *, positive: tuple[str, ...] = ()) -> None:
-    """Refuse concrete negative (or, for ``positive``, non-positive) model fields."""
-    for name in names + positive:
-        value = _validation.concrete_value(getattr(model, name))
-        if value is None:
-            continue
-        bad = (value <= 0) if name in positive else (value < 0)
-        if not np.all(np.isfinite(value)) or np.any(bad):
-            need = "> 0" if name in positive else ">= 0"
-            raise ValueError(
-                f"{type(model).__name__}.{name} must be finite and {need}, got {value!r}."
-            )
+def _check_sample_args(model: Any, key: Any, g_max: Any, t_inference: Any) -> None:
+    """The settings checks of ``sample`` (the fields are checked when the model is built)."""
+    where = f"{type(model).__name__}.sample"
+    _validation.check_key(key, where)
+    _validation.check_g_max(g_max)
+    _validation.check_t_inference(t_inference, where=where)
+
+
+def _compute_dtype(dtype: Any) -> Any:
+    """At least float32: float16's range (max 65504, smallest normal 6e-5) is too small
+    for the intermediate terms (``t_read`` = 2.5e-7 s alone would flush to 0)."""
+    return jnp.promote_types(dtype, jnp.float32)
 
 
 # --------------------------------------------------------------------------
@@ -282,6 +276,9 @@ class PCMLikeNoise:
         Array([ 0., 10., 25.], dtype=float32)
     """
 
+    #: Each read-back depends only on its own target (for a fixed key): see fj.NoiseModel.
+    elementwise: ClassVar[bool] = True
+
     prog_noise_scale: float | Array = 1.0
     read_noise_scale: float | Array = 1.0
     drift_scale: float | Array = 1.0
@@ -290,6 +287,14 @@ class PCMLikeNoise:
     c0: float | Array = 0.26348
     c1: float | Array = 1.9650
     c2: float | Array = -1.1731
+
+    def __post_init__(self) -> None:
+        _validation.check_model_fields(
+            self,
+            finite=("c0", "c1", "c2"),
+            non_negative=("prog_noise_scale", "read_noise_scale", "drift_scale"),
+            positive=("t0", "t_read"),
+        )
 
     def sample(
         self,
@@ -329,12 +334,10 @@ class PCMLikeNoise:
             1.1
         """
         g = _as_conductances(conductances)
-        _validation.check_g_max(g_max)
-        _check_time(t_inference)
-        _check_fields(
-            self, ("prog_noise_scale", "read_noise_scale", "drift_scale"), positive=("t0", "t_read")
-        )
-        dtype = g.dtype
+        _check_sample_args(self, key, g_max, t_inference)
+        out_dtype = g.dtype
+        dtype = _compute_dtype(out_dtype)
+        g = g.astype(dtype)
         g_max = jnp.asarray(g_max, dtype)
         t = jnp.asarray(t_inference, dtype) + self.t0
         with_read = not _is_zero(self.read_noise_scale)
@@ -347,11 +350,11 @@ class PCMLikeNoise:
         # (t / t0)^(-nu) where t > t0; the log is 0 (no drift) otherwise.
         g_drift = g_prog * jnp.exp(-nu * jnp.log(jnp.maximum(t, self.t0) / self.t0))
         if not with_read:  # a concrete 0: adding 0 * noise to g_drift >= 0 changes nothing
-            return g_drift.astype(dtype)
+            return g_drift.astype(out_dtype)
         out = _add_read_noise(
             g_drift, g_prog / g_max, xi_read, self.read_noise_scale, t, self.t_read
         )
-        return out.astype(dtype)
+        return out.astype(out_dtype)
 
 
 # --------------------------------------------------------------------------
@@ -475,6 +478,9 @@ class FusionChipNoise:
         [4.5, 23.3]
     """
 
+    #: Each read-back depends only on its own target (for a fixed key): see fj.NoiseModel.
+    elementwise: ClassVar[bool] = True
+
     log_median_coefs: tuple[float | Array, ...]
     log_spread_coefs: tuple[float | Array, ...]
     shift: float | Array
@@ -487,6 +493,22 @@ class FusionChipNoise:
     t_read: float | Array = 250e-9
     g_ref: float | Array = 40.0
     g_floor: float | Array = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("log_median_coefs", "log_spread_coefs"):
+            coefs = getattr(self, name)
+            if not isinstance(coefs, tuple | list) or len(coefs) == 0:
+                raise ValueError(
+                    f"FusionChipNoise.{name} must be a non-empty tuple of coefficients, "
+                    f"got {coefs!r}."
+                )
+        _validation.check_model_fields(
+            self,
+            finite=("log_median_coefs", "log_spread_coefs"),
+            non_negative=("spread_scale", "drift_scale", "read_noise_scale", "t_calibration"),
+            positive=("shift", "t0", "t_read", "g_ref", "g_floor"),
+            probability=("stuck_probability",),
+        )
 
     @classmethod
     def lenet5_readback(cls, **overrides: Any) -> FusionChipNoise:
@@ -602,15 +624,10 @@ class FusionChipNoise:
             True
         """
         g = _as_conductances(conductances)
-        _validation.check_g_max(g_max)
-        _check_time(t_inference)
-        _check_time(self.t_calibration, "t_calibration")
-        _check_fields(
-            self,
-            ("stuck_probability", "spread_scale", "drift_scale", "read_noise_scale"),
-            positive=("shift", "t0", "t_read", "g_ref", "g_floor"),
-        )
-        dtype = g.dtype
+        _check_sample_args(self, key, g_max, t_inference)
+        out_dtype = g.dtype
+        dtype = _compute_dtype(out_dtype)
+        g = g.astype(dtype)
         with_read = not _is_zero(self.read_noise_scale)
         xi, xi_drift, stuck, xi_read = _chip_draws(
             key, g.shape, dtype, self.stuck_probability, with_read=with_read
@@ -626,7 +643,7 @@ class FusionChipNoise:
             r = _add_read_noise(
                 r, r_cal / self.g_ref, xi_read, self.read_noise_scale, t, self.t_read
             )
-        return r.astype(dtype)
+        return r.astype(out_dtype)
 
 
 def _as_float(x: Any) -> jax.Array:
@@ -775,6 +792,20 @@ def _prepare_pair(
     return t.astype(np.float64).ravel(), p.astype(np.float64).ravel()
 
 
+def _check_targets_in_range(t: np.ndarray, g_max: float, shape: tuple[int, ...]) -> None:
+    """Refuse targets above ``g_max``: the chip cannot hold them, a fit would chase them."""
+    above = np.flatnonzero(t > g_max)
+    if above.size == 0:
+        return
+    where = [tuple(int(i) for i in np.unravel_index(k, shape)) for k in above[:8]]
+    shown = [w[0] if len(w) == 1 else w for w in where]
+    more = f" and {above.size - 8} more" if above.size > 8 else ""
+    raise ValueError(
+        f"targets must lie in [0, g_max = {g_max:g}] uS, the chip's range; {above.size} of "
+        f"{t.size} exceed it (largest {float(t[above].max()):.6g}) at positions {shown}{more}."
+    )
+
+
 def _bin_statistics(t: np.ndarray, p: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Equal-count bins of the targets and each bin's read-back statistics."""
     edges = np.unique(np.quantile(t, np.linspace(0.0, 1.0, n_bins + 1)))
@@ -829,6 +860,7 @@ def calibrate(
     g_ref: float = 40.0,
     g_floor: float = 0.1,
     max_iter: int = 200,
+    g_max: float = 40.0,
 ) -> FusionChipNoise:
     """Fit a :class:`FusionChipNoise` to target conductances and a chip read-back.
 
@@ -857,15 +889,20 @@ def calibrate(
             (stored in the model, see :class:`FusionChipNoise`).
         g_ref: Conductance (uS) normalising the target in the model.
         g_floor: Targets below this (uS) are treated as this.
-        max_iter: Maximum Levenberg-Marquardt iterations.
+        max_iter: Maximum Levenberg-Marquardt iterations (>= 1).
+        g_max: The g_max the targets were converted with, in [10, 40] uS:
+            no target may exceed it.
 
     Returns:
         The fitted :class:`FusionChipNoise` (coefficients as Python floats).
 
     Raises:
         ValueError: if the arrays differ in shape, contain NaN/Inf or
-            negative values, have fewer than ``20 * n_fit_bins`` points, or
-            almost all read-backs are 0; or if the fit does not converge.
+            negative values, a target exceeds ``g_max`` (how many, and
+            where), there are fewer than ``20 * n_fit_bins`` points, almost
+            all read-backs are 0, ``max_iter < 1``; or if the fit does not
+            converge.
+        ArgumentError: for ``g_max`` outside [10, 40].
         TypeError: for non-numeric arrays.
 
     Example:
@@ -880,6 +917,9 @@ def calibrate(
     """
     if not isinstance(n_fit_bins, int | np.integer) or n_fit_bins < 8:
         raise ValueError(f"n_fit_bins must be an integer >= 8, got {n_fit_bins!r}.")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int | np.integer) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}.")
+    _validation.check_g_max(g_max)
     _check_time(t_calibration, "t_calibration")
     for name, value in (("g_ref", g_ref), ("g_floor", g_floor)):
         if not (np.isfinite(value) and value > 0):
@@ -887,6 +927,7 @@ def calibrate(
     t, p = _prepare_pair(
         targets, programmed, 20 * int(n_fit_bins), f"calibration with n_fit_bins={n_fit_bins}"
     )
+    _check_targets_in_range(t, float(g_max), np.shape(targets))
     bins, stats = _bin_statistics(t, p, int(n_fit_bins))
     n_bins = stats.shape[1]
     if n_bins < 8:

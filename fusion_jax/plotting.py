@@ -3,7 +3,7 @@ r"""Plots of g_max sweeps (matplotlib, no display needed).
 :func:`plot_sweep` draws test accuracy against g_max for one or several
 :class:`~fusion_jax.SweepResult` objects (for example a digital and a
 hardware-aware model): one colour per inference time, the spread over seeds
-as a shaded band, the results side by side in panels or overlaid in one
+as error bars, the results side by side in panels or overlaid in one
 ``Axes`` with a line style each. It never uses
 ``matplotlib.pyplot``: a new figure is a plain
 :class:`matplotlib.figure.Figure`, saved with the Agg renderer, so it works
@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from fusion_jax._atomic import atomic_open
-from fusion_jax.sweep import SweepResult, _format_time
+from fusion_jax.sweep import SweepResult
+from fusion_jax.units import format_time
 
 __all__ = ["plot_sweep"]
 
@@ -50,8 +51,18 @@ def _save_atomically(figure: Any, path: str | os.PathLike[str], dpi: int) -> Non
         figure.savefig(fh, format=suffix, dpi=dpi)
 
 
-def _draw(ax: Any, result: SweepResult, style: str, colours: Mapping[float, Any]) -> None:
-    """Lines (mean over seeds) and bands (+-1 std) of one result, one per inference time."""
+def _draw(
+    ax: Any,
+    result: SweepResult,
+    style: str,
+    colours: Mapping[float, Any],
+    dodge: Mapping[float, float],
+) -> None:
+    """Lines (mean over seeds) and error bars (+-1 std) of one result, one per inference time.
+
+    The error bars of the inference times are shifted sideways by ``dodge``
+    (in uS) so that they stay apart; shaded bands would overlap into one colour.
+    """
     acc = 100.0 * np.asarray(result.accuracy, np.float64)
     mean = acc.mean(axis=1)
     std = acc.std(axis=1, ddof=1 if acc.shape[1] > 1 else 0)
@@ -62,7 +73,15 @@ def _draw(ax: Any, result: SweepResult, style: str, colours: Mapping[float, Any]
         m, s = mean[order, k], std[order, k]
         ax.plot(g, m, style, color=colour, marker="o", markersize=3.5, linewidth=1.6)
         if acc.shape[1] > 1:
-            ax.fill_between(g, m - s, m + s, color=colour, alpha=0.15, linewidth=0)
+            ax.errorbar(
+                g + dodge[float(t)],
+                m,
+                yerr=s,
+                fmt="none",
+                ecolor=colour,
+                elinewidth=1.0,
+                alpha=0.8,
+            )
 
 
 def plot_sweep(
@@ -71,13 +90,17 @@ def plot_sweep(
     ax: Any = None,
     *,
     title: str | None = None,
+    clean: Sequence[float] | None = None,
     dpi: int = 150,
 ) -> Any:
     r"""Plot accuracy against g_max, one line per inference time.
 
-    A line is the mean test accuracy over seeds, its shaded band the mean
-    +- one standard deviation over seeds (no band for a single seed); each
-    inference time has its own colour (viridis, earliest time darkest).
+    A line is the mean test accuracy over seeds, its error bars the mean
+    +- one standard deviation over seeds (none for a single seed), shifted
+    slightly sideways per inference time so that they stay apart; each
+    inference time has its own colour (viridis, earliest time darkest). With
+    ``clean``, a dashed grey line marks each model's accuracy before
+    programming (its digital weights).
 
     * ``ax=None``: a new figure with one panel per result, side by side
       with a shared accuracy axis, each titled with the result's ``label``.
@@ -94,6 +117,8 @@ def plot_sweep(
         ax: Where to draw, as above; by default a new
             :class:`matplotlib.figure.Figure` (not registered with pyplot).
         title: Figure title; by default none.
+        clean: The accuracy (a fraction) of each result's model before
+            programming, one per result, drawn as a horizontal reference line.
         dpi: Resolution of the saved file.
 
     Returns:
@@ -101,8 +126,9 @@ def plot_sweep(
 
     Raises:
         TypeError: if an element of ``results`` is not a ``SweepResult``.
-        ValueError: for no results, more than four, or a sequence of ``ax``
-            whose length is not the number of results.
+        ValueError: for no results, more than four, a sequence of ``ax``
+            whose length is not the number of results, or a ``clean`` that
+            is not one accuracy in [0, 1] per result.
         OSError: if ``path`` cannot be written.
 
     Example:
@@ -117,11 +143,13 @@ def plot_sweep(
         >>> digital = SweepResult(**grid, accuracy=acc, loss=1 - acc, label="digital")
         >>> aware = SweepResult(**grid, accuracy=acc + 0.02, loss=1 - acc, label="hardware-aware")
         >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     figure = plot_sweep([digital, aware], Path(tmp) / "sweep.png")
+        ...     figure = plot_sweep([digital, aware], Path(tmp) / "sweep.png", clean=[0.97, 0.96])
         ...     print(Path(tmp, "sweep.png").read_bytes()[:8])
         b'\x89PNG\r\n\x1a\n'
-        >>> [(a.get_title(), len(a.get_lines())) for a in figure.axes]  # a line per time
-        [('digital', 2), ('hardware-aware', 2)]
+        >>> [(a.get_title(), len(a.get_lines())) for a in figure.axes]  # per time, and clean
+        [('digital', 3), ('hardware-aware', 3)]
+        >>> len(figure.legends)                   # one legend for both panels
+        1
     """
     items = _check_results(results)
     from matplotlib.axes import Axes
@@ -141,16 +169,24 @@ def plot_sweep(
             )
     overlay = len(set(map(id, axes))) < len(axes)
     figure = axes[0].figure
+    clean_values = _check_clean(clean, len(items))
     times = np.unique(np.concatenate([r.t_inference for r in items]))
     colours = {float(t): c for t, c in zip(times, _viridis(len(times)), strict=True)}
+    g_all = np.concatenate([r.g_max for r in items])
+    step = np.diff(np.unique(g_all)).min() if np.unique(g_all).size > 1 else 1.0
+    offsets = (np.arange(times.size) - (times.size - 1) / 2) * 0.08 * step
+    dodge = {float(t): float(o) for t, o in zip(times, offsets, strict=True)}
 
     for i, (a, r) in enumerate(zip(axes, items, strict=True)):
-        _draw(a, r, LINE_STYLES[i] if overlay else "-", colours)
+        style = LINE_STYLES[i] if overlay else "-"
+        _draw(a, r, style, colours, dodge)
+        if clean_values is not None:
+            a.axhline(100.0 * clean_values[i], color="0.45", linestyle=(0, (4, 3)), linewidth=1.1)
         if not overlay and r.label:
             a.set_title(r.label)
 
     handles = [
-        Line2D([], [], color=colours[float(t)], linewidth=2.5, label=_format_time(float(t)))
+        Line2D([], [], color=colours[float(t)], linewidth=2.5, label="t=" + format_time(float(t)))
         for t in times
     ]
     if overlay:
@@ -158,9 +194,24 @@ def plot_sweep(
             Line2D([], [], color="0.25", linestyle=style, linewidth=1.6, label=r.label or f"#{i}")
             for i, (style, r) in enumerate(zip(LINE_STYLES, items, strict=False))
         ] + handles
+    if clean_values is not None:
+        handles.append(
+            Line2D([], [], color="0.45", linestyle=(0, (4, 3)), label="before programming")
+        )
     seeds = "/".join(map(str, sorted({len(r.seeds) for r in items})))
-    handles.append(Line2D([], [], linestyle="none", label=f"band: ±1 std over {seeds} seeds"))
-    axes[-1].legend(handles=handles, loc="lower right", fontsize="small", framealpha=0.9)
+    handles.append(Line2D([], [], linestyle="none", label=f"bars: ±1 std over {seeds} seeds"))
+    if ax is None:
+        # One legend for the whole figure, below the panels: it holds for every panel.
+        figure.legend(
+            handles=handles,
+            loc="outside lower center",
+            ncol=min(len(handles), 6),
+            fontsize="small",
+            frameon=False,
+        )
+    else:
+        for a in dict.fromkeys(axes):
+            a.legend(handles=handles, loc="lower right", fontsize="small", framealpha=0.9)
     for a in dict.fromkeys(axes):
         a.set_xlabel("g_max (uS)")
         a.grid(alpha=0.3)
@@ -170,6 +221,15 @@ def plot_sweep(
     if path is not None:
         _save_atomically(figure, path, dpi)
     return figure
+
+
+def _check_clean(clean: Sequence[float] | None, n: int) -> list[float] | None:
+    if clean is None:
+        return None
+    values = np.atleast_1d(np.asarray(clean, dtype=np.float64))
+    if values.shape != (n,) or not np.all((values >= 0) & (values <= 1)):
+        raise ValueError(f"clean must hold one accuracy in [0, 1] per result ({n}), got {clean!r}.")
+    return [float(v) for v in values]
 
 
 def _viridis(n: int) -> list[tuple[float, ...]]:

@@ -11,17 +11,17 @@ one programmed copy of the whole network, as after writing it to the chip.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation, layout, tiles
 from fusion_jax.conversion import _prepare_weights
 from fusion_jax.errors import ArgumentError
+from fusion_jax.layout import KernelAxes
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -32,7 +32,15 @@ from fusion_jax.programming import (
     resolve_noise,
 )
 
-__all__ = ["LeafPath", "is_kernel", "leaf_key", "program_kernel", "program_params"]
+__all__ = [
+    "LeafPath",
+    "is_kernel",
+    "leaf_key",
+    "kernel_layouts",
+    "module_kernel_axes",
+    "program_kernel",
+    "program_params",
+]
 
 #: A leaf's position in a pytree as plain names, e.g. ``("params", "Dense_0", "kernel")``.
 LeafPath = tuple[Hashable, ...]
@@ -44,9 +52,10 @@ _BOX_ATTRS = ("value", "raw_value")
 
 
 def program_kernel(
-    kernel: Float[ArrayLike, "*spatial in out"],
+    kernel: Float[ArrayLike, "*shape"],
     key: PRNGKeyArray | None = None,
     *,
+    axes: KernelAxes | None = None,
     g_max: float | ArrayLike = 40.0,
     noise: NoiseModel | None = DEFAULT_NOISE,
     t_inference: float | ArrayLike = 0.0,
@@ -54,11 +63,14 @@ def program_kernel(
     gradient: GradientMode = "exact",
     max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
     max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
-) -> Float[Array, "*spatial in out"]:
+) -> Float[Array, "*shape"]:
     """Program one Flax kernel onto the simulated chip and read it back.
 
-    Each output channel (the last axis) is one row on the chip: it gets its
-    own conductance scale and its own regression slope. The result is
+    Each output feature is one row on the chip: it gets its own conductance
+    scale and its own regression slope. ``axes`` says which kernel axes are
+    inputs, outputs and stack (independent layers); by default the kernel is
+    a Dense ``[in, out]`` or conv ``[*window, in, out]`` kernel, whose output
+    channel is the last axis. For those the result is
     :func:`fusion_jax.program` of the reference rows
     (:func:`fusion_jax.layout.kernel_to_rows`), put back in Flax layout, but
     computed in the kernel's own layout, without the two transposes. The
@@ -67,20 +79,30 @@ def program_kernel(
     noise, the same key gives a different (equally distributed) draw than
     ``program(kernel_to_rows(kernel), key)``.
 
-    A kernel with more inputs than ``max_input_size`` is split into chip
-    tiles as its export is (:mod:`fusion_jax.tiles`): a Dense kernel along
-    its inputs, a conv kernel on input-channel boundaries (whole channels of
-    ``kh * kw`` inputs per tile, as aihwkit's mapped conv layers), and each
-    tile row is scaled and regressed on its own. Simulating a layer and
-    exporting it (:func:`fusion_jax.fusion_export`) give the same tiles.
+    With other ``axes`` it is :func:`fusion_jax.program` of the rows of
+    :func:`fusion_jax.layout.kernel_to_columns`, layer by layer along the
+    stack axes, put back in the kernel's shape. The noise sees each layer's
+    conductances as ``[in_flat, out_flat]`` (inputs in the kernel's axis
+    order); stacked layer ``i`` (flattened stack index) draws with
+    ``jax.random.split(key, n_layers)[i]``.
+
+    A layer with more inputs than ``max_input_size`` is split into chip
+    tiles as its export is (:mod:`fusion_jax.tiles`): along its inputs
+    flattened in export order, a convolution on input-channel boundaries
+    (whole channels of ``kh * kw`` inputs per tile, as aihwkit's mapped conv
+    layers), and each tile row is scaled and regressed on its own.
+    Simulating a layer and exporting it (:func:`fusion_jax.fusion_export`)
+    give the same tiles. A tiled convolution is programmed with its inputs
+    in export order (one transpose there and back).
 
     Args:
-        kernel: A Dense kernel ``[in, out]`` or a conv kernel
-            ``[*spatial, in, out]``. The output channel must be the last
-            axis: a kernel with extra leading axes (stacked by ``nnx.vmap`` /
-            ``nnx.scan``) would be treated as a conv kernel, so program those
-            per slice.
+        kernel: The kernel.
         key: PRNG key for the noise; may be ``None`` when ``noise=None``.
+        axes: The kernel's :class:`~fusion_jax.layout.KernelAxes`; ``None``
+            for a Dense ``[in, out]`` or conv ``[*window, in, out]`` kernel.
+            A kernel with leading layer axes (``nnx.scan``) needs
+            ``KernelAxes.dense().stacked()`` and so on: without it, it would
+            be read as a convolution.
         g_max: Largest conductance in uS, in [10, 40]; may be traced.
         noise: A noise model (:mod:`fusion_jax.noise`), the default chip
             model, or ``None`` for the noise-free round trip.
@@ -97,10 +119,10 @@ def program_kernel(
         The programmed kernel, shape and dtype of ``kernel``.
 
     Raises:
-        ValueError: for a kernel with fewer than 2 dimensions, NaN/Inf values,
-            a missing key when noise is on, an unknown ``gradient``, a
-            negative tile size, or a conv channel (``kh * kw`` inputs) larger
-            than ``max_input_size``.
+        ValueError: for a kernel with fewer than 2 dimensions, ``axes`` that
+            do not fit it, NaN/Inf values, a missing key when noise is on,
+            an unknown ``gradient``, a negative tile size, or a conv channel
+            (``kh * kw`` inputs) larger than ``max_input_size``.
         ArgumentError: for a concrete ``g_max`` outside [10, 40].
 
     Example:
@@ -113,33 +135,91 @@ def program_kernel(
                [  0.25, -40.  ]], dtype=float32)
         >>> fj.program_kernel(kernel, jax.random.key(0), g_max=25.0).shape
         (3, 2)
+
+        Three scanned layers ``[layers, in, out]``, each programmed on its own:
+
+        >>> stacked = jnp.stack([kernel, 2 * kernel, 3 * kernel])
+        >>> axes = fj.layout.KernelAxes.dense().stacked()
+        >>> fj.program_kernel(stacked, axes=axes, noise=None)[2]
+        Array([[   3.  ,   30.  ],
+               [  -1.5 ,   60.  ],
+               [   0.75, -120.  ]], dtype=float32)
     """
-    kernel = jax.numpy.asarray(kernel)
-    model = _checked_settings(noise, key, gradient, "program_kernel")
+    kernel = _validation.as_array(kernel, "kernel")
+    axes = layout._as_axes(axes, kernel.ndim)
+    axes.check(kernel.shape)
+    model = _checked_settings(noise, key, gradient, "program_kernel", t_inference)
+    if kernel.size == 0:
+        raise ValueError(
+            f"kernel is empty (shape {tuple(kernel.shape)}): a kernel [..., in, out] needs at "
+            "least one input and one output to program."
+        )
+    sizes = tiles._kernel_input_sizes(kernel.shape, axes, max_input_size, max_output_size)
+    # Computed as columns [*stack, in, out], one per output feature, with the
+    # inputs in the kernel's own axis order: for Dense, conv and stacked
+    # kernels that is a reshape, no transpose (transposes cost more than the
+    # rest of the conversion on a CPU). Without tiles a row's result does not
+    # depend on the order of its inputs; with tiles they are in export order.
+    export_order = len(sizes) > 1
+    columns = layout._to_columns(kernel, axes, export_order=export_order)
     # Checks (and error messages) as for the reference rows; under jit the
-    # rearranged copy is only inspected, never computed.
-    _prepare_weights(layout.kernel_to_rows(kernel), "kernel")
-    *spatial, n_in, n_out = kernel.shape
-    group = tiles._group_size(kernel.shape)
-    sizes = tiles._input_sizes(n_in * group, max_input_size, max_output_size, group, n_out)
-    # Computed in the kernel's own layout: one column per output channel, no
-    # transposes (they cost more than the rest of the conversion on a CPU).
-    # A tiled conv needs its inputs in the export's order, channel-major,
-    # so that each tile is a contiguous run of whole channels.
-    torch_order = len(sizes) > 1 and bool(spatial)
-    moved = jnp.moveaxis(kernel, -2, 0) if torch_order else kernel
-    programmed = _program_prepared(
-        moved.reshape(-1, n_out),
+    # swapped copy is only inspected, never computed.
+    _prepare_weights(jax.numpy.swapaxes(columns, -1, -2), "kernel")
+    programmed = _program_columns(
+        columns,
         key,
         g_max,
         model,
         t_inference,
         strict_aihwkit=strict_aihwkit,
         gradient=gradient,
-        axis=-2,
         in_sizes=sizes,
-    ).reshape(moved.shape)
-    return jnp.moveaxis(programmed, 0, -2) if torch_order else programmed
+    )
+    return layout._from_columns(programmed, axes, kernel.shape, export_order=export_order)
+
+
+def _program_columns(
+    columns: jax.Array,
+    key: PRNGKeyArray | None,
+    g_max: Any,
+    model: NoiseModel | None,
+    t_inference: Any,
+    *,
+    strict_aihwkit: bool,
+    gradient: str,
+    in_sizes: tuple[int, ...] | None = None,
+) -> jax.Array:
+    """Program validated columns ``[*stack, in, out]``, each stacked layer on its own.
+
+    The matrix-level entry for every kernel shape: a kernel mapped to
+    columns (:func:`fusion_jax.layout.kernel_to_columns`, inputs in export
+    order when tiled) is programmed here. Layer ``i`` (the flattened stack
+    index) draws its noise with ``jax.random.split(key, n_layers)[i]``.
+    ``in_sizes``: the input tile sizes along axis -2
+    (:func:`fusion_jax.tiles.split_sizes`); ``None`` or one size: one tile.
+    """
+
+    def one(cols: jax.Array, k: PRNGKeyArray | None) -> jax.Array:
+        return _program_prepared(
+            cols,
+            k,
+            g_max,
+            model,
+            t_inference,
+            strict_aihwkit=strict_aihwkit,
+            gradient=gradient,
+            axis=-2,
+            in_sizes=in_sizes,
+        )
+
+    if columns.ndim == 2:
+        return one(columns, key)
+    flat = columns.reshape(-1, *columns.shape[-2:])
+    if model is None or key is None:
+        programmed = jax.vmap(lambda c: one(c, None))(flat)
+    else:
+        programmed = jax.vmap(one)(flat, jax.random.split(key, flat.shape[0]))
+    return programmed.reshape(columns.shape)
 
 
 def is_kernel(path: LeafPath, leaf: Any) -> bool:
@@ -233,62 +313,299 @@ def _plain_path(keypath: tuple[Any, ...]) -> LeafPath:
     return tuple(_key_name(entry) for entry in entries)
 
 
+class _Unset:
+    """Sentinel: a setting not given to :func:`program_params`."""
+
+    def __repr__(self) -> str:
+        return "<from the layer, else the default>"
+
+
+_UNSET: Any = _Unset()
+
+#: The settings a Fusion layer carries and program_params reads, with their defaults.
+_SETTING_DEFAULTS: dict[str, Any] = {
+    "g_max": 40.0,
+    "noise": DEFAULT_NOISE,
+    "t_inference": 0.0,
+    "strict_aihwkit": False,
+    "gradient": "exact",
+    "max_input_size": tiles.DEFAULT_MAX_INPUT_SIZE,
+    "max_output_size": tiles.DEFAULT_MAX_OUTPUT_SIZE,
+}
+
+#: ``layouts`` argument: per-leaf kernel axes, by path (tuple or "/"-joined text), or a function.
+Layouts = Mapping[LeafPath | str, KernelAxes] | Callable[[LeafPath, Any], "KernelAxes | None"]
+
+
+def _expected_kernel(module: Any) -> tuple[KernelAxes, tuple[int | None, ...]] | None:
+    """The axes and shape (``None``: any size) of a known Flax NNX layer's own kernel."""
+    from flax import nnx
+
+    if isinstance(module, nnx.Linear):
+        return KernelAxes.dense(), (module.in_features, module.out_features)
+    if isinstance(module, nnx.Conv | nnx.ConvTranspose):
+        spatial = len(module.kernel_size)
+        return KernelAxes.conv(spatial), (*module.kernel_size, None, module.out_features)
+    if isinstance(module, nnx.LinearGeneral):
+        batch = tuple(module.batch_axis.values())
+        axes = KernelAxes.general(len(module.in_features), len(module.out_features), len(batch))
+        return axes, (*batch, *module.in_features, *module.out_features)
+    if isinstance(module, nnx.Einsum):
+        if module.einsum_str is None:
+            return None
+        return KernelAxes.einsum(module.einsum_str), tuple(module.kernel_shape)
+    return None
+
+
+def module_kernel_axes(module: Any, kernel_shape: Sequence[int], name: str) -> KernelAxes | None:
+    """The axes of the kernel of shape ``kernel_shape`` held by a Flax NNX layer.
+
+    Known layers: ``nnx.Linear``, ``nnx.Conv``, ``nnx.ConvTranspose``,
+    ``nnx.LinearGeneral`` (its ``batch_axis`` are stack axes), ``nnx.Einsum``
+    (from its ``einsum_str``) and their Fusion counterparts. Leading axes
+    beyond the layer's own kernel (a layer stacked by ``nnx.vmap`` /
+    ``nnx.scan``) are stack axes. ``None`` for any other module.
+
+    Raises:
+        ValueError: naming ``name`` if the kernel's shape does not end with
+            the layer's own kernel shape, or for an ``nnx.Einsum`` without an
+            ``einsum_str`` (given at call time only).
+    """
+    from flax import nnx
+
+    if isinstance(module, nnx.Einsum) and module.einsum_str is None:
+        raise ValueError(
+            f"{name}: an nnx.Einsum whose einsum_str is given only at call time has no known "
+            "kernel axes; pass layouts={...: fj.layout.KernelAxes.einsum('...')} for it."
+        )
+    found = _expected_kernel(module)
+    if found is None:
+        return None
+    axes, own = found
+    shape = tuple(int(d) for d in kernel_shape)
+    extra = len(shape) - len(own)
+    fits = extra >= 0 and all(o is None or o == d for o, d in zip(own, shape[extra:], strict=True))
+    if not fits:
+        raise ValueError(
+            f"{name}: the kernel of shape {shape} of a {type(module).__name__} does not end with "
+            f"its own kernel shape {tuple('?' if o is None else o for o in own)} (leading axes "
+            "are read as stacked layers); pass layouts= for it."
+        )
+    return axes.stacked(extra) if extra else axes
+
+
+def _layer_settings(module: Any) -> dict[str, Any] | None:
+    """A Fusion layer's own settings (``None`` for a plain layer)."""
+    from fusion_jax.nnx import _FusionLayer
+
+    if not isinstance(module, _FusionLayer):
+        return None
+    return {name: getattr(module, name) for name in _SETTING_DEFAULTS if hasattr(module, name)}
+
+
+def _module_specs(
+    module: Any,
+) -> tuple[dict[LeafPath, KernelAxes], dict[LeafPath, dict[str, Any]]]:
+    """Kernel axes and Fusion settings of every known layer of an NNX module, by leaf path."""
+    from flax import nnx
+
+    axes: dict[LeafPath, KernelAxes] = {}
+    settings: dict[LeafPath, dict[str, Any]] = {}
+    for path, node in nnx.iter_graph(module):
+        if not isinstance(node, nnx.Module):
+            continue
+        kernel = getattr(node, "kernel", None)
+        if not isinstance(kernel, nnx.Variable):
+            continue
+        leaf_path = (*path, "kernel")
+        name = _path_text(leaf_path)
+        found = module_kernel_axes(node, np.shape(kernel[...]), name)
+        if found is not None:
+            axes[leaf_path] = found
+        own = _layer_settings(node)
+        if own is not None:
+            settings[leaf_path] = own
+    return axes, settings
+
+
+def kernel_layouts(module: Any) -> dict[LeafPath, KernelAxes]:
+    """The kernel axes of every known layer of an NNX module, by leaf path.
+
+    The paths are those of ``nnx.state(module)`` / ``nnx.split(module)``
+    leaves as :func:`program_params` names them, so the result is the
+    ``layouts`` for programming the module's state as a plain pytree (what
+    :func:`fusion_jax.sweep` and :mod:`fusion_jax.training` do). Known layers
+    are ``nnx.Linear``, ``Conv``, ``ConvTranspose``, ``LinearGeneral``,
+    ``Einsum`` and their Fusion counterparts, stacked or not.
+
+    Args:
+        module: An ``nnx.Module``.
+
+    Returns:
+        Leaf path -> :class:`~fusion_jax.layout.KernelAxes`.
+
+    Raises:
+        ValueError: naming the leaf, for a kernel that does not fit its layer
+            (see :func:`module_kernel_axes`).
+
+    Example:
+        >>> from flax import nnx
+        >>> import fusion_jax as fj
+        >>> model = nnx.Sequential(nnx.Conv(1, 4, (3, 3), rngs=nnx.Rngs(0)),
+        ...                        nnx.Linear(4, 2, rngs=nnx.Rngs(0)))
+        >>> fj.nnx.kernel_layouts(model)
+        {('layers', 0, 'kernel'): KernelAxes(inputs=(2, 0, 1), outputs=(3,), stack=()),
+         ('layers', 1, 'kernel'): KernelAxes(inputs=(0,), outputs=(1,), stack=())}
+    """
+    from flax import nnx
+
+    if not isinstance(module, nnx.Module):
+        raise TypeError(f"kernel_layouts needs an nnx.Module, got {type(module)}.")
+    return _module_specs(module)[0]
+
+
+def freeze_layouts(layouts: Layouts | None) -> Any:
+    """``layouts`` in a hashable form (for a jit static argument or a cache key).
+
+    A mapping becomes a sorted tuple of ``("path/text", KernelAxes)`` pairs,
+    which :func:`program_params` accepts back through ``dict(...)``; a
+    function or ``None`` is returned as is.
+    """
+    if layouts is None or (callable(layouts) and not isinstance(layouts, Mapping)):
+        return layouts
+    if isinstance(layouts, tuple):  # frozen already
+        layouts = dict(layouts)
+    if not isinstance(layouts, Mapping):
+        raise TypeError(
+            f"layouts must be a mapping leaf path -> KernelAxes or a function, got {type(layouts)}."
+        )
+    return tuple(
+        sorted((k if isinstance(k, str) else _path_text(tuple(k)), v) for k, v in layouts.items())
+    )
+
+
+def _layout_lookup(
+    layouts: Layouts | None, flat_paths: Sequence[LeafPath]
+) -> Callable[[LeafPath, Any], KernelAxes | None]:
+    """``layouts`` as a function of (path, leaf), after checking every key names a leaf."""
+    if layouts is None:
+        return lambda path, leaf: None
+    if callable(layouts) and not isinstance(layouts, Mapping):
+        return layouts
+    if not isinstance(layouts, Mapping):
+        raise TypeError(
+            f"layouts must be a mapping leaf path -> KernelAxes or a function, got {type(layouts)}."
+        )
+    table: dict[str, KernelAxes] = {}
+    for k, v in layouts.items():
+        text = k if isinstance(k, str) else _path_text(tuple(k))
+        if not isinstance(v, KernelAxes):
+            raise TypeError(
+                f"layouts[{text!r}] must be a fusion_jax.layout.KernelAxes, got {type(v)}."
+            )
+        table[text] = v
+    texts = {_path_text(p) for p in flat_paths}
+    texts |= {_path_text(p[1:]) for p in flat_paths if p and p[0] == "params"}
+    unknown = sorted(set(table) - texts)
+    if unknown:
+        raise ValueError(
+            f"layouts name leaves that params lack: {unknown}; leaves are named like "
+            f"{sorted(texts)[:4]}."
+        )
+
+    def lookup(path: LeafPath, leaf: Any) -> KernelAxes | None:
+        found = table.get(_path_text(path))
+        if found is None and path and path[0] == "params":
+            found = table.get(_path_text(path[1:]))
+        return found
+
+    return lookup
+
+
 def program_params(
     params: PyTree,
     key: PRNGKeyArray | None,
     *,
-    g_max: float | ArrayLike = 40.0,
-    noise: NoiseModel | None = DEFAULT_NOISE,
-    t_inference: float | ArrayLike = 0.0,
-    strict_aihwkit: bool = False,
-    gradient: GradientMode = "exact",
+    g_max: float | ArrayLike = _UNSET,
+    noise: NoiseModel | None = _UNSET,
+    t_inference: float | ArrayLike = _UNSET,
+    strict_aihwkit: bool = _UNSET,
+    gradient: GradientMode = _UNSET,
     where: Callable[[LeafPath, Any], bool] | None = None,
-    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
-    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
+    layouts: Layouts | None = None,
+    max_input_size: int = _UNSET,
+    max_output_size: int = _UNSET,
 ) -> PyTree:
-    """Program every kernel of a parameter pytree onto the simulated chip, once.
+    """Program every kernel of a model onto the simulated chip, once.
 
-    This is writing a whole model to the chip: every selected leaf is
-    programmed with :func:`program_kernel` (one row per output channel, the
-    last axis) under its own key, :func:`leaf_key`; everything else (biases,
-    which stay digital, normalisation parameters, RNG state) is returned
-    unchanged. Evaluating the result uses one programmed copy for the whole
-    test set, as the chip does; the layers of :mod:`fusion_jax.nnx` and
-    :mod:`fusion_jax.linen` instead program afresh on every training step.
+    This is writing a whole model to the chip: every selected kernel is
+    programmed with :func:`program_kernel` (one chip row per output feature
+    of every layer) under its own key, :func:`leaf_key`; everything else
+    (biases, which stay digital, normalisation parameters, RNG state) is
+    returned unchanged. Evaluating the result uses one programmed copy for
+    the whole test set, as the chip does; the layers of :mod:`fusion_jax.nnx`
+    and :mod:`fusion_jax.linen` instead program afresh on every training step.
 
-    Works on any pytree: a Linen ``variables``/``params`` dict, an
-    ``nnx.State`` (from ``nnx.split`` or ``nnx.state``), or nested dicts.
+    ``params`` may be:
+
+    * an ``nnx.Module``: the result is its programmed copy (the input is left
+      unchanged). The axes of every ``nnx.Linear``, ``Conv``,
+      ``LinearGeneral`` and ``Einsum`` kernel (and of their Fusion
+      counterparts) are known from the layer, including stacked layers
+      made by ``nnx.vmap``/``nnx.scan`` (leading layer axes) and attention
+      projections; each Fusion layer is programmed with its own settings
+      (``g_max``, ``noise``, ``t_inference``, ``strict_aihwkit``,
+      ``gradient``) unless the call gives them.
+    * any pytree: a Linen ``variables``/``params`` dict, an ``nnx.State``,
+      nested dicts. A kernel of rank 2 is ``[in, out]``; a kernel of higher
+      rank needs its axes in ``layouts`` (for Linen,
+      :func:`fusion_jax.linen.kernel_layouts`; for an NNX model's state,
+      :func:`fusion_jax.nnx.kernel_layouts`), otherwise an error names it.
+
     Jittable, differentiable, and vmappable over ``key`` and ``g_max``
     (a sweep compiles once).
 
     Args:
-        params: The parameter pytree.
+        params: An ``nnx.Module`` or a parameter pytree.
         key: PRNG key; each leaf's key is folded in from it. May be ``None``
-            when ``noise=None``.
+            when noise is off.
         g_max: Largest conductance in uS, in [10, 40]; may be traced.
+            Default: each Fusion layer's own, else 40.
         noise: A noise model (:mod:`fusion_jax.noise`), the default chip
-            model, or ``None`` for the noise-free round trip.
+            model, or ``None`` for the noise-free round trip. Default: each
+            Fusion layer's own, else the default chip model.
         t_inference: Seconds since programming at which the chip is read.
+            Default: each Fusion layer's own, else 0.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+            Default: each Fusion layer's own, else ``False``.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+            Default: each Fusion layer's own, else ``"exact"``.
         where: Which leaves to program: a predicate ``where(path, leaf)``
             where ``path`` is a tuple of plain names such as
             ``("params", "Dense_0", "kernel")`` (dict keys, attribute names,
             sequence indices; the ``.value`` of an ``nnx.Variable`` or Linen
-            box left out). Default :func:`is_kernel`. Selected leaves must be
-            Flax-layout kernels ``[*spatial, in, out]``.
+            box left out). Default :func:`is_kernel`.
+        layouts: The :class:`~fusion_jax.layout.KernelAxes` of kernels, by
+            leaf path: a tuple of names or its ``/``-joined text (a leading
+            ``params`` collection may be left out), or a function
+            ``layouts(path, leaf)`` returning the axes or ``None``. They take
+            precedence over those read from a module.
         max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
-            split); see :func:`program_kernel`.
-        max_output_size: Most outputs per chip tile (0: no split).
+            split); see :func:`program_kernel`. Default: each Fusion layer's
+            own, else 512.
+        max_output_size: Most outputs per chip tile (0: no split). Default:
+            each Fusion layer's own, else 512.
 
     Returns:
-        A pytree of the same structure with the selected leaves programmed.
+        The programmed copy: a module for a module, else a pytree of the
+        same structure with the selected leaves programmed.
 
     Raises:
-        ValueError: if ``where`` selects a leaf with fewer than 2 dimensions
-            or a leaf that fails :func:`program_kernel`'s checks (the message
-            names the path), if no leaf is selected, or if noise is on and
-            ``key`` is ``None``.
+        ValueError: if ``where`` selects a leaf with fewer than 2 dimensions,
+            a kernel of rank above 2 has no known axes, or a leaf fails
+            :func:`program_kernel`'s checks (each message names the leaf's
+            path); if no leaf is selected; if ``layouts`` names a missing
+            leaf; or if noise is on and ``key`` is ``None``.
         ArgumentError: for a concrete ``g_max`` outside [10, 40].
 
     Example:
@@ -305,14 +622,26 @@ def program_params(
         >>> model.apply(on_chip, jnp.ones((1, 4))).shape
         (1, 3)
 
-        The same with NNX, through ``nnx.split`` / ``nnx.merge``:
+        An NNX model, with its layers' own settings:
 
         >>> from flax import nnx
-        >>> layer = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
-        >>> graphdef, state = nnx.split(layer)
-        >>> chip_layer = nnx.merge(graphdef, fj.program_params(state, jax.random.key(1)))
-        >>> chip_layer(jnp.ones((1, 4))).shape
-        (1, 3)
+        >>> net = nnx.Sequential(
+        ...     fj.nnx.FusionLinear(4, 8, g_max=10.0, rngs=nnx.Rngs(0)),
+        ...     nnx.MultiHeadAttention(2, 8, decode=False, rngs=nnx.Rngs(1)),
+        ... )
+        >>> chip_net = fj.program_params(net, jax.random.key(1))   # layer 0 at 10 uS, rest 40 uS
+        >>> chip_net.eval()
+        >>> chip_net(jnp.ones((1, 5, 4))).shape
+        (1, 5, 8)
+        >>> bool((chip_net.layers[1].query.kernel[...] != net.layers[1].query.kernel[...]).any())
+        True
+
+        A kernel of rank above 2 in a plain pytree needs its axes:
+
+        >>> stacked = {"blocks": {"kernel": jnp.ones((3, 4, 2))}}    # 3 scanned layers
+        >>> axes = {"blocks/kernel": fj.layout.KernelAxes.dense().stacked()}
+        >>> fj.program_params(stacked, None, noise=None, layouts=axes)["blocks"]["kernel"].shape
+        (3, 4, 2)
 
         A g_max sweep, compiled once:
 
@@ -320,26 +649,65 @@ def program_params(
         >>> sweep(jnp.array([10.0, 25.0, 40.0]))["params"]["kernel"].shape
         (3, 4, 3)
     """
-    _check_gradient_mode(gradient)
-    tiles.check_max_size(max_input_size, "max_input_size")
-    tiles.check_max_size(max_output_size, "max_output_size")
-    if np.ndim(g_max) != 0:
-        raise ArgumentError(
-            f"g_max must be a scalar, got shape {np.shape(g_max)}; to sweep several values "
-            "use jax.vmap over g_max."
-        )
-    _validation.check_g_max(g_max)
-    model = resolve_noise(noise)
-    if model is not None and key is None:
-        raise ValueError(
-            "program_params needs a PRNG key when noise is on (pass key=, or noise=None)."
-        )
+    from flax import nnx
+
+    call = {
+        "g_max": g_max,
+        "noise": noise,
+        "t_inference": t_inference,
+        "strict_aihwkit": strict_aihwkit,
+        "gradient": gradient,
+        "max_input_size": max_input_size,
+        "max_output_size": max_output_size,
+    }
+    given = {name: value for name, value in call.items() if value is not _UNSET}
+    for name in ("max_input_size", "max_output_size"):
+        if name in given:
+            tiles.check_max_size(given[name], name)
+    if "gradient" in given:
+        _check_gradient_mode(given["gradient"])
+    if "g_max" in given:
+        if np.ndim(given["g_max"]) != 0:
+            raise ArgumentError(
+                f"g_max must be a scalar, got shape {np.shape(given['g_max'])}; to sweep several "
+                "values use jax.vmap over g_max."
+            )
+        _validation.check_g_max(given["g_max"])
+    if "noise" in given:
+        given["noise"] = resolve_noise(given["noise"])
+        if given["noise"] is not None:
+            _validation.check_noise_model(given["noise"], where="program_params")
+    if "t_inference" in given:
+        _validation.check_t_inference(given["t_inference"], where="program_params")
+    if key is not None:
+        _validation.check_key(key, where="program_params")
+
+    if isinstance(params, nnx.Module):
+        module_axes, module_settings = _module_specs(params)
+        graphdef, state = nnx.split(params)
+        programmed = _program_tree(state, key, given, where, layouts, module_axes, module_settings)
+        return nnx.merge(graphdef, programmed)
+    return _program_tree(params, key, given, where, layouts, {}, {})
+
+
+def _program_tree(
+    params: Any,
+    key: PRNGKeyArray | None,
+    given: dict[str, Any],
+    where: Callable[[LeafPath, Any], bool] | None,
+    layouts: Layouts | None,
+    module_axes: Mapping[LeafPath, KernelAxes],
+    module_settings: Mapping[LeafPath, Mapping[str, Any]],
+) -> Any:
+    """program_params on a pytree, with per-leaf axes and settings read from a module."""
     select = is_kernel if where is None else where
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [_plain_path(keypath) for keypath, _ in flat]
+    lookup = _layout_lookup(layouts, paths)
+    default_model = resolve_noise(DEFAULT_NOISE) if "noise" not in given else None
     out = []
     n_selected = 0
-    for keypath, leaf in flat:
-        path = _plain_path(keypath)
+    for path, (_, leaf) in zip(paths, flat, strict=True):
         if not select(path, leaf):
             out.append(leaf)
             continue
@@ -351,18 +719,41 @@ def program_params(
                 f"{tuple(np.shape(leaf))}, but only kernels with at least 2 dimensions "
                 "[..., in, out] can be programmed (biases stay digital)."
             )
+        axes = lookup(path, leaf)
+        if axes is None:
+            axes = module_axes.get(path)
+        if axes is None:
+            if np.ndim(leaf) > 2:
+                raise ValueError(
+                    f"program_params: the kernel {name!r} of shape {tuple(np.shape(leaf))} has "
+                    "rank above 2, and which of its axes are inputs, outputs or stacked layers "
+                    "is unknown. Pass layouts={" + repr(name) + ": fj.layout.KernelAxes...} "
+                    "(e.g. KernelAxes.conv(2) for a 2-D convolution, KernelAxes.dense().stacked() "
+                    "for scanned Dense layers), or the nnx.Module itself, or for Linen "
+                    "layouts=fj.linen.kernel_layouts(model, *inputs)."
+                )
+            axes = KernelAxes.dense()
+        settings = {**_SETTING_DEFAULTS, **module_settings.get(path, {}), **given}
+        model = settings["noise"]
+        model = default_model if model is DEFAULT_NOISE else resolve_noise(model)
+        if model is not None and key is None:
+            raise ValueError(
+                f"program_params needs a PRNG key when noise is on (the kernel {name!r} is "
+                "programmed with noise; pass key=, or noise=None)."
+            )
         leaf_k = None if model is None else leaf_key(key, path)
         try:
             programmed = program_kernel(
                 leaf,
                 leaf_k,
-                g_max=g_max,
+                axes=axes,
+                g_max=settings["g_max"],
                 noise=model,
-                t_inference=t_inference,
-                strict_aihwkit=strict_aihwkit,
-                gradient=gradient,
-                max_input_size=max_input_size,
-                max_output_size=max_output_size,
+                t_inference=settings["t_inference"],
+                strict_aihwkit=settings["strict_aihwkit"],
+                gradient=settings["gradient"],
+                max_input_size=settings["max_input_size"],
+                max_output_size=settings["max_output_size"],
             )
         except ArgumentError:
             raise
@@ -373,8 +764,9 @@ def program_params(
             raise
         out.append(programmed)
     if n_selected == 0:
-        paths = [_path_text(_plain_path(kp)) for kp, _ in flat]
-        shown = ", ".join(repr(p) for p in paths[:8]) + (" ..." if len(paths) > 8 else "")
+        shown = ", ".join(repr(_path_text(p)) for p in paths[:8]) + (
+            " ..." if len(paths) > 8 else ""
+        )
         raise ValueError(
             "program_params selected no leaf to program; the default selects leaves named "
             f"'kernel' with at least 2 dimensions. Leaves seen: [{shown}]."

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation, tiles
+from fusion_jax._fusion import materialize_fn
 from fusion_jax._static import StaticNumbers
 from fusion_jax.conversion import (
     _prepare_g_max,
@@ -81,11 +82,7 @@ def resolve_noise(noise: Any) -> NoiseModel | None:
         return default_noise()
     if noise is None:
         return None
-    if not hasattr(noise, "sample"):
-        raise TypeError(
-            f"noise must be a noise model with a .sample method (see fj.noise) or None, "
-            f"got {type(noise).__name__}."
-        )
+    _validation.check_noise_model(noise)
     return noise
 
 
@@ -150,7 +147,11 @@ def program(
         ArgumentError: for a concrete ``g_max`` outside [10, 40].
         ValueError: for bad weights (see :func:`convert_to_conductances`), a
             missing key when noise is on, an unknown ``gradient``, or a
-            negative tile size.
+            ``t_inference`` that is NaN, Inf or negative, or a negative tile
+            size.
+        TypeError: for a key that is not a PRNG key (an integer seed), a
+            noise model class instead of an instance, or a non-numeric
+            ``t_inference``.
 
     References:
         aihwkit ``FusionConductanceConverter``, ``fusion_export`` /
@@ -167,7 +168,7 @@ def program(
         >>> w_chip.shape
         (2, 3)
     """
-    model = _checked_settings(noise, key, gradient, "program")
+    model = _checked_settings(noise, key, gradient, "program", t_inference)
     w = _prepare_weights(weights)
     sizes = tiles._input_sizes(w.shape[-1], max_input_size, max_output_size, 1, w.shape[-2])
     return _program_prepared(
@@ -183,13 +184,17 @@ def program(
 
 
 def _checked_settings(
-    noise: Any, key: PRNGKeyArray | None, gradient: str, caller: str
+    noise: Any, key: PRNGKeyArray | None, gradient: str, caller: str, t_inference: Any = 0.0
 ) -> NoiseModel | None:
-    """The noise model ``noise`` stands for, after checking ``gradient`` and ``key``."""
+    """The noise model ``noise`` stands for, after checking every setting.
+
+    ``gradient`` here; noise, key and ``t_inference`` by
+    :func:`fusion_jax._validation.check_settings`, the one check all entry
+    points share.
+    """
     _check_gradient_mode(gradient)
     model = resolve_noise(noise)
-    if model is not None and key is None:
-        raise ValueError(f"{caller} needs a PRNG key when noise is on (pass key=, or noise=None).")
+    _validation.check_settings(where=caller, noise=model, key=key, t_inference=t_inference)
     return model
 
 
@@ -250,9 +255,22 @@ def _program_jit(
     # a model can test them at trace time (a literal read_noise_scale=0 skips
     # the read-noise draw) and XLA can fold arithmetic on them.
     wc = w.astype(dtype)
-    w_hat = _program_core(wc, key, g_max, noise.value, t_inference, strict_aihwkit, axis, in_sizes)
-    if gradient == "ste":
+    if gradient == "ste":  # no derivative is traced through the programming at all
+        w_hat = _program_core(
+            jax.lax.stop_gradient(wc),
+            key,
+            g_max,
+            noise.value,
+            t_inference,
+            strict_aihwkit,
+            axis,
+            in_sizes,
+        )
         w_hat = wc + jax.lax.stop_gradient(w_hat - wc)
+    else:
+        w_hat = _program_core(
+            wc, key, g_max, noise.value, t_inference, strict_aihwkit, axis, in_sizes
+        )
     return w_hat.astype(out_dtype)
 
 
@@ -283,7 +301,7 @@ def _program_core(
     converted = [_signed_conductances(b, g_max, axis) for b in blocks]
     xs = [x for x, _, _ in converted]
     if noise is not None:
-        g_read = noise.sample(jnp.abs(join(xs)), key, g_max=g_max, t_inference=t_inference)
+        g_read = _sample(noise, jnp.abs(join(xs)), key, g_max, t_inference)
         xs = split(g_read.astype(w.dtype) * jnp.sign(w))
     out = []
     for x, wb, (_, scale, row_max) in zip(xs, blocks, converted, strict=True):
@@ -300,3 +318,86 @@ def _program_core(
             )
         )
     return join(out)
+
+
+def _sample(
+    noise: NoiseModel,
+    g: jax.Array,
+    key: PRNGKeyArray,
+    g_max: jax.Array,
+    t_inference: jax.Array,
+) -> jax.Array:
+    """``noise.sample(g, key, ...)``, with a one-array derivative for elementwise models.
+
+    A model that declares ``elementwise = True`` (each read-back depends only
+    on its own target, for a fixed key: both built-in models) has a diagonal
+    Jacobian in ``g``. Its derivative is then computed in the forward pass
+    (forward mode, with the sample itself, sharing its random draws and
+    transcendental functions) and reverse mode keeps that one array, instead
+    of every intermediate of the sample, and multiplies by it: a fraction of
+    the memory and of the compiled program. Derivatives with respect to the
+    model's fields, ``g_max`` or ``t_inference`` (when they are traced and
+    differentiated) go through the model's own code, as for other models.
+    """
+    if not getattr(noise, "elementwise", False):
+        return noise.sample(g, key, g_max=g_max, t_inference=t_inference)
+    # Python numbers of the model stay Python numbers (constants); only its
+    # array fields are arguments of the custom derivative.
+    leaves, treedef = jax.tree_util.tree_flatten(noise)
+    is_array = [not isinstance(leaf, int | float) for leaf in leaves]
+    numbers = [None if a else leaf for a, leaf in zip(is_array, leaves, strict=True)]
+
+    def sample(
+        g: jax.Array, arrays: list[Any], key: Any, g_max: jax.Array, t: jax.Array
+    ) -> jax.Array:
+        rest = iter(arrays)
+        full = [next(rest) if a else leaf for a, leaf in zip(is_array, numbers, strict=True)]
+        model = jax.tree_util.tree_unflatten(treedef, full)
+        return model.sample(g, key, g_max=g_max, t_inference=t)
+
+    @jax.custom_jvp
+    def diagonal(
+        g: jax.Array, arrays: list[Any], key: Any, g_max: jax.Array, t: jax.Array
+    ) -> jax.Array:
+        return sample(g, arrays, key, g_max, t)
+
+    def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[jax.Array, jax.Array]:
+        g, arrays, key, g_max, t = primals
+        g_dot, *others = tangents
+        if any(map(_nonzero, jax.tree_util.tree_leaves(others, is_leaf=_is_zero))):
+            instantiated = jax.tree_util.tree_map(_instantiate, tangents, is_leaf=_is_zero)
+            return jax.jvp(sample, primals, instantiated)
+
+        # The value and the derivative come out of one pass, stacked, computed
+        # once on the CPU (materialize_fn): XLA would otherwise store every
+        # intermediate (exp, log, erf_inv) that both of them read.
+        def both() -> jax.Array:
+            out, slope = jax.jvp(
+                lambda g: sample(g, arrays, key, g_max, t), (g,), (jnp.ones_like(g),)
+            )
+            return jnp.stack([out, slope], axis=-1)
+
+        stacked = materialize_fn(both, g)
+        out, slope = stacked[..., 0], stacked[..., 1]
+        if not _nonzero(g_dot):
+            return out, jnp.zeros_like(out)
+        return out, slope * g_dot
+
+    diagonal.defjvp(jvp, symbolic_zeros=True)
+    arrays = [leaf for a, leaf in zip(is_array, leaves, strict=True) if a]
+    return diagonal(g, arrays, key, g_max, t_inference)
+
+
+def _is_zero(tangent: Any) -> bool:
+    return isinstance(tangent, jax.custom_derivatives.SymbolicZero)
+
+
+def _nonzero(tangent: Any) -> bool:
+    return not _is_zero(tangent)
+
+
+def _instantiate(tangent: Any) -> Any:
+    """A tangent as an array: symbolic zeros become zeros of the tangent type."""
+    if not _is_zero(tangent):
+        return tangent
+    return jnp.zeros(tangent.aval.shape, tangent.aval.dtype)

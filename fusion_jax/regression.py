@@ -37,6 +37,11 @@ def _safe_scale(scale: jax.Array) -> jax.Array:
     scale = jax.lax.stop_gradient(scale)
     ok = (scale > 0) & jnp.isfinite(scale)
     _, exponent = jnp.frexp(jnp.where(ok, scale, jnp.ones_like(scale)))
+    # Kept within [2**minexp, 2**(maxexp - 2)], so that both the scale and its
+    # reciprocal are normal numbers (neither Inf nor flushed to 0); values
+    # normalised by it stay below 4 in magnitude.
+    info = jnp.finfo(scale.dtype)
+    exponent = jnp.clip(exponent, int(info.minexp), int(info.maxexp) - 2)
     return jnp.where(ok, jnp.ldexp(jnp.ones_like(scale), exponent), jnp.ones_like(scale))
 
 
@@ -367,6 +372,12 @@ def regression_slope(
         The slope of every row, shape ``[..., out]``, in the computation dtype
         (float32, or float64 for float64 inputs with x64 enabled).
 
+    Raises:
+        ValueError: if the shapes differ or are not ``[..., out, in]`` with
+            ``in >= 1``, or ``x`` or ``y`` hold NaN/Inf (how many, in which
+            rows; traced inputs are checked under ``checkify``).
+        TypeError: for non-numeric inputs.
+
     References:
         aihwkit ``FusionConductanceConverter.convert_back_to_weights``;
         ``../shared/REFERENCE.md`` (degenerate rows).
@@ -385,6 +396,8 @@ def regression_slope(
     y = _validation.as_matrix_stack(y, "y")
     if x.shape != y.shape:
         raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}.")
+    _validation.check_finite(x, "x")
+    _validation.check_finite(y, "y")
     dtype = _validation.compute_dtype(jnp.result_type(x.dtype, y.dtype))
     return _slope_jit(x.astype(dtype), y.astype(dtype), strict_aihwkit=bool(strict_aihwkit))
 

@@ -29,8 +29,9 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from fusion_jax import _validation
 from fusion_jax._atomic import atomic_open
 from fusion_jax.errors import ArgumentError
-from fusion_jax.program_params import program_params
+from fusion_jax.program_params import Layouts, freeze_layouts, kernel_layouts, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
+from fusion_jax.units import format_time
 
 __all__ = ["SweepResult", "sweep"]
 
@@ -60,7 +61,7 @@ class SweepResult:
         ...                 acc, 1 - acc, label="mlp")
         >>> print(r.format_table())
         mlp: accuracy (%), mean +- std over 2 seeds
-        g_max (uS)           t=1h
+        g_max (uS)           t=1 h
              10.00   82.00 +- 2.83
              40.00   96.00 +- 1.41
     """
@@ -117,7 +118,7 @@ class SweepResult:
 
         Cells are accuracy in percent, mean +- standard deviation over seeds.
         """
-        head = [f"{'g_max (uS)':>10}"] + [f"{_format_time(t):>15}" for t in self.t_inference]
+        head = [f"{'g_max (uS)':>10}"] + [f"{'t=' + format_time(t):>15}" for t in self.t_inference]
         lines = [" ".join(head)]
         acc = 100 * self.accuracy
         ddof = 1 if len(self.seeds) > 1 else 0
@@ -155,13 +156,6 @@ class SweepResult:
         _atomic_write(path, json.dumps(payload, indent=1))
 
 
-def _format_time(t: float) -> str:
-    for unit, seconds in (("y", 3.15e7), ("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
-        if t >= seconds:
-            return f"t={t / seconds:g}{unit}"
-    return f"t={t:g}s"
-
-
 def _atomic_write(path: str | os.PathLike[str], text: str) -> None:
     with atomic_open(path) as fh:
         fh.write(text)
@@ -171,7 +165,10 @@ def _atomic_write(path: str | os.PathLike[str], text: str) -> None:
 
 
 def _grid_axis(values: Any, name: str) -> np.ndarray:
-    arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
+    raw = np.asarray(values)
+    if raw.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be numbers, got {values!r}.")
+    arr = np.atleast_1d(raw.astype(np.float64))
     if arr.ndim != 1:
         raise ValueError(f"{name} must be a scalar or a 1-D sequence, got shape {arr.shape}.")
     if arr.size == 0:
@@ -181,14 +178,21 @@ def _grid_axis(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+#: Seeds are 32-bit: ``jax.random.key(seed)`` of the uint32 seed.
+_SEED_LIMIT = 2**32
+
+
 def _check_grid(g_max: Any, seeds: Any, t_inference: Any) -> tuple[np.ndarray, ...]:
     g = _grid_axis(g_max, "g_max")
     bad = g[(g < _validation.G_MAX_MIN) | (g > _validation.G_MAX_MAX)]
     if bad.size:
         raise ArgumentError(f"{_validation.G_MAX_MESSAGE} Got g_max values {bad.tolist()}.")
-    if isinstance(seeds, int | np.integer):
-        if seeds < 1:
-            raise ValueError(f"seeds must be a positive count or a sequence of seeds, got {seeds}.")
+    if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
+        if not 1 <= seeds <= _SEED_LIMIT:
+            raise ValueError(
+                f"seeds must be a positive count (at most 2**32) or a sequence of seeds, "
+                f"got {seeds}."
+            )
         s = np.arange(int(seeds))
     else:
         s = np.atleast_1d(np.asarray(seeds))
@@ -196,11 +200,17 @@ def _check_grid(g_max: Any, seeds: Any, t_inference: Any) -> tuple[np.ndarray, .
             raise ValueError("seeds is empty: the sweep grid needs at least one seed.")
         if s.ndim != 1 or s.dtype.kind not in "iu":
             raise ValueError(f"seeds must be a count or a 1-D sequence of integers, got {seeds!r}.")
-        if np.any(s < 0):
-            raise ValueError(f"seeds must be non-negative, got {s.tolist()}.")
+        # Seeds are drawn as 32-bit words: larger ones would wrap around to a
+        # different seed than the one reported.
+        bad = s[(s < 0) | (s >= _SEED_LIMIT)] if s.dtype.kind == "i" else s[s >= _SEED_LIMIT]
+        if bad.size:
+            raise ValueError(
+                f"seeds must lie in [0, 2**32 - 1] (a key is made from a 32-bit seed), got "
+                f"{bad.tolist()[:8]}."
+            )
     t = _grid_axis(t_inference, "t_inference")
-    if np.any(t < 0):
-        raise ValueError(f"t_inference must be non-negative seconds, got {t.tolist()}.")
+    for value in np.atleast_1d(np.asarray(t_inference)):
+        _validation.check_t_inference(value, where="sweep")
     return g, s.astype(np.int64), t
 
 
@@ -240,7 +250,8 @@ def _nnx_apply(graphdef: Any) -> ApplyFn:
     return apply
 
 
-def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any]:
+def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any, Any]:
+    """``(apply_fn, params, kernel layouts read from a module or None)``."""
     try:
         from flax import nnx
     except ImportError:  # pragma: no cover - flax is a dependency
@@ -248,15 +259,16 @@ def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any]:
     if nnx is not None and isinstance(model_or_apply_fn, nnx.Module):
         if params is not None:
             raise ValueError("pass params=None with an nnx.Module: its state is used.")
+        layouts = kernel_layouts(model_or_apply_fn)
         graphdef, state = nnx.split(model_or_apply_fn)
-        return _nnx_apply(graphdef), state
+        return _nnx_apply(graphdef), state, layouts
     if not callable(model_or_apply_fn):
         raise TypeError(
             "model_or_apply_fn must be an nnx.Module or a function apply_fn(params, x) -> logits."
         )
     if params is None:
         raise ValueError("params is required with an apply function.")
-    return model_or_apply_fn, params
+    return model_or_apply_fn, params, getattr(model_or_apply_fn, "kernel_layouts", None)
 
 
 # --- the compiled evaluator ----------------------------------------------------------------
@@ -269,8 +281,10 @@ def _evaluator(
     n_batches: int,
     where: Any,
     strict_aihwkit: bool,
+    layouts: Any = None,
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """The jitted chunk evaluator (cached so that repeated sweeps compile once)."""
+    layout_map = dict(layouts) if isinstance(layouts, tuple) else layouts
 
     def one_point(params, xb, yb, mask, noise, g_max, seed, t):
         key = jax.random.key(seed)
@@ -282,6 +296,7 @@ def _evaluator(
             t_inference=t,
             strict_aihwkit=strict_aihwkit,
             where=where,
+            layouts=layout_map,
         )
 
         def batch_metrics(carry, batch):
@@ -332,6 +347,7 @@ def sweep(
     noise: NoiseModel | None = DEFAULT_NOISE,
     strict_aihwkit: bool = False,
     where: Callable[[tuple, Any], bool] | None = None,
+    layouts: Layouts | None = None,
     chunk_size: int | None = None,
     eval_batch_size: int | None = None,
     devices: Sequence[Any] | None = None,
@@ -366,6 +382,10 @@ def sweep(
             programs without noise.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
         where: Leaf selector for :func:`program_params` (default: kernels).
+        layouts: Kernel axes for :func:`program_params`, needed for kernels
+            of rank above 2 (convolutions, stacked layers, attention) with an
+            ``apply_fn``: for Linen, :func:`fusion_jax.linen.kernel_layouts`.
+            Default: read from the ``nnx.Module`` (or ``apply_fn.kernel_layouts``).
         chunk_size: Grid points per compiled call; by default as many as fit
             ``memory_budget_bytes`` (rounded to a multiple of the devices).
         eval_batch_size: Evaluate the data in batches of this size (a
@@ -397,7 +417,8 @@ def sweep(
     """
     g_values, seed_values, t_values = _check_grid(g_max, seeds, t_inference)
     x, y = _check_data(eval_data)
-    apply_fn, params = _as_apply(model_or_apply_fn, params)
+    apply_fn, params, found_layouts = _as_apply(model_or_apply_fn, params)
+    frozen_layouts = freeze_layouts(found_layouts if layouts is None else layouts)
     model = resolve_noise(noise)
     devices = tuple(jax.devices() if devices is None else devices)
     if not devices:
@@ -433,7 +454,7 @@ def sweep(
 
     dtype = _validation.compute_dtype(jnp.float32)
     pg, ps, pt = padded(grid_g, dtype), padded(grid_s, np.uint32), padded(grid_t, dtype)
-    evaluate = _evaluator(apply_fn, devices, n_batches, where, bool(strict_aihwkit))
+    evaluate = _evaluator(apply_fn, devices, n_batches, where, bool(strict_aihwkit), frozen_layouts)
 
     chunks = range(n_chunks)
     if progress:

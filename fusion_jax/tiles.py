@@ -32,7 +32,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 __all__ = [
     "DEFAULT_MAX_INPUT_SIZE",
@@ -250,69 +249,21 @@ def _join_tiles(blocks: list[jax.Array], axis: int) -> jax.Array:
     return flat[0] if len(flat) == 1 else jnp.concatenate(flat, axis=axis)
 
 
-def _program_columns(
-    columns: Float[ArrayLike, "*stack in_flat out"],
-    key: PRNGKeyArray | None,
-    *,
-    g_max: Any = 40.0,
-    noise: Any = None,
-    t_inference: Any = 0.0,
-    strict_aihwkit: bool = False,
-    gradient: str = "exact",
-    max_input_size: int = DEFAULT_MAX_INPUT_SIZE,
-    max_output_size: int = DEFAULT_MAX_OUTPUT_SIZE,
-    group_size: int = 1,
-    name: str = "kernel",
-) -> Float[Array, "*stack in_flat out"]:
-    """Program matrices in Flax column layout, tile by tile (private entry for kernel mappers).
+def _kernel_input_sizes(
+    shape: tuple[int, ...], axes: Any, max_input_size: Any, max_output_size: Any
+) -> tuple[int, ...]:
+    """The input tile sizes of a kernel with :class:`~fusion_jax.layout.KernelAxes` ``axes``.
 
-    ``columns[..., :, o]`` is output ``o``'s chip row (one column per output
-    feature); leading axes are independent matrices (stacked layers, heads,
-    ...), each programmed as its own layer. The inputs (axis -2) must be in
-    the order the layer's export flattens them (PyTorch's ``[in, *spatial]``
-    for a conv, with ``group_size = prod(spatial)``); they are split into
-    tiles by :func:`split_sizes`, and each tile row gets its own scale and
-    regression slope. Output splits change no value (``max_output_size``
-    is only checked). The noise model sees the whole ``columns`` array at
-    once, so with a single tile the result is that of the untiled path.
-
-    Args:
-        columns: ``[*stack, in_flat, out]``.
-        key: PRNG key; ``None`` when ``noise`` is ``None``.
-        g_max: Largest conductance in uS, in [10, 40]; may be traced.
-        noise: A noise model, :data:`fusion_jax.DEFAULT_NOISE`, or ``None``.
-        t_inference: Seconds since programming.
-        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
-        gradient: ``"exact"`` or ``"ste"``.
-        max_input_size: Most inputs per tile (0: no split).
-        max_output_size: Most outputs per tile (0: no split).
-        group_size: Inputs that stay on one tile (``kh * kw`` for a conv).
-        name: What to call ``columns`` in error messages.
-
-    Returns:
-        The programmed columns, shape and dtype of ``columns``.
-
-    Raises:
-        ValueError, TypeError, ArgumentError: as :func:`fusion_jax.program`,
-            and for bad tile sizes (:func:`split_sizes`).
+    The inputs are split in export order (``axes.inputs``). A convolution,
+    whose first input in that order (the channel) lies after the others (the
+    window) in the kernel, keeps whole channels on a tile, as aihwkit's
+    mapped conv layers do; any other kernel splits its flattened inputs.
     """
-    from fusion_jax.conversion import _prepare_weights
-    from fusion_jax.programming import _checked_settings, _program_prepared
-
-    model = _checked_settings(noise, key, gradient, "program")
-    w = _prepare_weights(columns, name)
-    sizes = _input_sizes(w.shape[-2], max_input_size, max_output_size, group_size, w.shape[-1])
-    return _program_prepared(
-        w,
-        key,
-        g_max,
-        model,
-        t_inference,
-        strict_aihwkit=strict_aihwkit,
-        gradient=gradient,
-        axis=-2,
-        in_sizes=sizes,
-    )
+    first, rest = axes.inputs[0], axes.inputs[1:]
+    group = math.prod(shape[a] for a in rest) if rest and first > max(rest) else 1
+    n_in = math.prod(shape[a] for a in axes.inputs)
+    n_out = math.prod(shape[a] for a in axes.outputs)
+    return _input_sizes(n_in, max_input_size, max_output_size, group, n_out)
 
 
 def _input_sizes(
@@ -322,8 +273,3 @@ def _input_sizes(
     max_in = check_max_size(max_input_size, "max_input_size")
     split_sizes(int(n_out), check_max_size(max_output_size, "max_output_size"))
     return split_sizes(int(n_in), max_in, group_size=group_size)
-
-
-def _group_size(shape: tuple[int, ...]) -> int:
-    """Kernel elements per input channel of a conv kernel ``[*spatial, in, out]``."""
-    return math.prod(shape[:-2])

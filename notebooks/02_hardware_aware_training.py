@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
+import optax
 from flax import nnx
 
 import fusion_jax as fj
@@ -101,9 +102,9 @@ print("kernel as programmed with a given key:\n", layer.programmed_kernel(jax.ra
 # programmed at `g_max = 10` uS and read one day after programming: the
 # smallest `g_max` of the sweep below, where the chip costs the most
 # accuracy). Both start from the same initial
-# weights. `fusion_jax.training.train` is a plain optax Adam loop, one
-# `jax.lax.scan` per epoch; for the hardware-aware model every step sees a
-# new chip.
+# weights. `fusion_jax.training.train` takes the arrays and an optax
+# optimizer (Adam here), one `jax.lax.scan` per epoch; for the
+# hardware-aware model every step sees a new chip.
 
 # %%
 digital = MLP(hidden=HIDDEN, rngs=nnx.Rngs(params=0))
@@ -112,8 +113,12 @@ aware = MLP(
 )
 print(type(digital.layers[0]).__name__, "vs", type(aware.layers[0]).__name__)
 
-digital, digital_history = train(digital, data, epochs=EPOCHS)
-aware, aware_history = train(aware, data, epochs=EPOCHS)
+digital, digital_history = train(
+    digital, data.x_train, data.y_train, optimizer=optax.adam(1e-2), epochs=EPOCHS
+)
+aware, aware_history = train(
+    aware, data.x_train, data.y_train, optimizer=optax.adam(1e-2), epochs=EPOCHS
+)
 
 fig, ax = plt.subplots()
 ax.plot(digital_history.epoch_loss, label="digital")

@@ -36,11 +36,14 @@ def _coefficients(model: FusionChipNoise) -> str:
     )
 
 
-def main(seed: int = 0) -> None:
+def main(seed: int = 0, validation_only: bool = False) -> None:
     """Print the calibration report (see the module docstring)."""
     data = fj.datasets.lenet5_readback()
     targets, programmed = data.flat_targets(), data.flat_programmed()
     preset = FusionChipNoise.lenet5_readback()
+    if validation_only:  # README's table
+        print(validation_table(preset, targets, programmed, jax.random.key(seed)).format())
+        return
     fitted = calibrate(targets, programmed)
 
     print(f"Real Fusion-chip LeNet5 read-back: {targets.size} devices, g_max = 40 uS")
@@ -103,4 +106,8 @@ def main(seed: int = 0) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0, help="PRNG seed of the model samples")
-    main(parser.parse_args().seed)
+    parser.add_argument(
+        "--validation-only", action="store_true", help="print only the validation table (README's)"
+    )
+    args = parser.parse_args()
+    main(args.seed, args.validation_only)

@@ -36,7 +36,7 @@ def relative_error(estimate: np.ndarray, weights: np.ndarray) -> float:
     return float(np.linalg.norm(estimate - weights) / np.linalg.norm(weights))
 
 
-def main() -> None:
+def main(markdown: bool = False) -> None:
     with np.load(fj.datasets.lenet5_path("weights.npz")) as npz:
         names = [str(n) for n in npz["layer_names"]]
         layers = {n: npz[f"layer_{n}"] for n in names}
@@ -47,13 +47,22 @@ def main() -> None:
         path = Path(tmp) / "model.csv"
         _, params = fusion_export(layers, path, g_max=G_MAX, ids=ids, classes=classes)
         identical = path.read_bytes() == fj.datasets.lenet5_path("target_g40.csv").read_bytes()
-    print(f"export byte-identical to target_g40.csv: {identical}")
+    if not markdown:
+        print(f"export byte-identical to target_g40.csv: {identical}")
+    elif not identical:
+        raise SystemExit("the export of weights.npz differs from target_g40.csv")
 
     readback_path = fj.datasets.lenet5_path("programmed.csv")
     imported = fusion_import(readback_path, layers, params)
     readback = read_chip_file(readback_path).layers
 
-    print(f"{'layer':>5} {'shape':>10} {'import':>8} {'naive':>8} {'gain':>6}")
+    if markdown:
+        print(
+            "| layer | shape | relative error (fusion_jax import) | naive (divide by scale) "
+            "| median per-row gain fitted |\n| --- | --- | ---: | ---: | ---: |"
+        )
+    else:
+        print(f"{'layer':>5} {'shape':>10} {'import':>8} {'naive':>8} {'gain':>6}")
     for name, w in layers.items():
         row_max = np.abs(w).max(axis=1, keepdims=True).astype(np.float64)
         naive = readback[name] * np.sign(w) * row_max / G_MAX
@@ -62,6 +71,13 @@ def main() -> None:
         slope = (w_hat * x).sum(axis=1) / (x * x).sum(axis=1)  # W_hat_r = slope_r * X_r
         gain = np.median(row_max[:, 0] / (G_MAX * slope))
         shape = "x".join(map(str, w.shape))
+        if markdown:
+            kind = "conv" if "Conv" in classes[names.index(name)] else "dense"
+            print(
+                f"| {name} ({kind}) | {shape} | {relative_error(w_hat, w):.3f} "
+                f"| {relative_error(naive, w):.3f} | {gain:.3f} |"
+            )
+            continue
         print(
             f"{name:>5} {shape:>10} {relative_error(w_hat, w):8.4f} "
             f"{relative_error(naive, w):8.4f} {gain:6.3f}"
@@ -69,4 +85,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", action="store_true", help="print README's markdown table")
+    main(parser.parse_args().markdown)

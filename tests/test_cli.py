@@ -371,3 +371,30 @@ def test_plot_sweep_rejects_bad_input(tmp_path):
     with pytest.raises(OSError):
         plot_sweep([_result("a")], tmp_path / "no" / "such" / "plot.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_sweep_error_bars_stay_apart_and_clean_line_is_drawn():
+    figure = plot_sweep([_result("digital"), _result("aware", 0.05)], clean=[0.95, 0.93])
+    assert len(figure.legends) == 1  # one legend below both panels
+    labels = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert labels[:2] == ["t=1 s", "t=1 h"] and "before programming" in labels
+    for ax, level in zip(figure.axes, (95.0, 93.0), strict=True):
+        clean_lines = [line for line in ax.get_lines() if line.get_xdata()[0] == 0]
+        assert [line.get_ydata()[0] for line in clean_lines] == [level]
+        # one set of error bars per time, offset sideways: their x positions differ
+        xs = [seg[0][0] for coll in ax.collections for seg in coll.get_segments()[:1]]
+        assert len(xs) == 2 and xs[0] != xs[1]
+    with pytest.raises(ValueError, match="clean"):
+        plot_sweep([_result("a")], clean=[1.5])
+
+
+def test_version_and_data_paths(capsys):
+    status, out, _ = run(capsys, "--version")
+    assert status == 0 and out.strip() == f"fusion-jax {fj.__version__}"
+    status, out, _ = run(capsys, "data")
+    assert status == 0 and Path(out.strip()) == DATA
+    status, out, _ = run(capsys, "data", "programmed.csv")
+    assert status == 0 and Path(out.strip()) == PROGRAMMED and PROGRAMMED.is_file()
+    status, _, err = run(capsys, "data", "nope.csv")
+    assert_one_line_error(status, err)
+    assert "nope.csv" in err

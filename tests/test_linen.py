@@ -149,3 +149,70 @@ def test_default_noise_is_the_chip_model():
     chip = fj.noise.FusionChipNoise.lenet5_readback()
     expected = X @ program_kernel(p["kernel"], K1, noise=chip) + p["bias"]
     np.testing.assert_allclose(layer.apply(variables, X, rng=K1), expected, rtol=1e-5, atol=1e-6)
+
+
+class _Net(nn.Module):
+    """A small CNN built from ``conv`` and ``dense`` classes, unnamed as in Flax's examples."""
+
+    conv: type = nn.Conv
+    dense: type = nn.Dense
+    layer_kw: dict | None = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        kw = dict(self.layer_kw or {})
+        if kw:
+            kw["deterministic"] = not train
+        x = nn.relu(self.conv(3, (3, 3), **kw)(x))
+        x = nn.relu(nn.Conv(2, (1, 1))(x))  # a plain layer between: counted together
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(self.dense(5, **kw)(x))
+        return self.dense(2, **kw)(x)
+
+
+def fusion_net(**kw):
+    return _Net(flinen.FusionConv, flinen.FusionDense, {"noise": NOISE, **kw})
+
+
+def test_names_and_initial_values_are_those_of_the_plain_layers():
+    plain = _Net().init(K0, XC)
+    fusion = fusion_net().init(K0, XC)
+    assert set(fusion["params"]) == {"Conv_0", "Conv_1", "Dense_0", "Dense_1"}
+    assert jax.tree.structure(fusion) == jax.tree.structure(plain)
+    jax.tree.map(np.testing.assert_array_equal, fusion, plain)
+    assert type(flinen.FusionDense(2)).__qualname__ == "FusionDense"  # Python name unchanged
+
+
+def test_a_digital_checkpoint_loads_into_the_fusion_model_and_back():
+    from flax import serialization
+
+    plain_vars = _Net().init(K1, XC)
+    fusion = fusion_net()
+    template = fusion.init(K0, XC)
+    loaded = serialization.from_bytes(template, serialization.to_bytes(plain_vars))
+    jax.tree.map(np.testing.assert_array_equal, loaded, plain_vars)
+    # Evaluation mode is the digital model; training mode programs the loaded kernels.
+    np.testing.assert_array_equal(fusion.apply(loaded, XC), _Net().apply(plain_vars, XC))
+    trained = fusion.apply(loaded, XC, True, rngs={"noise": K2})
+    assert np.all(np.isfinite(trained)) and not np.allclose(trained, _Net().apply(plain_vars, XC))
+    # And back: a hardware-aware model's variables apply to the plain model.
+    fusion_vars = fusion.init(K2, XC)
+    np.testing.assert_array_equal(
+        _Net().apply(fusion_vars, XC), fusion.apply(fusion_vars, XC, False)
+    )
+
+
+def test_traced_g_max_sweeps_under_vmap():
+    det = OffsetNoise(offset=4.0)
+    variables = fusion_net(noise=det).init(K0, XC)
+    g_maxes = jnp.array([12.0, 25.0, 40.0])
+
+    def at(g_max):
+        return fusion_net(noise=det, g_max=g_max).apply(variables, XC, True, rngs={"noise": K1})
+
+    swept = jax.vmap(at)(g_maxes)
+    for i, g in enumerate([12.0, 25.0, 40.0]):
+        np.testing.assert_allclose(swept[i], at(g), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(swept[0], swept[2])  # g_max matters
+    with pytest.raises(fj.ArgumentError, match="g_max"):
+        at(45.0)

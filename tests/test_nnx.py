@@ -28,8 +28,8 @@ def conv(**kw):
 
 
 def next_noise_key(layer):
-    """The key the layer's stream hands out next, without advancing it."""
-    return nnx.clone(layer.rngs)()
+    """The key the layer's noise stream hands out next, without advancing it."""
+    return jax.random.split(jax.random.wrap_key_data(layer.noise_key[...]))[0]
 
 
 def test_is_a_drop_in_linear_with_the_same_parameters():
@@ -238,3 +238,173 @@ def test_noise_model_of_numbers_is_static_and_one_with_arrays_is_state():
     assert "noise" in nnx.state(arrays)  # traced, like the parameters
     x = jnp.ones((2, 3))
     assert arrays(x).shape == numbers(x).shape == (2, 4)
+
+
+class _CNN(nnx.Module):
+    """The NNX MNIST tutorial's CNN, small: ``conv`` and ``linear`` are the layer classes."""
+
+    def __init__(self, conv=nnx.Conv, linear=nnx.Linear, *, rngs, **fusion):
+        self.conv1 = conv(2, 3, kernel_size=(3, 3), rngs=rngs, **fusion)
+        self.conv2 = conv(3, 4, kernel_size=(3, 3), rngs=rngs, **fusion)
+        self.linear1 = linear(4 * 6 * 6, 5, rngs=rngs, **fusion)
+        self.linear2 = linear(5, 3, rngs=rngs, **fusion)
+
+    def __call__(self, x):
+        x = nnx.relu(self.conv1(x))
+        x = nnx.relu(self.conv2(x))
+        x = nnx.relu(self.linear1(x.reshape(x.shape[0], -1)))
+        return self.linear2(x)
+
+
+def fusion_cnn(rngs=None, **kw):
+    kw.setdefault("noise", NOISE)
+    rngs = nnx.Rngs(0) if rngs is None else rngs
+    return _CNN(fnnx.FusionConv, fnnx.FusionLinear, rngs=rngs, **kw)
+
+
+def test_single_stream_rngs_give_every_layer_the_plain_initial_values():
+    fusion, plain = fusion_cnn(), _CNN(rngs=nnx.Rngs(0))
+    jax.tree.map(
+        np.testing.assert_array_equal, nnx.state(fusion, nnx.Param), nnx.state(plain, nnx.Param)
+    )
+    # ... and distinct noise streams: no two layers (nor two calls) share a key.
+    keys = [np.asarray(layer.noise_key[...]) for layer in (fusion.conv1, fusion.conv2)]
+    keys += [np.asarray(layer.noise_key[...]) for layer in (fusion.linear1, fusion.linear2)]
+    assert len({k.tobytes() for k in keys}) == 4
+    # A separate noise stream is advanced, as nnx.Dropout advances it; params are untouched.
+    separate = fusion_cnn(nnx.Rngs(params=0, noise=1))
+    jax.tree.map(
+        np.testing.assert_array_equal, nnx.state(separate, nnx.Param), nnx.state(plain, nnx.Param)
+    )
+    assert not np.array_equal(separate.conv1.noise_key[...], separate.conv2.noise_key[...])
+
+
+def test_state_serialises_with_flax_serialization_and_back():
+    from flax import serialization
+
+    model = fusion_cnn()
+    model(XC)  # advance the noise streams once
+    pure = nnx.to_pure_dict(nnx.state(model))
+    restored = serialization.msgpack_restore(serialization.to_bytes(pure))
+    fresh = fusion_cnn(nnx.Rngs(5))
+    state = nnx.state(fresh)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(fresh, state)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(fresh), nnx.state(model))
+    # Same parameters and same noise stream: the next training call is the same.
+    np.testing.assert_array_equal(fresh(XC), model(XC))
+
+
+def test_checkpoint_guide_restore_then_train():
+    """nnx.eval_shape, nnx.split, replace_by_pure_dict (orbax when installed), merge, train."""
+    model = fusion_cnn()
+    pure = nnx.to_pure_dict(nnx.state(model))
+    try:
+        import tempfile
+
+        import orbax.checkpoint as ocp
+    except ImportError:  # the same restore from the in-memory pure dict
+        restored = pure
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            with ocp.StandardCheckpointer() as ckpt:
+                ckpt.save(f"{tmp}/state", pure)
+            with ocp.StandardCheckpointer() as ckpt:
+                restored = ckpt.restore(f"{tmp}/state")
+    abstract = nnx.eval_shape(lambda: fusion_cnn())
+    graphdef, abstract_state = nnx.split(abstract)
+    nnx.replace_by_pure_dict(abstract_state, restored)
+    back = nnx.merge(graphdef, abstract_state)
+    np.testing.assert_array_equal(back(XC), model(XC))  # a training call: programs with noise
+    grads = nnx.grad(lambda m: jnp.sum(m(XC) ** 2))(back)
+    assert np.all(np.isfinite(grads["linear1"]["kernel"][...]))
+    # Restoring only the parameters leaves the noise stream abstract: a clear error.
+    abstract_state = nnx.state(nnx.eval_shape(lambda: fusion_cnn()))
+    nnx.replace_by_pure_dict(abstract_state, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    with pytest.raises(ValueError, match="noise_key"):
+        nnx.merge(graphdef, abstract_state)(XC)
+
+
+def test_parameters_merge_into_the_plain_graphdef_and_back():
+    fusion, plain = fusion_cnn(nnx.Rngs(3)), _CNN(rngs=nnx.Rngs(4))
+    plain_graphdef, plain_params = nnx.split(plain, nnx.Param)
+    as_plain = nnx.merge(plain_graphdef, nnx.state(fusion, nnx.Param))
+    fusion.eval()
+    np.testing.assert_array_equal(as_plain(XC), fusion(XC))
+    # The reverse: a digital model's parameters in the hardware-aware graphdef.
+    graphdef, _, rest = nnx.split(fusion, nnx.Param, ...)
+    as_fusion = nnx.merge(graphdef, plain_params, rest)
+    np.testing.assert_array_equal(as_fusion(XC), plain(XC))  # eval: the digital weights
+    as_fusion.train()
+    assert not np.allclose(as_fusion(XC), plain(XC))
+    # A digital checkpoint (a plain model's whole state) loads into a built model.
+    nnx.update(fusion, nnx.state(plain))
+    jax.tree.map(
+        np.testing.assert_array_equal, nnx.state(fusion, nnx.Param), nnx.state(plain, nnx.Param)
+    )
+
+
+def test_mnist_tutorial_training_pattern():
+    import optax
+
+    model = fusion_cnn(gradient="ste")
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+    metrics = nnx.MultiMetric(loss=nnx.metrics.Average("loss"))
+    labels = jnp.array([0, 2])
+
+    def loss_fn(model, x, y):
+        logits = model(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
+
+    @nnx.jit
+    def train_step(model, optimizer, metrics, x, y):
+        (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, x, y)
+        metrics.update(loss=loss)
+        optimizer.update(model, grads)
+
+    @nnx.jit
+    def eval_step(model, x, y):
+        return loss_fn(model, x, y)[0]
+
+    model.train()
+    kernel_before = np.array(model.linear2.kernel[...])
+    key_before = np.asarray(model.linear2.noise_key[...])
+    for _ in range(3):
+        train_step(model, optimizer, metrics, XC, labels)
+    assert np.isfinite(metrics.compute()["loss"])
+    assert not np.allclose(model.linear2.kernel[...], kernel_before)
+    assert not np.array_equal(model.linear2.noise_key[...], key_before)  # new noise each step
+    model.eval()
+    np.testing.assert_array_equal(eval_step(model, XC, labels), eval_step(model, XC, labels))
+
+
+def test_traced_g_max_sweeps_under_vmap():
+    det = OffsetNoise(offset=4.0)
+    g_maxes = jnp.array([12.0, 25.0, 40.0])
+    model = fusion_cnn(noise=det)
+
+    def built_at(g_max):  # a model built with a traced g_max
+        return fusion_cnn(noise=det, g_max=g_max)(XC)
+
+    graphdef, state = nnx.split(model)
+
+    def viewed_at(g_max):  # the same parameters and noise stream, read at another g_max
+        return _at(nnx.merge(graphdef, state, copy=True), g_max)
+
+    swept = jax.vmap(built_at)(g_maxes)
+    for i, g in enumerate([12.0, 25.0, 40.0]):
+        np.testing.assert_allclose(swept[i], built_at(g), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(swept[0], swept[2])  # g_max matters
+    np.testing.assert_allclose(jax.vmap(viewed_at)(g_maxes), swept, rtol=1e-5, atol=1e-5)
+    nnx_swept = nnx.vmap(_at, in_axes=(None, 0))(model, g_maxes)
+    np.testing.assert_allclose(nnx_swept, swept, rtol=1e-5, atol=1e-5)
+    with pytest.raises(fj.ArgumentError):
+        fusion_cnn(noise=det, g_max=45.0)
+    with pytest.raises(fj.ArgumentError):
+        nnx.view(model, g_max=5.0)
+
+
+def _at(model, g_max):
+    """``model``'s training-mode output at ``g_max``, through ``nnx.view``."""
+    view = nnx.view(model, g_max=g_max)
+    return view(XC)

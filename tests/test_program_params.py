@@ -28,6 +28,10 @@ def linen_vars():
     return LinenNet().init(jax.random.key(0), jnp.ones((1, 4, 4, 2)))
 
 
+# The conv kernel has rank 4: its axes come from the model (fj.linen.kernel_layouts).
+CONV_LAYOUT = {("params", "Conv_0", "kernel"): fj.layout.KernelAxes.conv(2)}
+
+
 def plain_dict():
     r = np.random.default_rng(0)
     w = jnp.asarray(r.standard_normal((5, 3)), jnp.float32)
@@ -68,7 +72,7 @@ def test_program_kernel_draws_the_noise_in_the_kernels_own_order():
 
 
 def test_linen_params_kernels_programmed_everything_else_untouched(linen_vars):
-    out = program_params(linen_vars, KEY, noise=NOISE)
+    out = program_params(linen_vars, KEY, noise=NOISE, layouts=CONV_LAYOUT)
     assert jax.tree.structure(out) == jax.tree.structure(linen_vars)
     p, q = linen_vars["params"], out["params"]
     for layer in ("Conv_0", "Dense_0"):
@@ -84,8 +88,19 @@ def test_linen_params_kernels_programmed_everything_else_untouched(linen_vars):
     LinenNet().apply(out, jnp.ones((1, 4, 4, 2)))
 
 
+def test_linen_kernel_layouts_read_the_conv(linen_vars):
+    """fj.linen.kernel_layouts gives the same axes as declared by hand, and without any
+    layout the rank-4 conv kernel is refused with an error that names it."""
+    assert fj.linen.kernel_layouts(LinenNet(), jnp.ones((1, 4, 4, 2))) == {
+        **CONV_LAYOUT,
+        ("params", "Dense_0", "kernel"): fj.layout.KernelAxes.dense(),
+    }
+    with pytest.raises(ValueError, match="'params/Conv_0/kernel'.*rank above 2"):
+        program_params(linen_vars, KEY, noise=NOISE)
+
+
 def test_noise_free_round_trip_keeps_the_weights(linen_vars):
-    out = program_params(linen_vars, None, noise=None)
+    out = program_params(linen_vars, None, noise=None, layouts=CONV_LAYOUT)
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out, linen_vars
     )
@@ -158,10 +173,16 @@ def test_bad_leaf_and_empty_selection_are_reported():
 def test_jit_and_vmap_over_key_and_g_max(linen_vars):
     g_maxes = jnp.array([10.0, 25.0, 40.0])
     keys = jax.random.split(KEY, 3)
-    sweep = jax.jit(jax.vmap(lambda k, g: program_params(linen_vars, k, g_max=g, noise=NOISE)))
+    sweep = jax.jit(
+        jax.vmap(
+            lambda k, g: program_params(linen_vars, k, g_max=g, noise=NOISE, layouts=CONV_LAYOUT)
+        )
+    )
     out = sweep(keys, g_maxes)
     for i in (0, 2):
-        single = program_params(linen_vars, keys[i], g_max=float(g_maxes[i]), noise=NOISE)
+        single = program_params(
+            linen_vars, keys[i], g_max=float(g_maxes[i]), noise=NOISE, layouts=CONV_LAYOUT
+        )
         jax.tree.map(
             lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6),
             out,
@@ -175,7 +196,7 @@ def test_jit_and_vmap_over_key_and_g_max(linen_vars):
 
 def test_gradient_through_program_params(linen_vars):
     def loss(params):
-        chip = program_params(params, KEY, noise=NOISE)
+        chip = program_params(params, KEY, noise=NOISE, layouts=CONV_LAYOUT)
         return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(chip))
 
     grads = jax.grad(loss)(linen_vars)

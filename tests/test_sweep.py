@@ -122,7 +122,7 @@ def test_result_tables_and_files(tmp_path):
     np.testing.assert_allclose(summary[0]["accuracy_mean"], result.accuracy[0, :, 0].mean())
     np.testing.assert_allclose(summary[0]["accuracy_std"], result.accuracy[0, :, 0].std(ddof=1))
     table = result.format_table()
-    assert "mlp" in table and "t=1s" in table and "40.00" in table
+    assert "mlp" in table and "t=1 s" in table and "40.00" in table
     result.to_csv(tmp_path / "r.csv")
     result.to_json(tmp_path / "r.json")
     lines = (tmp_path / "r.csv").read_text().splitlines()
@@ -144,7 +144,7 @@ def test_result_tables_and_files(tmp_path):
         (dict(seeds=0), ValueError, "seeds must be a positive count"),
         (dict(seeds=[]), ValueError, "seeds is empty"),
         (dict(t_inference=[]), ValueError, "t_inference is empty"),
-        (dict(t_inference=[-1.0]), ValueError, "non-negative"),
+        (dict(t_inference=[-1.0]), ValueError, "seconds >= 0"),
         (dict(chunk_size=0), ValueError, "chunk_size must be positive"),
     ],
 )

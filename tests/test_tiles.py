@@ -316,16 +316,30 @@ def test_layouts_agree_conv_on_channel_boundaries():
     np.testing.assert_allclose(programmed, expected, rtol=2e-6, atol=1e-6)
 
 
-def test_program_columns_treats_leading_axes_as_layers():
-    stack = rng_weights((3, 7, 2), seed=7)  # 3 stacked [in=7, out=2] matrices
-    out = tiles._program_columns(stack, K, noise=READBACK, max_input_size=3)
+def test_stacked_kernels_are_tiled_layer_by_layer():
+    stack = rng_weights((3, 7, 2), seed=7)  # 3 scanned [in=7, out=2] layers
+    axes = layout.KernelAxes.dense().stacked()
+    out = fj.program_kernel(stack, K, axes=axes, noise=READBACK, max_input_size=3)
     for i in range(3):
         expected = fj.program_kernel(stack[i], K, noise=READBACK, max_input_size=3)
         np.testing.assert_allclose(out[i], expected, rtol=2e-6, atol=1e-6)
+    untiled = fj.program_kernel(stack, K, axes=axes, noise=READBACK, max_input_size=0)
+    assert float(jnp.abs(out - untiled).max()) > 1e-3
     scaled = stack.at[1].multiply(100.0)  # scaling one layer leaves the others alone
-    out2 = tiles._program_columns(scaled, K, noise=READBACK, max_input_size=3)
+    out2 = fj.program_kernel(scaled, K, axes=axes, noise=READBACK, max_input_size=3)
     np.testing.assert_array_equal(out2[0], out[0])
     np.testing.assert_array_equal(out2[2], out[2])
+
+
+def test_general_kernel_splits_its_flattened_inputs():
+    """An attention output projection [heads, head_dim, out]: its 2 * 300 inputs split flat."""
+    kernel = rng_weights((2, 300, 3), seed=10)
+    axes = layout.KernelAxes.general(n_inputs=2, n_outputs=1)
+    assert split_sizes(600, 512) == (300, 300)
+    out = fj.program_kernel(kernel, K, axes=axes, noise=READBACK)
+    for h in range(2):  # each head's inputs are one tile here
+        expected = fj.program_kernel(kernel[h], K, noise=READBACK)
+        np.testing.assert_allclose(out[h], expected, rtol=2e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("model", ["single_784x10", "multi"])

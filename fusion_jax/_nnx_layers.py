@@ -1,0 +1,423 @@
+"""NNX: Fusion LinearGeneral and Einsum, and ``fusionize`` (private; see :mod:`fusion_jax.nnx`)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+from flax import nnx
+from jaxtyping import Array, ArrayLike, Float
+
+from fusion_jax.layout import KernelAxes
+from fusion_jax.nnx import FusionConv, FusionLinear, RngsLike, _FusionLayer
+from fusion_jax.program_params import _expected_kernel, _path_text, module_kernel_axes
+from fusion_jax.programming import DEFAULT_NOISE, GradientMode, NoiseModel
+
+__all__ = ["FusionEinsum", "FusionLinearGeneral", "fusionize"]
+
+
+class FusionLinearGeneral(_FusionLayer, nnx.LinearGeneral):
+    """``nnx.LinearGeneral`` whose kernel is programmed onto the simulated chip on each call.
+
+    Every argument of ``nnx.LinearGeneral`` is accepted and means the same,
+    and the parameters are the same (``kernel [*batch, *in, *out]``). Each
+    output feature (every index of the ``out_features`` axes) is one chip
+    row over all the contracted inputs; each index of the ``batch_axis``
+    axes is a layer of its own (:meth:`fusion_jax.layout.KernelAxes.general`).
+    This is the layer of ``nnx.MultiHeadAttention``'s query, key, value and
+    output projections: :func:`fusionize` puts it there. Modes, RNG stream
+    and the digital bias are as for :class:`fusion_jax.nnx.FusionLinear`.
+
+    Args:
+        in_features: Input feature size(s), one per contracted axis.
+        out_features: Output feature size(s).
+        g_max: Largest conductance in uS, in [10, 40].
+        noise: A noise model, the default chip model, or ``None``.
+        t_inference: Seconds since programming at which the chip is read.
+        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        deterministic: ``True`` for evaluation mode (digital weights),
+            ``False`` for training mode, ``None`` to require it at call time.
+        rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
+        rngs: ``nnx.Rngs`` for the parameters and the noise stream.
+        **kwargs: The other arguments of ``nnx.LinearGeneral`` (``axis``,
+            ``batch_axis``, ``use_bias``, ``dtype``, ``kernel_init``, ...).
+
+    Raises:
+        ArgumentError: if ``g_max`` is outside [10, 40].
+        ValueError: for an unknown ``gradient``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import fusion_jax as fj
+        >>> layer = fj.nnx.FusionLinearGeneral(8, (2, 4), g_max=25.0,
+        ...                                    rngs=nnx.Rngs(params=0, noise=1))
+        >>> x = jnp.ones((3, 8))
+        >>> layer(x).shape                       # programmed: 8 chip rows of 8 inputs
+        (3, 2, 4)
+        >>> plain = nnx.LinearGeneral(8, (2, 4), rngs=nnx.Rngs(params=0))
+        >>> bool(jnp.allclose(layer(x, deterministic=True), plain(x)))
+        True
+    """
+
+    def __init__(
+        self,
+        in_features: int | Sequence[int],
+        out_features: int | Sequence[int],
+        *,
+        g_max: float = 40.0,
+        noise: NoiseModel | None = DEFAULT_NOISE,
+        t_inference: float = 0.0,
+        gradient: GradientMode = "exact",
+        strict_aihwkit: bool = False,
+        deterministic: bool | None = False,
+        rng_collection: str = "noise",
+        rngs: nnx.Rngs,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(in_features, out_features, rngs=rngs, **kwargs)
+        self._init_fusion(
+            g_max=g_max,
+            noise=noise,
+            t_inference=t_inference,
+            gradient=gradient,
+            strict_aihwkit=strict_aihwkit,
+            deterministic=deterministic,
+            rng_collection=rng_collection,
+            rngs=rngs,
+        )
+
+    _plain_call = staticmethod(nnx.LinearGeneral.__call__)
+
+    def __call__(
+        self,
+        inputs: Float[ArrayLike, "*batch"],
+        out_sharding: Any = None,
+        *,
+        deterministic: bool | None = None,
+        rngs: RngsLike | None = None,
+    ) -> Float[Array, "*out"]:
+        """Apply the layer with the kernel as programmed (training) or digital (eval).
+
+        Args:
+            inputs: Inputs, contracted along ``axis``.
+            out_sharding: As for ``nnx.LinearGeneral``.
+            deterministic: Overrides the layer's mode for this call.
+            rngs: Overrides the layer's RNG stream for this call: an
+                ``nnx.Rngs``, an ``nnx.RngStream`` or a PRNG key (used as is).
+
+        Returns:
+            The outputs, as ``nnx.LinearGeneral`` gives them.
+        """
+        return self._fusion_call(jax.numpy.asarray(inputs), out_sharding, deterministic, rngs)
+
+
+class FusionEinsum(_FusionLayer, nnx.Einsum):
+    """``nnx.Einsum`` whose kernel is programmed onto the simulated chip on each call.
+
+    Every argument of ``nnx.Einsum`` is accepted and means the same; the
+    parameters are the same. The kernel's axes follow from the einsum string
+    (:meth:`fusion_jax.layout.KernelAxes.einsum`): axes contracted with the
+    input are a chip row's inputs, axes only in the kernel and the output
+    are output features (one chip row each), axes in the input, the kernel
+    and the output index independent layers. Modes, RNG stream and the
+    digital bias are as for :class:`fusion_jax.nnx.FusionLinear`.
+
+    Args:
+        einsum_str: ``"input,kernel->output"``; or ``None`` to give it at call time.
+        kernel_shape: Shape of the kernel.
+        bias_shape: Shape of the bias, ``None`` for none.
+        g_max: Largest conductance in uS, in [10, 40].
+        noise: A noise model, the default chip model, or ``None``.
+        t_inference: Seconds since programming at which the chip is read.
+        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        deterministic: ``True`` for evaluation mode, ``False`` for training
+            mode, ``None`` to require it at call time.
+        rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
+        rngs: ``nnx.Rngs`` for the parameters and the noise stream.
+        **kwargs: The other arguments of ``nnx.Einsum`` (``dtype``,
+            ``kernel_init``, ``einsum_op``, ...).
+
+    Raises:
+        ArgumentError: if ``g_max`` is outside [10, 40].
+        ValueError: for an unknown ``gradient``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import fusion_jax as fj
+        >>> layer = fj.nnx.FusionEinsum("btd,dhk->bthk", (8, 2, 4), (2, 4),
+        ...                             rngs=nnx.Rngs(params=0, noise=1))
+        >>> layer(jnp.ones((1, 5, 8))).shape
+        (1, 5, 2, 4)
+    """
+
+    def __init__(
+        self,
+        einsum_str: str | None,
+        kernel_shape: Sequence[int],
+        bias_shape: Sequence[int] | None = None,
+        *,
+        g_max: float = 40.0,
+        noise: NoiseModel | None = DEFAULT_NOISE,
+        t_inference: float = 0.0,
+        gradient: GradientMode = "exact",
+        strict_aihwkit: bool = False,
+        deterministic: bool | None = False,
+        rng_collection: str = "noise",
+        rngs: nnx.Rngs,
+        **kwargs: Any,
+    ) -> None:
+        if einsum_str is None:
+            # nnx.Einsum checks the string in its constructor; one given at
+            # call time is checked there.
+            super().__init__("a,a->a", kernel_shape, bias_shape, rngs=rngs, **kwargs)
+            self.einsum_str = None
+        else:
+            super().__init__(einsum_str, kernel_shape, bias_shape, rngs=rngs, **kwargs)
+        self._init_fusion(
+            g_max=g_max,
+            noise=noise,
+            t_inference=t_inference,
+            gradient=gradient,
+            strict_aihwkit=strict_aihwkit,
+            deterministic=deterministic,
+            rng_collection=rng_collection,
+            rngs=rngs,
+        )
+
+    def __call__(
+        self,
+        inputs: Float[ArrayLike, "*batch"],
+        einsum_str: str | None = None,
+        out_sharding: Any = None,
+        *,
+        deterministic: bool | None = None,
+        rngs: RngsLike | None = None,
+    ) -> Float[Array, "*out"]:
+        """Apply the einsum with the kernel as programmed (training) or digital (eval).
+
+        Args:
+            inputs: The input operand.
+            einsum_str: The equation, if not given to the constructor.
+            out_sharding: As for ``nnx.Einsum``.
+            deterministic: Overrides the layer's mode for this call.
+            rngs: Overrides the layer's RNG stream for this call.
+
+        Returns:
+            The einsum's result plus the bias.
+        """
+        text = einsum_str if einsum_str is not None else self.einsum_str
+        if text is None:
+            raise ValueError("FusionEinsum needs an einsum_str, in the constructor or the call.")
+        axes = KernelAxes.einsum(text)
+
+        def plain(layer: Any, x: jax.Array, sharding: Any) -> jax.Array:
+            return nnx.Einsum.__call__(layer, x, einsum_str, sharding)
+
+        return self._fusion_call(
+            jax.numpy.asarray(inputs), out_sharding, deterministic, rngs, plain=plain, axes=axes
+        )
+
+
+#: Plain NNX layer -> its Fusion counterpart (checked in this order: subclasses first).
+_COUNTERPARTS: tuple[tuple[type[nnx.Module], type[_FusionLayer]], ...] = (
+    (nnx.Linear, FusionLinear),
+    (nnx.Conv, FusionConv),
+    (nnx.LinearGeneral, FusionLinearGeneral),
+    (nnx.Einsum, FusionEinsum),
+)
+
+_CONSTRUCTOR_SKIP = ("self", "rngs", "kernel_metadata", "bias_metadata")
+
+
+def _counterpart(node: Any) -> type[_FusionLayer] | None:
+    if isinstance(node, _FusionLayer):
+        return None
+    for plain, fusion in _COUNTERPARTS:
+        if type(node) is plain:
+            return fusion
+    return None
+
+
+def _constructor_kwargs(layer: nnx.Module, plain: type[nnx.Module]) -> dict[str, Any]:
+    """The arguments that rebuild ``layer``: its attributes named like ``plain``'s parameters."""
+    kwargs = {}
+    for name, param in inspect.signature(plain.__init__).parameters.items():
+        if name in _CONSTRUCTOR_SKIP or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name in vars(layer):
+            kwargs[name] = getattr(layer, name)
+    return kwargs
+
+
+def _child(node: Any, key: Any) -> Any:
+    if isinstance(key, str) and not isinstance(node, dict | nnx.Dict) and hasattr(node, key):
+        return getattr(node, key)
+    return node[key]
+
+
+def _set_child(node: Any, key: Any, value: Any) -> None:
+    if isinstance(key, str) and not isinstance(node, dict | nnx.Dict) and hasattr(node, key):
+        setattr(node, key, value)
+    else:
+        node[key] = value
+
+
+def fusionize(
+    module: nnx.Module,
+    *,
+    g_max: float = 40.0,
+    noise: NoiseModel | None = DEFAULT_NOISE,
+    t_inference: float = 0.0,
+    gradient: GradientMode = "exact",
+    strict_aihwkit: bool = False,
+    deterministic: bool | None = False,
+    rng_collection: str = "noise",
+    rngs: nnx.Rngs | nnx.RngStream | None = None,
+) -> nnx.Module:
+    """A copy of ``module`` with every NNX layer the chip holds made a Fusion layer.
+
+    Like aihwkit's ``convert_to_analog``: every ``nnx.Linear``,
+    ``nnx.Conv``, ``nnx.LinearGeneral`` and ``nnx.Einsum`` (exactly those
+    classes, wherever they sit: in lists, inside ``nnx.MultiHeadAttention``,
+    inside layers stacked by ``nnx.vmap`` / ``nnx.scan``) is replaced by
+    :class:`FusionLinear`, :class:`FusionConv`, :class:`FusionLinearGeneral`
+    or :class:`FusionEinsum` with the same constructor arguments and the same
+    parameter values (the same ``nnx.Param`` variables, copied), so the
+    state keeps its structure and a checkpoint of either loads into the
+    other. Every other module is kept as it is; ``module`` itself is not
+    changed.
+
+    A stacked layer gets a stacked noise stream (one key per layer, split
+    from ``rngs``), so ``nnx.scan``/``nnx.vmap`` over the block's state
+    with axis 0 carries it like the parameters.
+
+    Args:
+        module: The model.
+        g_max: Largest conductance in uS, in [10, 40], for every layer.
+        noise: A noise model, the default chip model, or ``None``.
+        t_inference: Seconds since programming at which the chip is read.
+        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        deterministic: The new layers' mode: ``False`` (training: programmed
+            on every call), ``True`` (digital weights) or ``None`` (given at
+            call time); ``model.train()`` / ``model.eval()`` switch it.
+        rng_collection: Name of the noise stream of ``rngs``.
+        rngs: Where each new layer's noise stream is forked from; ``None``
+            leaves the layers without one (pass ``rngs`` to each call, or
+            use ``noise=None``).
+
+    Returns:
+        The converted copy of ``module``.
+
+    Raises:
+        ArgumentError: if ``g_max`` is outside [10, 40].
+        ValueError: for an unknown ``gradient``, or ``rngs`` without the
+            noise stream.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import fusion_jax as fj
+        >>> model = nnx.Sequential(
+        ...     nnx.Linear(8, 8, rngs=nnx.Rngs(0)),
+        ...     nnx.MultiHeadAttention(2, 8, decode=False, rngs=nnx.Rngs(1)),
+        ... )
+        >>> chip_model = fj.nnx.fusionize(model, g_max=25.0, rngs=nnx.Rngs(noise=2))
+        >>> type(chip_model.layers[1].query).__name__
+        'FusionLinearGeneral'
+        >>> x = jnp.ones((1, 5, 8))
+        >>> chip_model.eval()                        # digital weights: the original model
+        >>> bool(jnp.allclose(chip_model(x), model(x)))
+        True
+    """
+    copy = nnx.clone(module)
+    nodes = dict(nnx.iter_graph(copy))
+    replaced: dict[int, nnx.Module] = {}
+    targets = [(path, node) for path, node in nodes.items() if _counterpart(node) is not None]
+    for path, node in targets:
+        if not path:
+            raise TypeError(
+                f"fusionize converts the layers inside a model; for a single "
+                f"{type(node).__name__} build its Fusion counterpart directly."
+            )
+        new = replaced.get(id(node))
+        if new is None:
+            new = _convert(
+                node,
+                path,
+                g_max=g_max,
+                noise=noise,
+                t_inference=t_inference,
+                gradient=gradient,
+                strict_aihwkit=strict_aihwkit,
+                deterministic=deterministic,
+                rng_collection=rng_collection,
+                rngs=rngs,
+            )
+            replaced[id(node)] = new
+        parent = copy
+        for key in path[:-1]:
+            parent = _child(parent, key)
+        _set_child(parent, path[-1], new)
+    return copy
+
+
+def _convert(
+    layer: nnx.Module,
+    path: tuple[Any, ...],
+    *,
+    rngs: nnx.Rngs | nnx.RngStream | None,
+    rng_collection: str,
+    **settings: Any,
+) -> _FusionLayer:
+    fusion = _counterpart(layer)
+    assert fusion is not None
+    plain = type(layer)
+    kwargs = _constructor_kwargs(layer, plain)
+    # Built abstractly: nothing is initialised; the parameters are the layer's own.
+    new = nnx.eval_shape(
+        lambda: fusion(
+            **kwargs,
+            **settings,
+            rng_collection=rng_collection,
+            rngs=nnx.Rngs(0),
+        )
+    )
+    for name in ("kernel", "bias"):
+        if name in vars(layer):
+            setattr(new, name, getattr(layer, name))
+    shape = tuple(layer.kernel.shape)
+    module_kernel_axes(layer, shape, _path_text((*path, "kernel")))  # checks the shape fits
+    own = _expected_kernel(layer)
+    extra = len(shape) - len(own[1]) if own is not None else 0
+    stack_shape = shape[:extra]  # layers stacked by nnx.vmap / nnx.scan
+    new._init_fusion(
+        **settings,
+        rng_collection=rng_collection,
+        rngs=None,
+    )
+    if new.noise is not None and rngs is not None:
+        stream = _stream(rngs, rng_collection, type(new).__name__)
+        new.rngs = stream.split(stack_shape) if stack_shape else stream.fork()
+    return new
+
+
+def _stream(rngs: nnx.Rngs | nnx.RngStream, collection: str, who: str) -> nnx.RngStream:
+    if isinstance(rngs, nnx.RngStream):
+        return rngs
+    if isinstance(rngs, nnx.Rngs):
+        try:
+            return rngs[collection]
+        except KeyError:
+            raise ValueError(
+                f"fusionize: {who} draws its programming noise from the RNG stream "
+                f"{collection!r}, which rngs lacks (and it has no 'default' stream): pass e.g. "
+                f"nnx.Rngs({collection}=0), or noise=None."
+            ) from None
+    raise TypeError(f"rngs must be an nnx.Rngs or nnx.RngStream, got {type(rngs)}.")

@@ -1,0 +1,336 @@
+"""Kernels of any shape: every output feature of every layer is one chip row.
+
+KernelAxes and the columns view, program_kernel/program_params on stacked and
+attention kernels, module-aware program_params, the NNX LinearGeneral/Einsum
+layers and fusionize.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from hypothesis import given
+from hypothesis import strategies as st
+from noise_doubles import AbsoluteNoise, OffsetNoise
+
+import fusion_jax as fj
+from fusion_jax.layout import KernelAxes
+from fusion_jax.program_params import leaf_key, program_kernel, program_params
+
+KEY = jax.random.key(7)
+NOISE = AbsoluteNoise(1.0)
+
+
+def normal(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+# --- KernelAxes and the columns view ----------------------------------------------------------
+
+
+def test_einsum_axes_follow_the_equation():
+    # contracted with the input: inputs; kernel and output only: outputs; all three: stack.
+    assert KernelAxes.einsum("...d,dhk->...hk") == KernelAxes((0,), (1, 2))
+    assert KernelAxes.einsum("bthd,hdo->bto") == KernelAxes((0, 1), (2,))
+    assert KernelAxes.einsum("bhd,hdk->bhk") == KernelAxes((1,), (2,), stack=(0,))
+    assert KernelAxes.einsum("ab, cb -> ac") == KernelAxes((1,), (0,))  # a transposed kernel
+    with pytest.raises(ValueError, match="neither"):
+        KernelAxes.einsum("ab,bcz->ac")
+    with pytest.raises(ValueError, match="ellipsis"):
+        KernelAxes.einsum("ab,...b->a")
+    with pytest.raises(ValueError, match="explicit"):
+        KernelAxes.einsum("ab,bc")
+    with pytest.raises(ValueError, match="repeats"):
+        KernelAxes.einsum("ab,bb->a")
+
+
+def test_kernel_axes_must_name_every_axis_once():
+    with pytest.raises(ValueError, match="exactly once"):
+        KernelAxes((0,), (0,))
+    with pytest.raises(ValueError, match="exactly once"):
+        KernelAxes((0,), (2,))
+    with pytest.raises(ValueError, match="at least one"):
+        KernelAxes((), (0,))
+    with pytest.raises(ValueError, match="has 3 axes"):
+        program_kernel(jnp.ones((2, 3, 4)), axes=KernelAxes.dense(), noise=None)
+
+
+@pytest.mark.parametrize(
+    "shape, axes",
+    [
+        ((3, 4), KernelAxes.dense()),
+        ((2, 3, 4, 5), KernelAxes.conv(2)),
+        ((3, 4, 5), KernelAxes.dense().stacked()),
+        ((4, 2, 3), KernelAxes.einsum("btd,dhk->bthk")),
+        ((2, 3, 4), KernelAxes.einsum("bhd,hdk->bhk")),
+        ((3, 4, 2), KernelAxes.einsum("bk,hkd->bhd").stacked(0)),
+    ],
+)
+def test_columns_round_trip(shape, axes):
+    kernel = normal(shape)
+    cols = fj.layout.kernel_to_columns(kernel, axes)
+    np.testing.assert_array_equal(fj.layout.columns_to_kernel(cols, axes, shape), kernel)
+    n_out = int(np.prod([shape[a] for a in axes.outputs]))
+    assert cols.shape[-1] == n_out and cols.shape[:-2] == tuple(shape[a] for a in axes.stack)
+
+
+def test_conv_columns_are_the_export_rows():
+    kernel = normal((2, 3, 4, 5))
+    np.testing.assert_array_equal(
+        fj.layout.kernel_to_columns(kernel, KernelAxes.conv(2)).T,
+        fj.layout.kernel_to_rows(kernel),
+    )
+
+
+# --- scale equivariance, row by row -------------------------------------------------------------
+
+
+def assert_only_row_scaled(before, after, index, c):
+    """``after`` is ``before`` with the entries at ``index`` times ``c``; the rest unchanged."""
+    before, after = np.asarray(before), np.asarray(after)
+    np.testing.assert_allclose(after[index], c * before[index], rtol=2e-4, atol=1e-6)
+    mask = np.ones(before.shape, bool)
+    mask[index] = False
+    np.testing.assert_array_equal(after[mask], before[mask])
+
+
+@given(c=st.floats(0.05, 20.0) | st.floats(-20.0, -0.05), layer=st.integers(0, 2))
+def test_stacked_kernel_scale_equivariance(c, layer):
+    """Scaling one output feature of one stacked layer by c scales its programmed row by c
+    and changes nothing else (same key, random noise)."""
+    kernel = normal((3, 6, 4))
+    axes = KernelAxes.dense().stacked()
+    base = program_kernel(kernel, KEY, axes=axes, noise=NOISE, g_max=20.0)
+    index = (layer, slice(None), 2)
+    scaled = program_kernel(kernel.at[index].multiply(c), KEY, axes=axes, noise=NOISE, g_max=20.0)
+    assert_only_row_scaled(base, scaled, index, c)
+
+
+@given(c=st.floats(0.05, 20.0) | st.floats(-20.0, -0.05), head=st.integers(0, 1))
+def test_attention_kernels_scale_equivariance(c, head):
+    """In nnx.MultiHeadAttention a query output feature (head, dim) is one chip row over
+    the inputs, and an output-projection feature one row over every head and dim."""
+    mha = nnx.MultiHeadAttention(2, 6, qkv_features=4, decode=False, rngs=nnx.Rngs(0))
+    base = program_params(mha, KEY, noise=NOISE, g_max=20.0)
+    query_index = (slice(None), head, 1)  # query kernel [in, heads, head_dim]
+    scaled = nnx.clone(mha)
+    scaled.query.kernel[...] = scaled.query.kernel[...].at[query_index].multiply(c)
+    out_index = (slice(None), slice(None), 3)  # out kernel [heads, head_dim, out]
+    scaled.out.kernel[...] = scaled.out.kernel[...].at[out_index].multiply(c)
+    got = program_params(scaled, KEY, noise=NOISE, g_max=20.0)
+    assert_only_row_scaled(base.query.kernel[...], got.query.kernel[...], query_index, c)
+    assert_only_row_scaled(base.out.kernel[...], got.out.kernel[...], out_index, c)
+    np.testing.assert_array_equal(got.key.kernel[...], base.key.kernel[...])
+
+
+# --- a stacked layer is programmed as if alone -------------------------------------------------
+
+
+@pytest.mark.parametrize("noise", [None, OffsetNoise()], ids=["noise-free", "per-device"])
+def test_stacked_layer_equals_the_layer_programmed_alone(noise):
+    kernel = normal((3, 6, 4)) * jnp.array([1.0, 30.0, 0.01])[:, None, None]
+    stacked = program_kernel(kernel, KEY, axes=KernelAxes.dense().stacked(), noise=noise)
+    for i in range(3):
+        np.testing.assert_allclose(
+            stacked[i], program_kernel(kernel[i], KEY, noise=noise), rtol=1e-5, atol=1e-6
+        )
+
+
+class Block(nnx.Module):
+    def __init__(self, rngs):
+        self.linear = nnx.Linear(6, 6, rngs=rngs)
+        self.attention = nnx.MultiHeadAttention(2, 6, decode=False, rngs=rngs)
+        self.mix = nnx.Einsum("btd,dk->btk", (6, 6), (6,), rngs=rngs)
+
+    def __call__(self, x):
+        x = x + self.attention(nnx.relu(self.linear(x)))
+        return x + self.mix(x)
+
+
+class Stacked(nnx.Module):
+    """An input layer, then three blocks made by nnx.vmap and applied by nnx.scan."""
+
+    def __init__(self, rngs):
+        self.embed = nnx.Linear(3, 6, rngs=rngs)
+
+        @nnx.split_rngs(splits=3)
+        @nnx.vmap(in_axes=0, out_axes=0)
+        def blocks(rngs):
+            return Block(rngs)
+
+        self.blocks = blocks(rngs)
+
+    def __call__(self, x):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def run(x, block):
+            return block(x)
+
+        return run(self.embed(x), self.blocks)
+
+
+@pytest.fixture(scope="module")
+def stacked_model():
+    return Stacked(nnx.Rngs(0))
+
+
+def test_module_stacked_layers_equal_each_layer_alone(stacked_model):
+    """program_params on the module programs each scanned block's kernels as that block's
+    layer alone (deterministic per-device model), attention included."""
+    chip = program_params(stacked_model, KEY, noise=OffsetNoise())
+    for name, axes in [
+        ("linear", KernelAxes.dense()),
+        ("mix", KernelAxes.dense()),
+        ("attention/query", KernelAxes.general(1, 2)),
+        ("attention/out", KernelAxes.general(2, 1)),
+    ]:
+        layer, programmed = stacked_model.blocks, chip.blocks
+        for part in name.split("/"):
+            layer, programmed = getattr(layer, part), getattr(programmed, part)
+        for i in range(3):
+            alone = program_kernel(layer.kernel[...][i], KEY, axes=axes, noise=OffsetNoise())
+            np.testing.assert_allclose(programmed.kernel[...][i], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_undeclared_rank3_kernels_are_refused_naming_the_leaf(stacked_model):
+    state = nnx.state(stacked_model, nnx.Param)
+    with pytest.raises(ValueError, match="'blocks/attention/key/kernel'.*rank above 2"):
+        program_params(state, None, noise=None)
+    with pytest.raises(ValueError, match="'w/kernel'.*rank above 2"):
+        program_params({"w": {"kernel": jnp.ones((2, 3, 4))}}, None, noise=None)
+    with pytest.raises(ValueError, match="lack.*'nope/kernel'"):
+        program_params(
+            {"kernel": jnp.ones((2, 3))},
+            None,
+            noise=None,
+            layouts={"nope/kernel": KernelAxes.dense()},
+        )
+    # With the module's layouts the state programs as the module does.
+    layouts = fj.nnx.kernel_layouts(stacked_model)
+    from_state = program_params(state, KEY, noise=OffsetNoise(), layouts=layouts)
+    from_module = program_params(stacked_model, KEY, noise=OffsetNoise())
+    jax.tree.map(np.testing.assert_array_equal, from_state, nnx.state(from_module, nnx.Param))
+
+
+def test_a_kernel_that_does_not_fit_its_layer_is_refused():
+    layer = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+    layer.kernel = nnx.Param(jnp.ones((4, 3)))
+    with pytest.raises(ValueError, match="kernel.*does not end with its own kernel shape"):
+        program_params(nnx.Sequential(layer), None, noise=None)
+
+
+# --- module-aware program_params -----------------------------------------------------------------
+
+
+def test_module_program_params_reads_each_layers_settings_and_keeps_the_input():
+    net = nnx.Sequential(
+        fj.nnx.FusionLinear(
+            4, 5, g_max=10.0, noise=OffsetNoise(), t_inference=5.0, rngs=nnx.Rngs(0)
+        ),
+        nnx.Linear(5, 3, rngs=nnx.Rngs(1)),
+    )
+    before = jax.tree.map(np.array, nnx.state(net, nnx.Param))
+    chip = program_params(net, KEY)
+    assert isinstance(chip, nnx.Sequential) and chip is not net
+    k0, k1 = net.layers[0].kernel[...], net.layers[1].kernel[...]
+    np.testing.assert_array_equal(
+        chip.layers[0].kernel[...],
+        program_kernel(k0, KEY, g_max=10.0, noise=OffsetNoise(), t_inference=5.0),
+    )
+    # The plain layer: the defaults (the chip model at 40 uS, t=0) with its leaf key.
+    np.testing.assert_array_equal(
+        chip.layers[1].kernel[...], program_kernel(k1, leaf_key(KEY, ("layers", 1, "kernel")))
+    )
+    # The call overrides the layer's settings.
+    over = program_params(net, KEY, g_max=25.0)
+    np.testing.assert_array_equal(
+        over.layers[0].kernel[...],
+        program_kernel(k0, KEY, g_max=25.0, noise=OffsetNoise(), t_inference=5.0),
+    )
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(net, nnx.Param), before)
+    np.testing.assert_array_equal(chip.layers[0].bias[...], net.layers[0].bias[...])
+
+
+def test_module_program_params_under_jit_and_vmap_over_g_max(stacked_model):
+    @jax.jit
+    def programmed_query(g):
+        return program_params(stacked_model, None, noise=None, g_max=g).blocks.attention.query
+
+    one = programmed_query(jnp.float32(20.0)).kernel[...]
+    np.testing.assert_allclose(
+        one, stacked_model.blocks.attention.query.kernel[...], rtol=1e-5, atol=1e-6
+    )
+
+
+# --- NNX layers and fusionize ---------------------------------------------------------------------
+
+
+def test_fusion_einsum_programs_with_the_equations_axes():
+    layer = fj.nnx.FusionEinsum(
+        "bhd,hdk->bhk", (2, 3, 4), (2, 4), noise=OffsetNoise(), rngs=nnx.Rngs(0)
+    )
+    x = normal((5, 2, 3), 1)
+    kernel = program_kernel(
+        layer.kernel[...], KEY, axes=KernelAxes.einsum("bhd,hdk->bhk"), noise=OffsetNoise()
+    )
+    expected = jnp.einsum("bhd,hdk->bhk", x, kernel) + layer.bias[...]
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
+    # The equation may also come with the call.
+    late = fj.nnx.FusionEinsum(None, (2, 3, 4), (2, 4), noise=OffsetNoise(), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(late(x, "bhd,hdk->bhk"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fusion_linear_general_with_batch_axis_programs_each_batch_layer_alone():
+    layer = fj.nnx.FusionLinearGeneral(
+        3, 4, axis=-1, batch_axis={0: 2}, noise=OffsetNoise(), rngs=nnx.Rngs(0)
+    )
+    x = normal((2, 5, 3), 1)
+    y = layer(x)
+    for b in range(2):
+        k = program_kernel(layer.kernel[...][b], KEY, noise=OffsetNoise())
+        np.testing.assert_allclose(y[b], x[b] @ k + layer.bias[...][b], rtol=1e-5, atol=1e-5)
+
+
+def test_mha_with_fusion_projections_programs_as_program_params():
+    """fusionize puts FusionLinearGeneral in nnx.MultiHeadAttention: a training call
+    computes with the kernels program_params gives the plain layer."""
+    mha = nnx.MultiHeadAttention(2, 6, decode=False, rngs=nnx.Rngs(0))
+    fused = fj.nnx.fusionize(mha, noise=OffsetNoise(), g_max=15.0, rngs=nnx.Rngs(noise=0))
+    for name in ("query", "key", "value", "out"):
+        assert type(getattr(fused, name)) is fj.nnx.FusionLinearGeneral
+        assert type(getattr(mha, name)) is nnx.LinearGeneral  # the input is not changed
+    x = normal((2, 5, 6), 3)
+    expected = program_params(mha, KEY, noise=OffsetNoise(), g_max=15.0)(x)
+    np.testing.assert_allclose(fused(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fusionize_attention_and_scanned_blocks(stacked_model):
+    fused = fj.nnx.fusionize(stacked_model, g_max=25.0, noise=NOISE, rngs=nnx.Rngs(noise=3))
+    assert type(fused.embed) is fj.nnx.FusionLinear
+    assert type(fused.blocks.linear) is fj.nnx.FusionLinear
+    assert type(fused.blocks.mix) is fj.nnx.FusionEinsum
+    assert type(fused.blocks.attention.out) is fj.nnx.FusionLinearGeneral
+    assert type(stacked_model.blocks.linear) is nnx.Linear
+    # Same parameters, same structure.
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        nnx.state(fused, nnx.Param),
+        nnx.state(stacked_model, nnx.Param),
+    )
+    x = normal((2, 5, 3), 4)
+    fused.eval()
+    np.testing.assert_allclose(fused(x), stacked_model(x), rtol=1e-6, atol=1e-6)
+    # Training mode programs every layer, scanned ones with their own stacked noise stream.
+    fused.train()
+    y1, y2 = fused(x), fused(x)
+    assert np.all(np.isfinite(y1)) and not np.allclose(y1, y2)
+    assert not np.allclose(y1, stacked_model(x), atol=1e-3)
+    # The settings travel: program_params reads them from the fusionized model.
+    chip = program_params(fused, KEY)
+    expected = program_kernel(
+        stacked_model.embed.kernel[...],
+        leaf_key(KEY, ("embed", "kernel")),
+        g_max=25.0,
+        noise=NOISE,
+    )
+    np.testing.assert_array_equal(chip.embed.kernel[...], expected)
