@@ -287,8 +287,9 @@ def _program_core(
     """Convert, apply noise, reconstruct (validated inputs, compute dtype; lines along ``axis``).
 
     With ``in_sizes`` (more than one tile) every tile row is converted and
-    regressed on its own (:mod:`fusion_jax.tiles`); the noise model sees the
-    whole array at once either way.
+    regressed on its own (:mod:`fusion_jax.tiles`). The noise model sees all
+    devices in one call, in their order in ``w``: the whole array, or its
+    reshape into equal tiles ``[..., tiles, size, out]`` (no copy).
     """
 
     def split(a: jax.Array) -> list[jax.Array]:
@@ -301,8 +302,12 @@ def _program_core(
     converted = [_signed_conductances(b, g_max, axis) for b in blocks]
     xs = [x for x, _, _ in converted]
     if noise is not None:
-        g_read = _sample(noise, jnp.abs(join(xs)), key, g_max, t_inference)
-        xs = split(g_read.astype(w.dtype) * jnp.sign(w))
+        if len(xs) == 1:  # one block (equal tiles): the noise sees it as it is
+            g_read = _sample(noise, jnp.abs(xs[0]), key, g_max, t_inference)
+            xs = [g_read.astype(w.dtype) * jnp.sign(blocks[0])]
+        else:
+            g_read = _sample(noise, jnp.abs(join(xs)), key, g_max, t_inference)
+            xs = split(g_read.astype(w.dtype) * jnp.sign(w))
     out = []
     for x, wb, (_, scale, row_max) in zip(xs, blocks, converted, strict=True):
         row_max, scale = jnp.squeeze(row_max, axis), jnp.squeeze(scale, axis)
