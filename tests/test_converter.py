@@ -15,7 +15,7 @@ def test_same_call_shapes_as_aihwkit():
     assert isinstance(conductances, list) and len(conductances) == 1
     assert isinstance(params, dict) and set(params) == {"original_weights"}
     np.testing.assert_allclose(conductances[0], ref_convert_to_conductances(w, 30.0), atol=3e-5)
-    noisy = [conductances[0] * 0.6 - 0.2]
+    noisy = [conductances[0] * 0.6 + 0.2]  # a gain and an offset, never negative
     np.testing.assert_allclose(
         conv.convert_back_to_weights(noisy, params),
         ref_convert_back_to_weights(np.asarray(noisy[0]), w),
