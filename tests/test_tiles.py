@@ -463,3 +463,65 @@ def test_flax_conv_export_and_simulation_share_tiles(tmp_path):
     fj.fusion_export(flat, tmp_path / "flat.csv")
     g_flat = chip_file.read_chip_file(tmp_path / "flat.csv").layers["conv"]
     assert np.abs(g_flat - data.layers["conv"]).max() > 1.0
+
+
+# --- layers and sweeps ------------------------------------------------------------------------
+
+
+def test_nnx_layers_carry_tile_sizes():
+    from flax import nnx
+
+    layer = fj.nnx.FusionLinear(784, 3, noise=READBACK, max_input_size=0, rngs=nnx.Rngs(0))
+    kernel = layer.kernel[...]
+    np.testing.assert_array_equal(
+        layer.programmed_kernel(K), fj.program_kernel(kernel, K, noise=READBACK, max_input_size=0)
+    )
+    tiled = fj.nnx.FusionLinear(784, 3, noise=READBACK, rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(
+        tiled.programmed_kernel(K), fj.program_kernel(kernel, K, noise=READBACK)
+    )
+    # program_params reads each layer's tile sizes, unless the call gives them.
+    net = nnx.Sequential(layer)
+    own = fj.program_params(net, K).layers[0].kernel[...]
+    np.testing.assert_array_equal(own, layer.programmed_kernel(K))
+    given = fj.program_params(net, K, max_input_size=512).layers[0].kernel[...]
+    np.testing.assert_array_equal(given, tiled.programmed_kernel(K))
+    converted = fj.nnx.fusionize(
+        nnx.Sequential(nnx.Linear(784, 3, rngs=nnx.Rngs(0))), noise=None, max_input_size=100
+    )
+    assert converted.layers[0].max_input_size == 100
+    with pytest.raises(ValueError, match="max_input_size"):
+        fj.nnx.FusionLinear(4, 3, max_input_size=-1, rngs=nnx.Rngs(0))
+
+
+def test_linen_layers_carry_tile_sizes():
+    x = rng_weights((2, 784), seed=12)
+    for size in (512, 0):
+        model = fj.linen.FusionDense(3, noise=READBACK, max_input_size=size)
+        variables = model.init(K, x)
+        out = model.apply(variables, x, rngs={"noise": K})
+        p = variables["params"]
+        kernel = fj.program_kernel(p["kernel"], K, noise=READBACK, max_input_size=size)
+        np.testing.assert_allclose(out, x @ kernel + p["bias"], rtol=1e-5, atol=1e-5)
+
+
+def test_sweep_takes_tile_sizes():
+    w = rng_weights((784, 3), seed=13)
+    x = rng_weights((16, 784), seed=14)
+    y = jnp.argmax(x @ w, -1)
+
+    def run(**kw):
+        return fj.sweep(
+            lambda p, v: v @ p["kernel"],
+            {"kernel": w},
+            (x, y),
+            g_max=[25.0],
+            seeds=1,
+            t_inference=[1.0],
+            noise=READBACK,
+            **kw,
+        )
+
+    assert float(run().loss[0, 0, 0]) != float(run(max_input_size=0).loss[0, 0, 0])
+    with pytest.raises(ValueError, match="max_output_size"):
+        run(max_output_size=-3)
