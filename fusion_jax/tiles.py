@@ -36,6 +36,7 @@ import numpy as np
 __all__ = [
     "DEFAULT_MAX_INPUT_SIZE",
     "DEFAULT_MAX_OUTPUT_SIZE",
+    "check_max_size",
     "file_order",
     "split_sizes",
     "tile_slices",
@@ -48,7 +49,28 @@ DEFAULT_MAX_OUTPUT_SIZE = 512
 
 
 def check_max_size(value: Any, name: str) -> int:
-    """``value`` as a tile size limit: a non-negative integer (0 = no split), or a clear error."""
+    """``value`` as a tile size limit: a non-negative integer (0 = no split), or a clear error.
+
+    Args:
+        value: The limit given (``max_input_size`` or ``max_output_size``).
+        name: The argument's name, for the error message.
+
+    Returns:
+        ``value`` as an ``int``.
+
+    Raises:
+        TypeError: if ``value`` is not an integer (``bool`` included).
+        ValueError: if ``value`` is negative.
+
+    Example:
+        >>> import fusion_jax as fj
+        >>> fj.tiles.check_max_size(512, "max_input_size")
+        512
+        >>> fj.tiles.check_max_size(-1, "max_input_size")
+        Traceback (most recent call last):
+        ...
+        ValueError: max_input_size must be a non-negative integer (0 = no split), got -1.
+    """
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise TypeError(f"{name} must be a non-negative integer (0 = no split), got {value!r}.")
     if value < 0:
@@ -179,7 +201,7 @@ def file_order(
 
     Returns:
         Flat indices into the row-major matrix, one per value of the line
-        (``None``-free int64 array of length ``out * in``).
+        (an int64 array of length ``out * in``).
 
     Example:
         >>> import numpy as np
