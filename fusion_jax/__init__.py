@@ -8,6 +8,7 @@ from fusion_jax import (
     chip_file,
     datasets,
     digits,
+    distributed,
     fusion_io,
     layout,
     linen,
@@ -16,11 +17,13 @@ from fusion_jax import (
     plotting,
     tiles,
     training,
+    transformer,
 )
 from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert_to_conductances
 from fusion_jax.converter import FusionConductanceConverter
 from fusion_jax.errors import ArgumentError
 from fusion_jax.fusion_io import FusionExport, fusion_export, fusion_import
+from fusion_jax.layout import KernelAxes
 from fusion_jax.plotting import plot_sweep
 from fusion_jax.program_params import is_kernel, leaf_key, program_kernel, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, program
@@ -35,6 +38,7 @@ __all__ = [
     "FusionConductanceConverter",
     "FusionExport",
     "FusionParams",
+    "KernelAxes",
     "NoiseModel",
     "SweepResult",
     "convert_back_to_weights",
@@ -42,6 +46,7 @@ __all__ = [
     "convert_to_conductances",
     "datasets",
     "digits",
+    "distributed",
     "fusion_export",
     "fusion_import",
     "fusion_io",
@@ -60,4 +65,5 @@ __all__ = [
     "sweep",
     "tiles",
     "training",
+    "transformer",
 ]

@@ -312,9 +312,9 @@ def fusionize(
     other. Every other module is kept as it is; ``module`` itself is not
     changed.
 
-    A stacked layer gets a stacked noise stream (one key per layer, split
-    from ``rngs``), so ``nnx.scan``/``nnx.vmap`` over the block's state
-    with axis 0 carries it like the parameters.
+    A stacked layer gets a stacked noise stream (a :class:`NoiseKey` with one
+    key per layer, split from ``rngs``), so ``nnx.scan``/``nnx.vmap`` over
+    the block's state with axis 0 carries it like the parameters.
 
     Args:
         module: The model.
@@ -429,7 +429,8 @@ def _convert(
     )
     if new.noise is not None and rngs is not None:
         stream = _stream(rngs, rng_collection, type(new).__name__)
-        new.rngs = stream.split(stack_shape) if stack_shape else stream.fork()
+        key = stream()
+        new._seed_noise_stream(jax.random.split(key, stack_shape) if stack_shape else key)
     return new
 
 

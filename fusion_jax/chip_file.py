@@ -364,10 +364,12 @@ def write_chip_file(
     A layer larger than one tile is written tile by tile
     (:func:`fusion_jax.tiles.file_order`), as aihwkit writes it.
 
-    The file is written to a temporary file in the same directory, flushed
-    and fsync'ed, then renamed over ``path`` (:func:`os.replace`), so readers
-    never see a partial file. On any failure the temporary file is removed
-    and an existing ``path`` is left untouched.
+    The content is built in memory, then written to a temporary file in the
+    same directory, flushed and fsync'ed, and renamed over ``path``
+    (:func:`os.replace`), so readers never see a partial file. On any
+    failure the temporary file is removed and an existing ``path`` is left
+    untouched. A replaced file keeps its permission bits; a symbolic link
+    is written through, as :func:`open` does. Errors name ``path``.
 
     Args:
         path: Destination file; its directory must exist.

@@ -324,6 +324,42 @@ def _sweep_csv(results: Sequence[Any]) -> bytes:
     return buf.getvalue().encode()
 
 
+def _as_flags(message: str) -> str:
+    """A message of :mod:`fusion_jax.distributed` with its argument names as the CLI's flags."""
+    for name, flag in (
+        ("coordinator_address", "--coordinator"),
+        ("num_processes", "--num-processes"),
+        ("process_id", "--process-id"),
+        ("none of them for", "--distributed alone for"),
+    ):
+        message = message.replace(name, flag)
+    return message
+
+
+def _join_run(args: argparse.Namespace) -> Callable[..., None]:
+    """Join the multi-process run the flags ask for; return ``print`` for process 0.
+
+    Every process prints one line saying which it is and the devices it
+    sees; afterwards only process 0 prints (the others get a no-op) and shows
+    progress bars.
+    """
+    import fusion_jax as fj
+
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(v is None for v in explicit):
+        return print
+    try:
+        fj.distributed.initialize(*explicit)
+    except ValueError as err:
+        flag = "--distributed" if args.distributed else "--coordinator"
+        raise _UserError(f"{flag}: {_as_flags(str(err))}") from None
+    print(fj.distributed.process_summary(), flush=True)
+    if fj.distributed.is_main_process():
+        return print
+    args.progress = False
+    return lambda *_args, **_kwargs: None
+
+
 def _run_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -341,6 +377,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from fusion_jax.digits import CNN, MLP, load_digits_split
     from fusion_jax.plotting import plot_sweep
     from fusion_jax.training import evaluate, to_apply_fn
+
+    say = _join_run(args)  # first: before anything uses a device
 
     noise = _noise_model(args.noise)
     data = load_digits_split(0)
@@ -361,11 +399,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
         "gradient": args.gradient,
         "noise": noise,
     }
-    print(
+    say(
         f"{_describe_model(args)} on scikit-learn digits: {data.x_train.shape[0]} training, "
         f"{data.x_test.shape[0]} test images; noise: {args.noise} ({_NOISE_HELP[args.noise]})"
     )
-    print(
+    say(
         f"training {args.epochs} epochs (batch {args.batch_size}, Adam lr "
         f"{args.learning_rate:g}, seed {args.train_seed}); hardware-aware: programmed in every "
         f"step at g_max {args.train_g_max:g} uS, t {format_time(args.train_time)} (gradient "
@@ -380,6 +418,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
     }
     for label, model in models.items():
         _train_with_bar(model, data, args, f"train {label}")
+    if jax.process_count() > 1:
+        # Every process trained the same models; take process 0's, so that all
+        # evaluate the very same weights even where training is not bit-reproducible.
+        from jax.experimental import multihost_utils
+
+        for model in models.values():
+            weights = nnx.state(model, nnx.Param)
+            nnx.update(model, multihost_utils.broadcast_one_to_all(weights))
 
     # One forward pass for both: a hardware-aware model's parameters have the digital
     # model's structure, so the sweep compiles once.
@@ -406,6 +452,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     ]
 
     table = _sweep_table(results, clean)
+    if not fj.distributed.is_main_process():
+        return 0  # process 0 prints the tables and writes the files
     print()
     print(table, end="")
     figure = plot_sweep(
@@ -791,6 +839,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=DEFAULT_OUT, metavar="DIR", help="output folder (default: %(default)s)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    multi = p.add_argument_group(
+        "multi-process runs (a TPU pod slice, a GPU cluster: one process per host)",
+        "Start the same command on every host; all processes train the same models and share "
+        "the grid points out over all their devices; process 0 prints and writes the files.",
+    )
+    multi.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0, reachable from every process (with --num-processes and "
+        "--process-id)",
+    )
+    multi.add_argument(
+        "--num-processes", type=_positive_int, metavar="N", help="number of processes in the run"
+    )
+    multi.add_argument(
+        "--process-id", type=_non_negative_int, metavar="I", help="this process's index, 0..N-1"
+    )
+    multi.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run that JAX detects itself (Cloud TPU pod slice, Slurm)",
+    )
     p.set_defaults(run=_run_sweep)
 
     p = sub.add_parser(
@@ -920,6 +990,22 @@ def _run_data(args: argparse.Namespace) -> int:
 
 def _finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks argparse cannot express, reported as usage errors."""
+    if args.command == "sweep":
+        from fusion_jax.distributed import _check_process_args
+
+        sub = f"{parser.prog} sweep"
+        explicit = (args.coordinator, args.num_processes, args.process_id)
+        problem = None
+        if args.distributed and any(v is not None for v in explicit):
+            problem = "--distributed (JAX's own detection) takes no --coordinator, "
+            problem += "--num-processes or --process-id"
+        else:
+            try:
+                _check_process_args(*explicit)
+            except ValueError as err:
+                problem = _as_flags(str(err))
+        if problem is not None:
+            parser.exit(2, f"{sub}: error: {problem} (see {sub} --help)\n")
     if args.command == "sweep" and args.g_max_range is not None:
         try:
             args.g_max_range = _g_max_range_arg(args.g_max_range)
@@ -948,7 +1034,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example:
         >>> from fusion_jax.cli import main
         >>> main(["--help"])                       # doctest: +ELLIPSIS
-        usage: fusion-jax [-h] SUBCOMMAND ...
+        usage: fusion-jax [-h] [--version] SUBCOMMAND ...
         ...
         0
     """

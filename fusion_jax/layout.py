@@ -255,7 +255,8 @@ def _as_axes(axes: KernelAxes | None, ndim: int) -> KernelAxes:
 
 def _to_columns(kernel: jax.Array, axes: KernelAxes, *, export_order: bool) -> jax.Array:
     perm = axes._order(export_order)
-    moved = jnp.transpose(kernel, perm)  # the identity permutation is free
+    xp = np if isinstance(kernel, np.ndarray) else jnp  # a host copy stays on the host
+    moved = xp.transpose(kernel, perm)  # the identity permutation is free
     stack_shape = moved.shape[: len(axes.stack)]
     n_in = math.prod(kernel.shape[a] for a in axes.inputs)
     n_out = math.prod(kernel.shape[a] for a in axes.outputs)

@@ -34,18 +34,38 @@ import jax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation, tiles
-from fusion_jax._linen_layers import kernel_layouts, layer_kernel_axes
+from fusion_jax._linen_layers import (
+    FusionDenseGeneral,
+    FusionDotGeneral,
+    FusionEinsum,
+    Fusionized,
+    fusion_interceptor,
+    fusionize,
+    kernel_layouts,
+    layer_kernel_axes,
+)
 from fusion_jax.program_params import program_kernel
 from fusion_jax.programming import DEFAULT_NOISE, _check_gradient_mode, resolve_noise
 
-__all__ = ["FusionConv", "FusionDense", "kernel_layouts", "layer_kernel_axes"]
+__all__ = [
+    "FusionConv",
+    "FusionDense",
+    "FusionDenseGeneral",
+    "FusionDotGeneral",
+    "FusionEinsum",
+    "Fusionized",
+    "fusion_interceptor",
+    "fusionize",
+    "kernel_layouts",
+    "layer_kernel_axes",
+]
 
 
 def _check_settings(layer: nn.Module) -> None:
     _validation.check_g_max(layer.g_max)
     _check_gradient_mode(layer.gradient)
     resolve_noise(layer.noise)
-    _validation.check_t_inference(layer.t_inference, where=type(layer).__name__)
+    _validation.check_t_inference(layer.t_inference, where=type(layer).__qualname__)
 
 
 def _fusion_apply(

@@ -74,23 +74,6 @@ _NOISE_SALT = 0x6E6F6973
 RngsLike = nnx.Rngs | nnx.RngStream | PRNGKeyArray
 
 
-class _KernelView:
-    """Reads like ``layer`` except for ``kernel`` (and ``mask``, cleared).
-
-    Lets the plain Flax forward pass run unchanged on a programmed kernel
-    without mutating the layer's parameters: ``nnx.Linear.__call__`` and
-    ``nnx.Conv.__call__`` only read attributes of ``self``.
-    """
-
-    def __init__(self, layer: nnx.Module, kernel: jax.Array) -> None:
-        self._layer = layer
-        self.kernel = kernel
-        self.mask = None  # already applied to ``kernel`` before programming
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._layer, name)
-
-
 class NoiseKey(nnx.RngState):
     """The state of a Fusion layer's noise stream: the key data of its next key.
 
@@ -214,6 +197,10 @@ class _FusionLayer(nnx.Module):
             )
         else:
             key = stream()
+        self._seed_noise_stream(key)
+
+    def _seed_noise_stream(self, key: PRNGKeyArray) -> None:
+        """Start the layer's noise stream at ``key`` (one per layer, for stacked layers)."""
         self._noise_impl = str(jax.random.key_impl(key))
         self.noise_key = NoiseKey(jax.random.key_data(key), tag=self.rng_collection)
 
@@ -308,7 +295,18 @@ class _FusionLayer(nnx.Module):
         if deterministic:
             return plain_call(self, inputs, out_sharding)
         kernel = self.programmed_kernel(self._noise_key(rngs), axes)
-        return plain_call(_KernelView(self, kernel), inputs, out_sharding)
+        return plain_call(self._with_kernel(kernel), inputs, out_sharding)
+
+    def _with_kernel(self, kernel: jax.Array) -> nnx.Module:
+        """This layer with ``kernel`` in place of its own, every other variable shared.
+
+        Built with ``nnx.split`` / ``nnx.merge``, so that the plain Flax forward
+        pass runs unchanged on it and the layer's parameters stay as they are.
+        A convolution's ``mask`` multiplies the programmed kernel once more,
+        which keeps masked-out weights at zero.
+        """
+        graphdef, state = nnx.split(self)
+        return nnx.merge(graphdef, nnx.State({**state, "kernel": state["kernel"].replace(kernel)}))
 
     def set_view(
         self,

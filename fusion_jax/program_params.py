@@ -2,24 +2,30 @@
 
 :func:`fusion_jax.program` works in the reference's layout, one row per output
 ``[..., out, in]``. Flax keeps the output channel on the last axis of a
-kernel (``[in, out]``, ``[kh, kw, in, out]``). :func:`program_kernel` programs
-one Flax kernel (each output channel is one row on the chip) and
-:func:`program_params` programs every kernel of a model's parameters at once:
-one programmed copy of the whole network, as after writing it to the chip.
+kernel (``[in, out]``, ``[kh, kw, in, out]``); stacked layers, attention
+and einsum kernels have more axes, which a
+:class:`~fusion_jax.layout.KernelAxes` names. :func:`program_kernel` programs
+one kernel (each output feature of each layer is one row on the chip) and
+:func:`program_params` programs every kernel of a model at once (an
+``nnx.Module``, whose layers give their kernels' axes and their settings, or
+a parameter pytree): one programmed copy of the whole network, as after
+writing it to the chip.
 """
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation, layout, tiles
-from fusion_jax.conversion import _prepare_weights
+from fusion_jax.conversion import _prepare_g_max, _prepare_weights
 from fusion_jax.errors import ArgumentError
 from fusion_jax.layout import KernelAxes
 from fusion_jax.programming import (
@@ -154,17 +160,57 @@ def program_kernel(
             f"kernel is empty (shape {tuple(kernel.shape)}): a kernel [..., in, out] needs at "
             "least one input and one output to program."
         )
+    # Checks (and error messages) as for the reference rows, on a host copy
+    # of a concrete kernel (no compilation); a traced kernel is checked
+    # inside the jit.
+    value = _validation.concrete_value(kernel)
+    if value is not None:
+        host_columns = layout._to_columns(value, axes, export_order=False)
+        _prepare_weights(np.swapaxes(host_columns, -1, -2), "kernel")
+    _prepare_g_max(g_max, jnp.float32)  # checked here: inside the jit it is traced
     sizes = tiles._kernel_input_sizes(kernel.shape, axes, max_input_size, max_output_size)
+    return _program_kernel_jit(
+        kernel,
+        key,
+        g_max,
+        model,
+        t_inference,
+        axes=axes,
+        strict_aihwkit=bool(strict_aihwkit),
+        gradient=gradient,
+        in_sizes=sizes,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("axes", "strict_aihwkit", "gradient", "in_sizes"), inline=True
+)
+def _program_kernel_jit(
+    kernel: jax.Array,
+    key: PRNGKeyArray | None,
+    g_max: Any,
+    model: NoiseModel | None,
+    t_inference: Any,
+    *,
+    axes: KernelAxes,
+    strict_aihwkit: bool,
+    gradient: str,
+    in_sizes: tuple[int, ...],
+) -> jax.Array:
+    """program_kernel of a checked kernel: one compiled program per shape and settings.
+
+    Rearranging, programming and putting back are one jitted computation, so
+    an eager call compiles once, and new values of ``g_max``,
+    ``t_inference`` or the noise model's fields do not recompile.
+    """
     # Computed as columns [*stack, in, out], one per output feature, with the
     # inputs in the kernel's own axis order: for Dense, conv and stacked
     # kernels that is a reshape, no transpose (transposes cost more than the
     # rest of the conversion on a CPU). Without tiles a row's result does not
     # depend on the order of its inputs; with tiles they are in export order.
-    export_order = len(sizes) > 1
+    export_order = len(in_sizes) > 1
     columns = layout._to_columns(kernel, axes, export_order=export_order)
-    # Checks (and error messages) as for the reference rows; under jit the
-    # swapped copy is only inspected, never computed.
-    _prepare_weights(jax.numpy.swapaxes(columns, -1, -2), "kernel")
+    _prepare_weights(jnp.swapaxes(columns, -1, -2), "kernel")  # traced: only inspected
     programmed = _program_columns(
         columns,
         key,
@@ -173,7 +219,7 @@ def program_kernel(
         t_inference,
         strict_aihwkit=strict_aihwkit,
         gradient=gradient,
-        in_sizes=sizes,
+        in_sizes=in_sizes,
     )
     return layout._from_columns(programmed, axes, kernel.shape, export_order=export_order)
 
@@ -404,9 +450,13 @@ def _layer_settings(module: Any) -> dict[str, Any] | None:
 
 
 def _module_specs(
-    module: Any,
-) -> tuple[dict[LeafPath, KernelAxes], dict[LeafPath, dict[str, Any]]]:
-    """Kernel axes and Fusion settings of every known layer of an NNX module, by leaf path."""
+    module: Any, *, strict: bool = True
+) -> tuple[dict[LeafPath, KernelAxes | ValueError], dict[LeafPath, dict[str, Any]]]:
+    """Kernel axes and Fusion settings of every known layer of an NNX module, by leaf path.
+
+    With ``strict=False`` a layer whose axes cannot be read gets its error as
+    its entry, raised only if no ``layouts`` entry replaces it.
+    """
     from flax import nnx
 
     axes: dict[LeafPath, KernelAxes] = {}
@@ -419,7 +469,13 @@ def _module_specs(
             continue
         leaf_path = (*path, "kernel")
         name = _path_text(leaf_path)
-        found = module_kernel_axes(node, np.shape(kernel[...]), name)
+        value = kernel.get_value()  # an array, or a ShapeDtypeStruct under nnx.eval_shape
+        try:
+            found = module_kernel_axes(node, tuple(value.shape), name)
+        except ValueError as err:
+            if strict:
+                raise
+            found = err
         if found is not None:
             axes[leaf_path] = found
         own = _layer_settings(node)
@@ -461,7 +517,7 @@ def kernel_layouts(module: Any) -> dict[LeafPath, KernelAxes]:
 
     if not isinstance(module, nnx.Module):
         raise TypeError(f"kernel_layouts needs an nnx.Module, got {type(module)}.")
-    return _module_specs(module)[0]
+    return _module_specs(module)[0]  # type: ignore[return-value]
 
 
 def freeze_layouts(layouts: Layouts | None) -> Any:
@@ -683,7 +739,7 @@ def program_params(
         _validation.check_key(key, where="program_params")
 
     if isinstance(params, nnx.Module):
-        module_axes, module_settings = _module_specs(params)
+        module_axes, module_settings = _module_specs(params, strict=False)
         graphdef, state = nnx.split(params)
         programmed = _program_tree(state, key, given, where, layouts, module_axes, module_settings)
         return nnx.merge(graphdef, programmed)
@@ -696,7 +752,7 @@ def _program_tree(
     given: dict[str, Any],
     where: Callable[[LeafPath, Any], bool] | None,
     layouts: Layouts | None,
-    module_axes: Mapping[LeafPath, KernelAxes],
+    module_axes: Mapping[LeafPath, KernelAxes | ValueError],
     module_settings: Mapping[LeafPath, Mapping[str, Any]],
 ) -> Any:
     """program_params on a pytree, with per-leaf axes and settings read from a module."""
@@ -722,6 +778,8 @@ def _program_tree(
         axes = lookup(path, leaf)
         if axes is None:
             axes = module_axes.get(path)
+            if isinstance(axes, ValueError):
+                raise ValueError(f"program_params: {axes}") from None
         if axes is None:
             if np.ndim(leaf) > 2:
                 raise ValueError(

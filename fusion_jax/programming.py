@@ -11,7 +11,6 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation, tiles
 from fusion_jax._fusion import materialize_fn
-from fusion_jax._static import StaticNumbers
 from fusion_jax.conversion import (
     _prepare_g_max,
     _prepare_weights,
@@ -221,7 +220,7 @@ def _program_prepared(
         w,
         key,
         g,
-        StaticNumbers(model),
+        model,
         jnp.asarray(t_inference, dtype),
         strict_aihwkit=bool(strict_aihwkit),
         gradient=gradient,
@@ -241,7 +240,7 @@ def _program_jit(
     w: jax.Array,
     key: PRNGKeyArray | None,
     g_max: jax.Array,
-    noise: StaticNumbers[NoiseModel | None],
+    noise: NoiseModel | None,
     t_inference: jax.Array,
     *,
     strict_aihwkit: bool,
@@ -251,16 +250,17 @@ def _program_jit(
     axis: int,
     in_sizes: tuple[int, ...] | None,
 ) -> jax.Array:
-    # The model's Python-number fields arrive as constants (StaticNumbers), so
-    # a model can test them at trace time (a literal read_noise_scale=0 skips
-    # the read-noise draw) and XLA can fold arithmetic on them.
+    # The noise model is data: its fields are traced here (a new value does
+    # not recompile); inside an outer jit that closes over Python numbers
+    # they are constants XLA can fold. Switches such as ``read_noise`` are
+    # static fields of the model.
     wc = w.astype(dtype)
     if gradient == "ste":  # no derivative is traced through the programming at all
         w_hat = _program_core(
             jax.lax.stop_gradient(wc),
             key,
             g_max,
-            noise.value,
+            noise,
             t_inference,
             strict_aihwkit,
             axis,
@@ -268,9 +268,7 @@ def _program_jit(
         )
         w_hat = wc + jax.lax.stop_gradient(w_hat - wc)
     else:
-        w_hat = _program_core(
-            wc, key, g_max, noise.value, t_inference, strict_aihwkit, axis, in_sizes
-        )
+        w_hat = _program_core(wc, key, g_max, noise, t_inference, strict_aihwkit, axis, in_sizes)
     return w_hat.astype(out_dtype)
 
 

@@ -28,6 +28,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from fusion_jax import _validation, tiles
 from fusion_jax._atomic import atomic_open
+from fusion_jax.distributed import _global_array
 from fusion_jax.errors import ArgumentError
 from fusion_jax.program_params import Layouts, freeze_layouts, kernel_layouts, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
@@ -178,39 +179,23 @@ def _grid_axis(values: Any, name: str) -> np.ndarray:
     return arr
 
 
-#: Seeds are 32-bit: ``jax.random.key(seed)`` of the uint32 seed.
-_SEED_LIMIT = 2**32
-
-
 def _check_grid(g_max: Any, seeds: Any, t_inference: Any) -> tuple[np.ndarray, ...]:
     g = _grid_axis(g_max, "g_max")
     bad = g[(g < _validation.G_MAX_MIN) | (g > _validation.G_MAX_MAX)]
     if bad.size:
         raise ArgumentError(f"{_validation.G_MAX_MESSAGE} Got g_max values {bad.tolist()}.")
     if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
-        if not 1 <= seeds <= _SEED_LIMIT:
+        if not 1 <= seeds <= _validation.SEED_LIMIT:
             raise ValueError(
                 f"seeds must be a positive count (at most 2**32) or a sequence of seeds, "
                 f"got {seeds}."
             )
         s = np.arange(int(seeds))
     else:
-        s = np.atleast_1d(np.asarray(seeds))
-        if s.size == 0:
-            raise ValueError("seeds is empty: the sweep grid needs at least one seed.")
-        if s.ndim != 1 or s.dtype.kind not in "iu":
-            raise ValueError(f"seeds must be a count or a 1-D sequence of integers, got {seeds!r}.")
-        # Seeds are drawn as 32-bit words: larger ones would wrap around to a
-        # different seed than the one reported.
-        bad = s[(s < 0) | (s >= _SEED_LIMIT)] if s.dtype.kind == "i" else s[s >= _SEED_LIMIT]
-        if bad.size:
-            raise ValueError(
-                f"seeds must lie in [0, 2**32 - 1] (a key is made from a 32-bit seed), got "
-                f"{bad.tolist()[:8]}."
-            )
-    t = _grid_axis(t_inference, "t_inference")
-    for value in np.atleast_1d(np.asarray(t_inference)):
+        s = _validation.check_seeds(seeds)
+    for value in np.asarray(t_inference, dtype=object).ravel():
         _validation.check_t_inference(value, where="sweep")
+    t = _grid_axis(t_inference, "t_inference")
     return g, s.astype(np.int64), t
 
 
@@ -320,14 +305,32 @@ def _evaluator(
 
     if len(devices) == 1:
         return jax.jit(chunk)
-    mesh = Mesh(np.array(devices), (_AXIS,))
-    grid = NamedSharding(mesh, PartitionSpec(_AXIS))
-    repl = NamedSharding(mesh, PartitionSpec())
+    grid, repl = _shardings(devices)
+    # Replicated results: every process (of a multi-process run) reads them all.
     return jax.jit(
         chunk,
         in_shardings=(repl, repl, repl, repl, repl, grid, grid, grid),
-        out_shardings=(grid, grid),
+        out_shardings=(repl, repl),
     )
+
+
+def _shardings(devices: tuple[Any, ...]) -> tuple[NamedSharding, NamedSharding]:
+    """The grid-point sharding over ``devices`` and the replicated one."""
+    mesh = Mesh(np.array(devices), (_AXIS,))
+    return NamedSharding(mesh, PartitionSpec(_AXIS)), NamedSharding(mesh, PartitionSpec())
+
+
+def _grid_array(values: np.ndarray, devices: tuple[Any, ...]) -> np.ndarray | jax.Array:
+    """``values`` (the same on every process) as a global array sharded over the points.
+
+    With one device the values are passed as they are. Otherwise each process
+    places only the slices that its own devices hold, which is what a
+    multi-process run needs: ``jax.jit`` refuses a NumPy array with a
+    non-replicated sharding.
+    """
+    if len(devices) == 1:
+        return values
+    return _global_array(values, _shardings(devices)[0])
 
 
 def _auto_chunk(params: Any, x: jax.Array, batch: int, n_points: int, budget: int) -> int:
@@ -373,6 +376,15 @@ def sweep(
     several devices the points are sharded over a 1-D device ``Mesh``
     (``NamedSharding``); parameters and data are replicated.
 
+    In a multi-process run (:func:`fusion_jax.distributed.initialize`: a TPU
+    pod slice, a GPU cluster) every process calls ``sweep`` with the same
+    arguments; the points are shared out over all processes' devices and
+    every process gets the whole result, the same as one process would
+    (same seeds, same chip draws). Parameters may also be global arrays on
+    another mesh, as :func:`fusion_jax.distributed.shard_params` places them.
+    Only process 0 shows the progress bar; writing files is left to the
+    caller (on process 0: :func:`fusion_jax.distributed.is_main_process`).
+
     Args:
         model_or_apply_fn: An ``nnx.Module`` (evaluated in eval mode; pass
             ``params=None``) or a pure ``apply_fn(params, x) -> logits``, for
@@ -399,7 +411,8 @@ def sweep(
             ``memory_budget_bytes`` (rounded to a multiple of the devices).
         eval_batch_size: Evaluate the data in batches of this size (a
             ``lax.scan``) instead of all at once.
-        devices: Devices to shard over (default: all of ``jax.devices()``).
+        devices: Devices to shard over (default: all of ``jax.devices()``,
+            every process's in a multi-process run).
         memory_budget_bytes: Memory per chunk used to choose ``chunk_size``.
         progress: Show a progress bar over chunks.
         label: A name carried into the result's tables.
@@ -473,15 +486,22 @@ def sweep(
         apply_fn, devices, n_batches, where, bool(strict_aihwkit), frozen_layouts, tile_sizes
     )
 
+    replicated = (params, xb, yb, mask, model)
+    if len(devices) > 1:
+        # Global arrays on the grid mesh: NumPy or process-local values (the same on
+        # every process), and parameters placed on another mesh (a training mesh).
+        repl = _shardings(devices)[1]
+        replicated = jax.tree.map(lambda leaf: _global_array(leaf, repl), replicated)
     chunks = range(n_chunks)
-    if progress:
+    if progress and jax.process_index() == 0:
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc=f"sweep {label}".strip(), unit="chunk", leave=False)
     acc, loss = [], []
     for c in chunks:
         sl = slice(c * chunk_size, (c + 1) * chunk_size)
-        a, l_ = evaluate(params, xb, yb, mask, model, pg[sl], ps[sl], pt[sl])
+        points = [_grid_array(v[sl], devices) for v in (pg, ps, pt)]
+        a, l_ = evaluate(*replicated, *points)
         acc.append(np.asarray(a))
         loss.append(np.asarray(l_))
     shape = (g_values.size, seed_values.size, t_values.size)

@@ -492,11 +492,12 @@ def _as_keys(keys: PRNGKeyArray | Iterable[int] | int) -> PRNGKeyArray:
             raise ValueError(f"keys must be a non-empty 1-D array of keys, got shape {keys.shape}.")
         return keys
     seeds = np.atleast_1d(np.asarray(keys))
-    if seeds.ndim != 1 or seeds.size == 0 or seeds.dtype.kind not in "iu" or np.any(seeds < 0):
+    if seeds.ndim != 1 or seeds.size == 0 or seeds.dtype.kind not in "iu":
         raise ValueError(
             "keys must be a 1-D array of PRNG keys or a non-empty sequence of non-negative "
             f"integer seeds, got {keys!r}."
         )
+    seeds = _validation.check_seeds(seeds, "keys (seeds)")
     return jax.vmap(jax.random.key)(jnp.asarray(seeds, dtype=jnp.uint32))
 
 
@@ -513,9 +514,9 @@ def _check_grid(g_max: Any, t_inference: Any) -> tuple[np.ndarray, np.ndarray]:
     """The evaluation grid as 1-D arrays; g_max in [10, 40], times >= 0."""
     g = _grid_axis(g_max, "g_max")
     _validation.check_g_max(g)
+    for value in np.asarray(t_inference, dtype=object).ravel():
+        _validation.check_t_inference(value)
     t = _grid_axis(t_inference, "t_inference")
-    if np.any(t < 0):
-        raise ValueError(f"t_inference must be non-negative seconds, got {t.tolist()}.")
     return g, t
 
 
@@ -846,6 +847,7 @@ def hardware_aware_experiment(
     seed_list = [int(s) for s in seeds]
     if not seed_list:
         raise ValueError("seeds is empty: the experiment needs at least one seed.")
+    _validation.check_seeds(seed_list)
     g, t = _check_grid(g_max, t_inference)
     _check_grid(train_g_max, train_t_inference)
     data = load_digits_split(0) if data is None else data

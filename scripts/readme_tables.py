@@ -66,7 +66,12 @@ TABLES: dict[str, Table] = {
         _python("from fusion_jax.training import hardware_aware_experiment as e; print(e())")
     ),
     "calibration": Table((PY, "scripts/calibration_table.py", "--validation-only")),
+    "transformer": Table((PY, "scripts/transformer_table.py"), fence=False),
+    "transformer_extra": Table(
+        (PY, "scripts/transformer_table.py", "--recipes", "extra"), fence=False
+    ),
     "lenet5": Table((PY, "scripts/lenet5_import.py", "--markdown"), fence=False),
+    "kernel_axes": Table((PY, "scripts/kernel_axes_errors.py"), fence=False),
     "roundtrip": Table((PY, "benchmarks/roundtrip.py", "--markdown"), fence=False, speed=True),
     "train_step": Table((PY, "benchmarks/train_step.py", "--markdown"), fence=False, speed=True),
     "sweep_points": Table((PY, "benchmarks/sweep_points.py"), speed=True),
