@@ -30,6 +30,11 @@ class NoiseModel(Protocol):
     A noise model is a pytree (its numeric fields can be traced or vmapped)
     with a ``sample`` method mapping target conductances (uS) to the
     conductances read back ``t_inference`` seconds after programming.
+    A model whose every read-back depends only on its own target (for a
+    fixed key) may say so with a class attribute ``elementwise = True``:
+    :func:`program` then keeps one array for its derivative in the exact
+    gradient instead of every intermediate of ``sample`` (same gradient,
+    less memory). Both built-in models do.
 
     Example:
         A noise model of your own: Gaussian noise of a fixed width in uS.
