@@ -31,7 +31,9 @@ within one run. This is a script, not a test.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -181,19 +183,16 @@ def measure_recompiles(counter: _CompileCounter) -> dict[str, float]:
 
     _, state = nnx.split(CNN(nnx.Rngs(0)))
     params = nnx.to_pure_dict(state)  # a plain pytree: every revision accepts it
-    # conv kernels [3, 3, in, out] as their [9 * in, out] columns: the same
-    # programming, and a layout every revision accepts
-    params = {
-        name: {"kernel": layer["kernel"].reshape(-1, layer["kernel"].shape[-1])}
-        for name, layer in params.items()
-    }
+    extra = {}
+    if "layouts" in inspect.signature(fj.program_params).parameters:  # rank > 2 needs its axes
+        extra["layouts"] = {f"conv{i}/kernel": fj.layout.KernelAxes.conv(2) for i in (1, 2)}
     counter.count = 0
     start = time.perf_counter()
-    jax.block_until_ready(fj.program_params(params, jax.random.key(2), g_max=25.0))
+    jax.block_until_ready(fj.program_params(params, jax.random.key(2), g_max=25.0, **extra))
     first_s, first_compiles = time.perf_counter() - start, counter.count
     counter.count = 0
     start = time.perf_counter()
-    jax.block_until_ready(fj.program_params(params, jax.random.key(3), g_max=31.0))
+    jax.block_until_ready(fj.program_params(params, jax.random.key(3), g_max=31.0, **extra))
     second_s, second_compiles = time.perf_counter() - start, counter.count
     return {
         "program_new_settings_compiles": settings_compiles,
@@ -210,13 +209,14 @@ def child() -> None:
     result = {"step": {kind: measure_step(kind) for kind in STEP_KINDS}}
     result["pieces"] = measure_pieces()
     result["recompiles"] = measure_recompiles(counter)
+    result["load_average"] = os.getloadavg()[0]
     print(json.dumps(result))
 
 
 def _report(label: str, r: dict) -> None:
     plain = r["step"]["nnx.Linear"]
     plain_total = plain["lower_s"] + plain["compile_s"]
-    print(f"\n## {label}\n")
+    print(f"\n## {label} (1-minute load average {r['load_average']:.1f})\n")
     print(
         f"Gradient step of {N_LAYERS} layers {WIDTH} wide (lowering + XLA compile; HLO of the "
         "optimised module):\n"

@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from fusion_jax import _validation
+from fusion_jax import _validation, tiles
 from fusion_jax._atomic import atomic_open
 from fusion_jax.distributed import _global_array
 from fusion_jax.errors import ArgumentError
@@ -267,6 +267,7 @@ def _evaluator(
     where: Any,
     strict_aihwkit: bool,
     layouts: Any = None,
+    tile_sizes: tuple[tuple[str, int], ...] = (),
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """The jitted chunk evaluator (cached so that repeated sweeps compile once)."""
     layout_map = dict(layouts) if isinstance(layouts, tuple) else layouts
@@ -282,6 +283,7 @@ def _evaluator(
             strict_aihwkit=strict_aihwkit,
             where=where,
             layouts=layout_map,
+            **dict(tile_sizes),
         )
 
         def batch_metrics(carry, batch):
@@ -351,6 +353,8 @@ def sweep(
     strict_aihwkit: bool = False,
     where: Callable[[tuple, Any], bool] | None = None,
     layouts: Layouts | None = None,
+    max_input_size: int | None = None,
+    max_output_size: int | None = None,
     chunk_size: int | None = None,
     eval_batch_size: int | None = None,
     devices: Sequence[Any] | None = None,
@@ -398,6 +402,11 @@ def sweep(
             of rank above 2 (convolutions, stacked layers, attention) with an
             ``apply_fn``: for Linen, :func:`fusion_jax.linen.kernel_layouts`.
             Default: read from the ``nnx.Module`` (or ``apply_fn.kernel_layouts``).
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split), as for :func:`fusion_jax.program_params`. Default: each
+            Fusion layer's own, else 512.
+        max_output_size: Most outputs per chip tile (0: no split). Default:
+            each Fusion layer's own, else 512.
         chunk_size: Grid points per compiled call; by default as many as fit
             ``memory_budget_bytes`` (rounded to a multiple of the devices).
         eval_batch_size: Evaluate the data in batches of this size (a
@@ -467,7 +476,15 @@ def sweep(
 
     dtype = _validation.compute_dtype(jnp.float32)
     pg, ps, pt = padded(grid_g, dtype), padded(grid_s, np.uint32), padded(grid_t, dtype)
-    evaluate = _evaluator(apply_fn, devices, n_batches, where, bool(strict_aihwkit), frozen_layouts)
+    given_tiles = {"max_input_size": max_input_size, "max_output_size": max_output_size}
+    tile_sizes = tuple(
+        (name, tiles.check_max_size(value, name))
+        for name, value in given_tiles.items()
+        if value is not None
+    )
+    evaluate = _evaluator(
+        apply_fn, devices, n_batches, where, bool(strict_aihwkit), frozen_layouts, tile_sizes
+    )
 
     replicated = (params, xb, yb, mask, model)
     if len(devices) > 1:
