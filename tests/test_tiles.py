@@ -495,6 +495,8 @@ def test_nnx_layers_carry_tile_sizes():
 
 
 def test_linen_layers_carry_tile_sizes():
+    import flax.linen as nn
+
     x = rng_weights((2, 784), seed=12)
     for size in (512, 0):
         model = fj.linen.FusionDense(3, noise=READBACK, max_input_size=size)
@@ -502,6 +504,10 @@ def test_linen_layers_carry_tile_sizes():
         out = model.apply(variables, x, rngs={"noise": K})
         p = variables["params"]
         kernel = fj.program_kernel(p["kernel"], K, noise=READBACK, max_input_size=size)
+        np.testing.assert_allclose(out, x @ kernel + p["bias"], rtol=1e-5, atol=1e-5)
+        # fusionize: a plain nn.Dense programmed through the interceptor, same tiles.
+        chip = fj.linen.fusionize(nn.Dense(3), noise=READBACK, max_input_size=size)
+        out = chip.apply(variables, x, rngs={"noise": K})
         np.testing.assert_allclose(out, x @ kernel + p["bias"], rtol=1e-5, atol=1e-5)
 
 
