@@ -35,9 +35,12 @@ a shared machine. This is a script, not a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 FUNCTIONS = ("program", "exact", "ste")
 
@@ -77,15 +80,12 @@ print(json.dumps({"time_s": float(np.median(times)), "temp_bytes": int(temp),
 """
 
 
-def measure(n: int, name: str, repeats: int) -> dict[str, float]:
-    """Run one case in a fresh process and return its measurements."""
-    out = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(n), name, str(repeats)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def measure(n: int, name: str, repeats: int, code_root: str | None = None) -> dict[str, float]:
+    """Run one case in a fresh process (on the package under ``code_root``)."""
+    from _revision import run_python
+
+    out = run_python(code_root, ["-c", _CHILD, str(n), name, str(repeats)])
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,31 +94,50 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the results to this JSON file")
+    parser.add_argument("--before", help="also measure the package at this git revision")
     args = parser.parse_args(argv)
+    from _revision import exported
+
+    with contextlib.ExitStack() as stack:
+        roots = {"": None}
+        if args.before:
+            roots = {f"before ({args.before})": stack.enter_context(exported(args.before))}
+            roots["after"] = None
+        _table(args, roots)
+
+
+def _table(args: argparse.Namespace, roots: dict[str, str | None]) -> None:
+    """Measure every size, function and revision; print one markdown table."""
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     print(
-        "| w | weights | function | time | time / program | XLA temp | temp / weights "
+        "| code | w | weights | function | time | time / program | XLA temp | temp / weights "
         "| peak RSS extra | RSS / weights |"
     )
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in args.sizes:
         weights = 4 * n * n
-        results[str(n)] = {}
-        for name in FUNCTIONS:
-            r = measure(n, name, args.repeats)
-            results[str(n)][name] = r
-            base = results[str(n)]["program"]["time_s"]
-            print(
-                f"| {n}x{n} | {weights / 2**20:.0f} MiB | {name} | {r['time_s']:.3f} s "
-                f"| {r['time_s'] / base:.2f}x | {r['temp_bytes'] / 2**20:.0f} MiB "
-                f"| {r['temp_bytes'] / weights:.2f}x | {r['peak_extra_bytes'] / 2**20:.0f} MiB "
-                f"| {r['peak_extra_bytes'] / weights:.2f}x |",
-                flush=True,
-            )
+        for label, root in roots.items():
+            case = f"{label} {n}".strip()
+            results[case] = {}
+            for name in FUNCTIONS:
+                r = measure(n, name, args.repeats, root)
+                results[case][name] = r
+                base = results[case]["program"]["time_s"]
+                _row(label or "this checkout", n, weights, name, r, base)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def _row(label: str, n: int, weights: int, name: str, r: dict[str, float], base: float) -> None:
+    print(
+        f"| {label} | {n}x{n} | {weights / 2**20:.0f} MiB | {name} | {r['time_s']:.3f} s "
+        f"| {r['time_s'] / base:.2f}x | {r['temp_bytes'] / 2**20:.0f} MiB "
+        f"| {r['temp_bytes'] / weights:.2f}x | {r['peak_extra_bytes'] / 2**20:.0f} MiB "
+        f"| {r['peak_extra_bytes'] / weights:.2f}x |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

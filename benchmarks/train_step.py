@@ -230,7 +230,13 @@ def measure(prng: str, *, batch: int, repeats: int, warmup: int, breakdown: bool
     return result
 
 
-def _in_subprocess(prng: str, args: argparse.Namespace) -> dict[str, Any]:
+def _in_subprocess(
+    prng: str, args: argparse.Namespace, code_root: str | None = None
+) -> dict[str, Any]:
+    """Measure ``prng`` in a fresh process; with ``code_root``, on the package found there."""
+    env = dict(os.environ)
+    if code_root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([code_root, env.get("PYTHONPATH", "")])
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         cmd = [
@@ -250,7 +256,7 @@ def _in_subprocess(prng: str, args: argparse.Namespace) -> dict[str, Any]:
         ]
         if args.breakdown:
             cmd.append("--breakdown")
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env=env, cwd=code_root)
         with open(out, encoding="utf-8") as fh:
             return json.load(fh)[0]
 
@@ -294,8 +300,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     parser.add_argument("--quiet", action="store_true", help="print nothing (with --json)")
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also measure the package as of this git revision (threefry only), in turns",
+    )
     args = parser.parse_args(argv)
 
+    if args.before:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from _revision import exported
+
+        rounds: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        with exported(args.before) as code:
+            for _ in range(3):  # alternate, so that both see the same machine load
+                rounds["before"].append(_in_subprocess("threefry", args, code))
+                rounds["after"].append(_in_subprocess("threefry", args))
+        for label, runs in rounds.items():
+            for r in runs:
+                r["prng"] = f"threefry, {label}"
+            _print_table(runs)
+        return 0
     if args.prng == "all":
         results = [_in_subprocess(p, args) for p in PRNGS]
     else:

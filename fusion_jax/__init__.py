@@ -8,12 +8,14 @@ from fusion_jax import (
     chip_file,
     datasets,
     digits,
+    distributed,
     fusion_io,
     layout,
     linen,
     nnx,
     noise,
     plotting,
+    tiles,
     training,
     transformer,
 )
@@ -21,6 +23,7 @@ from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert
 from fusion_jax.converter import FusionConductanceConverter
 from fusion_jax.errors import ArgumentError
 from fusion_jax.fusion_io import FusionExport, fusion_export, fusion_import
+from fusion_jax.layout import KernelAxes
 from fusion_jax.plotting import plot_sweep
 from fusion_jax.program_params import is_kernel, leaf_key, program_kernel, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, program
@@ -35,6 +38,7 @@ __all__ = [
     "FusionConductanceConverter",
     "FusionExport",
     "FusionParams",
+    "KernelAxes",
     "NoiseModel",
     "SweepResult",
     "convert_back_to_weights",
@@ -42,6 +46,7 @@ __all__ = [
     "convert_to_conductances",
     "datasets",
     "digits",
+    "distributed",
     "fusion_export",
     "fusion_import",
     "fusion_io",
@@ -58,6 +63,7 @@ __all__ = [
     "program_params",
     "regression_slope",
     "sweep",
+    "tiles",
     "training",
     "transformer",
 ]

@@ -36,6 +36,21 @@ def _opaque_true(value: jax.Array) -> jax.Array:
     return ((bits[0] >> 31) | 1) != 0
 
 
+def _sharded_in_type(value: Any) -> bool:
+    """Whether ``value`` is split over an ``Explicit`` mesh axis (sharding in its type).
+
+    The branch trick does not apply there (slicing a sharded axis and
+    branches of differing shardings are refused), so such values are computed
+    as they are: :func:`materialize_fn` only ever saves time, never changes a value.
+    """
+    sharding = (
+        getattr(value, "sharding", None)
+        if isinstance(value, jax.ShapeDtypeStruct)
+        else (jax.typeof(value).sharding)
+    )
+    return any(axis is not None for axis in getattr(sharding, "spec", ()))
+
+
 def materialize_fn(fn: Callable[[], T], opaque_from: jax.Array) -> T:
     """``fn()``, on the CPU computed once in its own compiled body.
 
@@ -51,6 +66,8 @@ def materialize_fn(fn: Callable[[], T], opaque_from: jax.Array) -> T:
         What ``fn()`` returns.
     """
     like = jax.eval_shape(fn)
+    if any(_sharded_in_type(v) for v in (opaque_from, *jax.tree.leaves(like))):
+        return fn()
 
     def never() -> T:  # the branch not taken: costs nothing at run time
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), like)

@@ -7,17 +7,32 @@ while it runs, so their kernel axes are read by running ``init`` abstractly
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from fusion_jax import _validation, tiles
 from fusion_jax.layout import KernelAxes
-from fusion_jax.program_params import LeafPath, _path_text, _plain_path
+from fusion_jax.program_params import LeafPath, _path_text, _plain_path, program_kernel
+from fusion_jax.programming import DEFAULT_NOISE, _check_gradient_mode, resolve_noise
 
-__all__ = ["kernel_layouts", "layer_kernel_axes"]
+__all__ = [
+    "FusionDenseGeneral",
+    "FusionDotGeneral",
+    "FusionEinsum",
+    "Fusionized",
+    "fusion_interceptor",
+    "fusionize",
+    "kernel_layouts",
+    "layer_kernel_axes",
+]
 
 
 def layer_kernel_axes(module: nn.Module, einsum_str: str | None = None) -> KernelAxes | None:
@@ -137,3 +152,594 @@ def kernel_layouts(
             )
         layouts[path] = axes.stacked(extra) if extra else axes
     return layouts
+
+
+
+# --- programming a plain layer's kernel: the one engine of the Linen layers below ----------------
+
+#: True while a layer runs on its programmed kernel (the interceptor lets that call through).
+_RUNNING_PROGRAMMED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "fusion_jax_linen_running_programmed", default=False
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """A Fusion layer's settings (checked once)."""
+
+    g_max: Any = 40.0
+    noise: Any = DEFAULT_NOISE
+    t_inference: Any = 0.0
+    gradient: str = "exact"
+    strict_aihwkit: bool = False
+    rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
+
+    def check(self) -> None:
+        tiles.check_max_size(self.max_input_size, "max_input_size")
+        tiles.check_max_size(self.max_output_size, "max_output_size")
+        _validation.check_g_max(self.g_max)
+        _check_gradient_mode(self.gradient)
+        resolve_noise(self.noise)
+
+
+def _dot_general_axes(ndim: int, dimension_numbers: Any) -> KernelAxes:
+    """The kernel (rhs) axes of a ``lax.dot_general`` call: contracted inputs, batch stack."""
+    (_, rhs_contract), (_, rhs_batch) = dimension_numbers
+    contract = tuple(sorted(int(a) % ndim for a in rhs_contract))
+    batch = tuple(int(a) % ndim for a in rhs_batch)
+    outputs = tuple(a for a in range(ndim) if a not in contract and a not in batch)
+    return KernelAxes(inputs=contract, outputs=outputs, stack=batch)
+
+
+def _programmed(
+    module: nn.Module,
+    kernel: jax.Array,
+    axes: KernelAxes,
+    settings: _Settings,
+    rng: PRNGKeyArray | None,
+) -> jax.Array:
+    noise = resolve_noise(settings.noise)
+    key = None
+    if noise is not None:
+        key = rng if rng is not None else module.make_rng(settings.rng_collection)
+    return program_kernel(
+        kernel,
+        key,
+        axes=axes,
+        g_max=settings.g_max,
+        noise=noise,
+        t_inference=settings.t_inference,
+        strict_aihwkit=settings.strict_aihwkit,
+        gradient=settings.gradient,
+        max_input_size=settings.max_input_size,
+        max_output_size=settings.max_output_size,
+    )
+
+
+def _run_programmed(
+    module: nn.Module,
+    plain_cls: type[nn.Module],
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    axes: KernelAxes,
+    settings: _Settings,
+    rng: PRNGKeyArray | None = None,
+) -> Any:
+    """Run ``module`` (bound, with its parameters) as ``plain_cls`` on its programmed kernel.
+
+    A plain layer with the module's attributes is applied to the module's
+    parameters with the kernel replaced by its programmed copy (a ``mask``,
+    if any, applied before programming).
+    """
+    settings.check()
+    params = dict(nn.meta.unbox(module.variables["params"]))
+    kernel = params["kernel"]
+    mask = getattr(module, "mask", None)
+    if mask is not None:
+        kernel = kernel * mask
+    params["kernel"] = _programmed(module, kernel, axes, settings, rng)
+    fields = {
+        f.name: getattr(module, f.name)
+        for f in dataclasses.fields(plain_cls)
+        if f.init and f.name not in ("parent", "name")
+    }
+    plain = plain_cls(**fields, parent=None)
+    token = _RUNNING_PROGRAMMED.set(True)
+    try:
+        return plain.apply({"params": params}, *args, **kwargs)
+    finally:
+        _RUNNING_PROGRAMMED.reset(token)
+
+
+def _mode(module: nn.Module, deterministic: bool | None) -> bool:
+    deterministic = module.deterministic if deterministic is None else deterministic
+    if deterministic is None:
+        raise ValueError(
+            f"{type(module).__name__} needs `deterministic`: set the attribute or pass it to "
+            "the call (True: digital weights, False: programmed on every call)."
+        )
+    return bool(deterministic)
+
+
+class FusionDotGeneral(nn.Module):
+    """A ``dot_general`` that programs its kernel operand: Fusion projections by injection.
+
+    Linen's ``nn.Dense``, ``nn.DenseGeneral`` and
+    ``nn.MultiHeadDotProductAttention`` (``qkv_dot_general_cls``,
+    ``out_dot_general_cls``) create their ``dot_general`` from a class given
+    to them; give them this one (with its settings bound by
+    ``functools.partial``) and their kernels are programmed onto the chip on
+    every training call. The kernel's axes follow from the dimension numbers:
+    contracted axes are a chip row's inputs, batch axes independent layers,
+    the rest output features (one chip row each). It has no parameters of
+    its own, so the parameter tree is the plain model's. ``init`` never
+    programs.
+
+    Attributes:
+        g_max: Largest conductance in uS, in [10, 40].
+        noise: A noise model, the default chip model, or ``None``.
+        t_inference: Seconds since programming at which the chip is read.
+        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
+        deterministic: ``True``: the plain ``lax.dot_general`` (digital
+            weights); ``False``: programmed on every call.
+        rng_collection: The RNG collection the noise keys come from.
+
+    Example:
+        >>> import functools, jax, jax.numpy as jnp
+        >>> import flax.linen as nn
+        >>> import fusion_jax as fj
+        >>> chip_dot = functools.partial(fj.linen.FusionDotGeneral, g_max=25.0)
+        >>> attention = nn.MultiHeadDotProductAttention(
+        ...     num_heads=2, qkv_dot_general_cls=chip_dot, out_dot_general_cls=chip_dot)
+        >>> x = jnp.ones((1, 5, 8))
+        >>> variables = attention.init(jax.random.key(0), x)
+        >>> sorted(variables["params"])                     # the plain parameter tree
+        ['key', 'out', 'query', 'value']
+        >>> attention.apply(variables, x, rngs={"noise": jax.random.key(1)}).shape
+        (1, 5, 8)
+    """
+
+    g_max: float = 40.0
+    noise: Any = DEFAULT_NOISE
+    t_inference: float = 0.0
+    gradient: str = "exact"
+    strict_aihwkit: bool = False
+    deterministic: bool = False
+    rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
+
+    def __call__(
+        self,
+        lhs: Float[ArrayLike, "*lhs"],
+        rhs: Float[ArrayLike, "*kernel"],
+        dimension_numbers: Any,
+        precision: Any = None,
+        preferred_element_type: Any = None,
+        **kwargs: Any,
+    ) -> Float[Array, "*out"]:
+        """``lax.dot_general(lhs, programmed rhs, ...)``.
+
+        Args:
+            lhs: The inputs.
+            rhs: The kernel, programmed in training mode.
+            dimension_numbers: As for ``lax.dot_general``.
+            precision: As for ``lax.dot_general``.
+            preferred_element_type: As for ``lax.dot_general``.
+            **kwargs: Passed on to ``lax.dot_general``.
+
+        Returns:
+            The product.
+        """
+        rhs = jax.numpy.asarray(rhs)
+        if not self.deterministic and not self.is_initializing():
+            settings = _Settings(
+                self.g_max,
+                self.noise,
+                self.t_inference,
+                self.gradient,
+                self.strict_aihwkit,
+                self.rng_collection,
+                max_input_size=self.max_input_size,
+                max_output_size=self.max_output_size,
+            )
+            settings.check()
+            axes = _dot_general_axes(rhs.ndim, dimension_numbers)
+            rhs = _programmed(self, rhs, axes, settings, None)
+        return jax.lax.dot_general(
+            lhs,
+            rhs,
+            dimension_numbers,
+            precision=precision,
+            preferred_element_type=preferred_element_type,
+            **kwargs,
+        )
+
+
+class FusionDenseGeneral(nn.DenseGeneral):
+    """``nn.DenseGeneral`` whose kernel is programmed onto the simulated chip on each apply.
+
+    All of ``nn.DenseGeneral``'s attributes are accepted and mean the same,
+    and the parameters (names, shapes, initial values for the same key) are
+    the same. Each output feature (every index of the ``features`` axes) is
+    one chip row over all contracted inputs; each index of ``batch_dims`` is
+    a layer of its own. Modes, attributes and the digital bias are as for
+    :class:`fusion_jax.linen.FusionDense`.
+
+    Attributes:
+        g_max: Largest conductance in uS, in [10, 40].
+        noise: A noise model, the default chip model, or ``None``.
+        t_inference: Seconds since programming at which the chip is read.
+        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
+        deterministic: ``True`` for evaluation mode (digital weights),
+            ``False`` for training mode, ``None`` to require it at call time.
+        rng_collection: The RNG collection the noise keys come from.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import flax.linen as nn
+        >>> import fusion_jax as fj
+        >>> layer = fj.linen.FusionDenseGeneral(features=(2, 4), g_max=25.0)
+        >>> x = jnp.ones((3, 8))
+        >>> variables = layer.init(jax.random.key(0), x)
+        >>> layer.apply(variables, x, rngs={"noise": jax.random.key(1)}).shape
+        (3, 2, 4)
+        >>> plain = nn.DenseGeneral(features=(2, 4)).apply(variables, x)
+        >>> bool(jnp.allclose(layer.apply(variables, x, deterministic=True), plain))
+        True
+    """
+
+    g_max: float = 40.0
+    noise: Any = DEFAULT_NOISE
+    t_inference: float = 0.0
+    gradient: str = "exact"
+    strict_aihwkit: bool = False
+    deterministic: bool | None = False
+    rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Float[ArrayLike, "*batch"],
+        deterministic: bool | None = None,
+        rng: PRNGKeyArray | None = None,
+    ) -> Float[Array, "*out"]:
+        """Apply the layer with the kernel as programmed (training) or digital (eval).
+
+        Args:
+            inputs: The inputs, contracted along ``axis``.
+            deterministic: Overrides the ``deterministic`` attribute for this call.
+            rng: A PRNG key to program with, instead of one from ``rng_collection``.
+
+        Returns:
+            The outputs, as ``nn.DenseGeneral`` gives them.
+        """
+        inputs = jax.numpy.asarray(inputs)
+        if self.is_initializing() or _mode(self, deterministic):
+            return super().__call__(inputs)
+        axes = layer_kernel_axes(self)
+        return _run_programmed(
+            self, nn.DenseGeneral, (inputs,), {}, axes, _settings_of(self), rng
+        )
+
+
+class FusionEinsum(nn.Einsum):
+    """``nn.Einsum`` whose kernel is programmed onto the simulated chip on each apply.
+
+    All of ``nn.Einsum``'s attributes are accepted and mean the same, and the
+    parameters are the same. The kernel's axes follow from the einsum string
+    (:meth:`fusion_jax.layout.KernelAxes.einsum`). Modes, attributes and the
+    digital bias are as for :class:`fusion_jax.linen.FusionDense`.
+
+    Attributes:
+        g_max: Largest conductance in uS, in [10, 40].
+        noise: A noise model, the default chip model, or ``None``.
+        t_inference: Seconds since programming at which the chip is read.
+        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
+        deterministic: ``True`` for evaluation mode (digital weights),
+            ``False`` for training mode, ``None`` to require it at call time.
+        rng_collection: The RNG collection the noise keys come from.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import fusion_jax as fj
+        >>> layer = fj.linen.FusionEinsum((8, 2, 4), "btd,dhk->bthk")
+        >>> x = jnp.ones((1, 5, 8))
+        >>> variables = layer.init(jax.random.key(0), x)
+        >>> layer.apply(variables, x, rngs={"noise": jax.random.key(1)}).shape
+        (1, 5, 2, 4)
+    """
+
+    g_max: float = 40.0
+    noise: Any = DEFAULT_NOISE
+    t_inference: float = 0.0
+    gradient: str = "exact"
+    strict_aihwkit: bool = False
+    deterministic: bool | None = False
+    rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
+
+    @nn.compact
+    def __call__(
+        self,
+        inputs: Float[ArrayLike, "*batch"],
+        einsum_str: str | None = None,
+        deterministic: bool | None = None,
+        rng: PRNGKeyArray | None = None,
+    ) -> Float[Array, "*out"]:
+        """Apply the einsum with the kernel as programmed (training) or digital (eval).
+
+        Args:
+            inputs: The input operand.
+            einsum_str: The equation, if not given as the attribute.
+            deterministic: Overrides the ``deterministic`` attribute for this call.
+            rng: A PRNG key to program with, instead of one from ``rng_collection``.
+
+        Returns:
+            The einsum's result plus the bias.
+        """
+        inputs = jax.numpy.asarray(inputs)
+        if self.is_initializing() or _mode(self, deterministic):
+            return super().__call__(inputs, einsum_str)
+        axes = layer_kernel_axes(self, einsum_str)
+        return _run_programmed(
+            self, nn.Einsum, (inputs, einsum_str), {}, axes, _settings_of(self), rng
+        )
+
+
+def _settings_of(module: nn.Module) -> _Settings:
+    return _Settings(
+        module.g_max,
+        module.noise,
+        module.t_inference,
+        module.gradient,
+        module.strict_aihwkit,
+        module.rng_collection,
+        max_input_size=module.max_input_size,
+        max_output_size=module.max_output_size,
+    )
+
+
+# --- fusionize: a method interceptor ---------------------------------------------------
+
+#: The plain Linen layers fusionize programs (exactly these classes: Fusion layers
+#: program themselves).
+_PLAIN_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.Einsum)
+
+
+@contextlib.contextmanager
+def fusion_interceptor(
+    *,
+    g_max: float = 40.0,
+    noise: Any = DEFAULT_NOISE,
+    t_inference: float = 0.0,
+    gradient: str = "exact",
+    strict_aihwkit: bool = False,
+    deterministic: bool = False,
+    rng_collection: str = "noise",
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
+) -> Iterator[None]:
+    """Within this context every plain Linen Dense/DenseGeneral/Conv/Einsum call is programmed.
+
+    The Linen counterpart of :func:`fusion_jax.nnx.fusionize`, as a
+    ``flax.linen.intercept_methods`` interceptor: every ``__call__`` of an
+    ``nn.Dense``, ``nn.DenseGeneral``, ``nn.Conv`` or ``nn.Einsum`` (exactly
+    those classes, wherever they sit: inside ``nn.MultiHeadDotProductAttention``,
+    ``nn.scan``, ``nn.remat``) runs on its kernel as programmed onto the
+    chip, with a key from the ``rng_collection`` RNGs. Parameters, their
+    names and ``init`` are untouched (``init`` never programs). Active while
+    tracing, so it may wrap a jitted function's body. :func:`fusionize`
+    wraps a model's ``init``/``apply`` in it.
+
+    Args:
+        g_max: Largest conductance in uS, in [10, 40].
+        noise: A noise model, the default chip model, or ``None``.
+        t_inference: Seconds since programming at which the chip is read.
+        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
+        deterministic: ``True`` passes every call through unchanged.
+        rng_collection: The RNG collection the noise keys come from.
+
+    Yields:
+        Nothing; the interceptor is active inside the ``with`` block.
+
+    Raises:
+        ArgumentError: if ``g_max`` is outside [10, 40].
+        ValueError: for an unknown ``gradient``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import flax.linen as nn
+        >>> import fusion_jax as fj
+        >>> model = nn.Dense(4)
+        >>> x = jnp.ones((2, 3))
+        >>> variables = model.init(jax.random.key(0), x)
+        >>> with fj.linen.fusion_interceptor(g_max=25.0):
+        ...     y = model.apply(variables, x, rngs={"noise": jax.random.key(1)})
+        >>> bool(jnp.allclose(y, model.apply(variables, x)))
+        False
+    """
+    settings = _Settings(
+        g_max,
+        noise,
+        t_inference,
+        gradient,
+        strict_aihwkit,
+        rng_collection,
+        max_input_size=max_input_size,
+        max_output_size=max_output_size,
+    )
+    settings.check()
+
+    def intercept(next_fun: Callable[..., Any], args: Any, kwargs: Any, context: Any) -> Any:
+        module = context.module
+        if (
+            deterministic
+            or context.method_name != "__call__"
+            or type(module) not in _PLAIN_LAYERS
+            or _RUNNING_PROGRAMMED.get()
+            or module.is_initializing()
+        ):
+            return next_fun(*args, **kwargs)
+        einsum_str = None
+        if isinstance(module, nn.Einsum):
+            einsum_str = kwargs.get("einsum_str", args[1] if len(args) > 1 else None)
+        axes = layer_kernel_axes(module, einsum_str)
+        return _run_programmed(module, type(module), args, kwargs, axes, settings)
+
+    with nn.intercept_methods(intercept):
+        yield
+
+
+@dataclasses.dataclass(frozen=True)
+class Fusionized:
+    """A Linen model whose layers are programmed on every ``apply`` (see :func:`fusionize`).
+
+    Attributes:
+        model: The plain Linen model.
+        settings: The keyword arguments of :func:`fusion_interceptor`.
+    """
+
+    model: nn.Module
+    settings: dict[str, Any]
+
+    def init(self, *args: Any, **kwargs: Any) -> Any:
+        """``model.init``: the plain model's variables (nothing is programmed)."""
+        return self.model.init(*args, **kwargs)
+
+    def apply(
+        self, variables: Any, *args: Any, deterministic: bool | None = None, **kwargs: Any
+    ) -> Any:
+        """``model.apply`` with every layer's kernel programmed (unless ``deterministic``).
+
+        Args:
+            variables: The model's variables.
+            *args: The model's inputs.
+            deterministic: Overrides the mode given to :func:`fusionize`.
+            **kwargs: Passed to ``model.apply`` (``rngs={"noise": key}``, ...).
+
+        Returns:
+            What ``model.apply`` returns.
+        """
+        settings = dict(self.settings)
+        if deterministic is not None:
+            settings["deterministic"] = bool(deterministic)
+        with fusion_interceptor(**settings):
+            return self.model.apply(variables, *args, **kwargs)
+
+    def kernel_layouts(self, *args: Any, **kwargs: Any) -> dict[LeafPath, KernelAxes]:
+        """:func:`kernel_layouts` of the model."""
+        return kernel_layouts(self.model, *args, **kwargs)
+
+
+def fusionize(
+    model: nn.Module,
+    *,
+    g_max: float = 40.0,
+    noise: Any = DEFAULT_NOISE,
+    t_inference: float = 0.0,
+    gradient: str = "exact",
+    strict_aihwkit: bool = False,
+    deterministic: bool = False,
+    rng_collection: str = "noise",
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
+) -> Fusionized:
+    """Linen's one-call conversion: ``model`` with every layer the chip holds programmed.
+
+    Linen modules are defined by code (``@nn.compact``), so their layers
+    cannot be swapped after the fact as NNX's can. Instead the result's
+    ``apply`` runs ``model.apply`` under :func:`fusion_interceptor`: every
+    ``nn.Dense``, ``nn.DenseGeneral``, ``nn.Conv`` and ``nn.Einsum`` call,
+    including those inside attention and ``nn.scan``, computes with its
+    kernel programmed onto the chip (one chip row per output feature), a new
+    draw per apply from the ``rng_collection`` RNGs. The variables are the
+    plain model's: same names, same values; a digital checkpoint is used
+    as is. ``init`` is the plain model's. Inside ``nn.scan``/``nn.vmap``,
+    list the noise collection in ``split_rngs`` (as for dropout), so that
+    each layer draws its own noise.
+
+    Args:
+        model: The plain Linen model.
+        g_max: Largest conductance in uS, in [10, 40].
+        noise: A noise model, the default chip model, or ``None``.
+        t_inference: Seconds since programming at which the chip is read.
+        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
+        deterministic: The default mode (``apply(..., deterministic=)``
+            overrides it): ``True`` runs the plain model.
+        rng_collection: The RNG collection the noise keys come from.
+
+    Returns:
+        A :class:`Fusionized` with ``init``, ``apply`` and ``kernel_layouts``.
+
+    Raises:
+        ArgumentError: if ``g_max`` is outside [10, 40].
+        ValueError: for an unknown ``gradient``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import flax.linen as nn
+        >>> import fusion_jax as fj
+        >>> model = nn.Sequential([nn.Dense(8), nn.MultiHeadDotProductAttention(2)])
+        >>> chip_model = fj.linen.fusionize(model, g_max=25.0)
+        >>> x = jnp.ones((1, 5, 4))
+        >>> variables = chip_model.init(jax.random.key(0), x)    # = model.init
+        >>> y = chip_model.apply(variables, x, rngs={"noise": jax.random.key(1)})
+        >>> y.shape
+        (1, 5, 8)
+        >>> bool(jnp.allclose(chip_model.apply(variables, x, deterministic=True),
+        ...                   model.apply(variables, x)))
+        True
+    """
+    settings = {
+        "g_max": g_max,
+        "noise": noise,
+        "t_inference": t_inference,
+        "gradient": gradient,
+        "strict_aihwkit": strict_aihwkit,
+        "deterministic": deterministic,
+        "rng_collection": rng_collection,
+        "max_input_size": max_input_size,
+        "max_output_size": max_output_size,
+    }
+    _Settings(
+        g_max,
+        noise,
+        t_inference,
+        gradient,
+        strict_aihwkit,
+        rng_collection,
+        max_input_size=max_input_size,
+        max_output_size=max_output_size,
+    ).check()
+    return Fusionized(model, settings)

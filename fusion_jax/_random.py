@@ -13,6 +13,13 @@ word, and no loop writes the array to memory between rounds. A test checks
 the blocks bit for bit against ``jax.extend.random.threefry_2x32``. Keys of
 other PRNG implementations (``rbg``, ``unsafe_rbg``, custom ones) draw with
 ``jax.random.bits``.
+
+This module is the one place of the unrolled hash: it pays on the CPU
+(``benchmarks/train_step.py --breakdown`` times it against
+``jax.random.bits``). To drop it, make :func:`random_words` return
+``jax.random.bits(key, (n_words, *shape), jnp.uint32)`` for every key and
+delete the rest; nothing else uses the hash (the draws would change, not
+their distribution).
 """
 
 from __future__ import annotations

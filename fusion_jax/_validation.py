@@ -245,7 +245,8 @@ def check_t_inference(t_inference: Any, name: str = "t_inference", where: str = 
         raise ValueError(
             f"{prefix}{name} must be a finite number of seconds >= 0, got {value.item()!r}."
         )
-    check_representable(value, f"{prefix}{name}")
+    if value.dtype.kind == "f":  # an integer time converts to a float, whatever its size
+        check_representable(value, f"{prefix}{name}")
 
 
 def check_key(key: Any, where: str) -> None:
@@ -395,3 +396,34 @@ def check_non_negative(x: jax.Array, name: str) -> None:
         f"in row{'s' if len(rows) != 1 else ''} {listed}{more} (shape {tuple(value.shape)}, "
         "rows indexed [..., out])."
     )
+
+
+#: Seeds are 32-bit words: ``jax.random.key(seed)`` of a uint32 seed.
+SEED_LIMIT = 2**32
+
+
+def check_seeds(seeds: Any, name: str = "seeds") -> np.ndarray:
+    """A non-empty 1-D sequence of integer seeds in [0, 2**32), as int64.
+
+    Seeds become 32-bit keys: a larger or negative seed would wrap around to
+    a different seed than the one reported, so it is refused.
+
+    Raises:
+        ValueError: for an empty or non-integer sequence, or a seed out of
+            range (the first few named).
+    """
+    s = np.atleast_1d(np.asarray(seeds))
+    if s.size == 0:
+        raise ValueError(f"{name} is empty: at least one seed is needed.")
+    if s.ndim != 1 or s.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be a 1-D sequence of integers, got {seeds!r}.")
+    if s.dtype.kind == "u":
+        bad = s[s >= SEED_LIMIT]
+    else:
+        bad = s[(s < 0) | (s >= SEED_LIMIT)]
+    if bad.size:
+        raise ValueError(
+            f"{name} must lie in [0, 2**32 - 1] (a key is made from a 32-bit seed; a larger "
+            f"or negative one would wrap around), got {bad.tolist()[:8]}."
+        )
+    return s.astype(np.int64)

@@ -188,10 +188,10 @@ def _load_weights(path: str) -> _Weights:
         layers = dict(arrays)
 
     for name, weights in layers.items():
-        if weights.dtype.kind not in "fiu" or weights.ndim != 2 or weights.size == 0:
+        if weights.dtype.kind not in "fiu" or weights.ndim < 2 or weights.size == 0:
             raise _UserError(
-                f"{path}: layer {name!r} must be a non-empty 2-D numeric array [out, in], got "
-                f"shape {weights.shape} dtype {weights.dtype}."
+                f"{path}: layer {name!r} must be a non-empty numeric array [out, in] (or a "
+                f"conv's [out, in, *spatial]), got shape {weights.shape} dtype {weights.dtype}."
             )
     return _Weights(layers, ids, classes, named="layer_names" in arrays)
 
@@ -273,30 +273,6 @@ def _g_max_range_arg(values: Sequence[str]) -> tuple[float, float, int]:
     return lo, hi, n
 
 
-def _train_with_bar(model: Any, data: Any, args: argparse.Namespace, desc: str) -> None:
-    import optax
-    from tqdm.auto import tqdm
-
-    from fusion_jax.training import EpochEnd, train
-
-    settings = {
-        "optimizer": optax.adam(args.learning_rate),
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "seed": args.train_seed,
-    }
-    if not args.progress:
-        train(model, data.x_train, data.y_train, **settings)
-        return
-    with tqdm(total=args.epochs, desc=desc, unit="epoch", leave=False) as bar:
-
-        def advance(end: EpochEnd) -> None:
-            bar.set_postfix_str(f"training loss {float(end.loss.mean()):.4f}", refresh=False)
-            bar.update(1)
-
-        train(model, data.x_train, data.y_train, callback=advance, **settings)
-
-
 def _describe_model(args: argparse.Namespace) -> str:
     if args.model == "mlp":
         return "MLP " + "-".join(str(w) for w in (64, *args.hidden, 10))
@@ -304,14 +280,17 @@ def _describe_model(args: argparse.Namespace) -> str:
     return f"CNN conv3x3({c1})-conv3x3/2({c2})-linear(10)"
 
 
-def _sweep_table(results: Sequence[Any], clean: Mapping[str, float]) -> str:
+def _sweep_table(experiment: Any) -> str:
+    """The per-kind tables (g_max by time) and the paired comparison of the experiment."""
+    clean = {"digital": experiment.clean_digital, "hardware-aware": experiment.clean_aware}
     lines = [
-        "test accuracy before programming (digital weights): "
-        + ", ".join(f"{label} {100 * acc:.2f}" for label, acc in clean.items()),
+        "test accuracy before programming (digital weights), mean over seeds: "
+        + ", ".join(f"{label} {100 * float(np.mean(acc)):.2f}" for label, acc in clean.items()),
         "",
     ]
-    for r in results:
+    for r in (experiment.digital, experiment.aware):
         lines += [r.format_table(), ""]
+    lines += [experiment.table(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -322,6 +301,42 @@ def _sweep_csv(results: Sequence[Any]) -> bytes:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue().encode()
+
+
+def _as_flags(message: str) -> str:
+    """A message of :mod:`fusion_jax.distributed` with its argument names as the CLI's flags."""
+    for name, flag in (
+        ("coordinator_address", "--coordinator"),
+        ("num_processes", "--num-processes"),
+        ("process_id", "--process-id"),
+        ("none of them for", "--distributed alone for"),
+    ):
+        message = message.replace(name, flag)
+    return message
+
+
+def _join_run(args: argparse.Namespace) -> Callable[..., None]:
+    """Join the multi-process run the flags ask for; return ``print`` for process 0.
+
+    Every process prints one line saying which it is and the devices it
+    sees; afterwards only process 0 prints (the others get a no-op) and shows
+    progress bars.
+    """
+    import fusion_jax as fj
+
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(v is None for v in explicit):
+        return print
+    try:
+        fj.distributed.initialize(*explicit)
+    except ValueError as err:
+        flag = "--distributed" if args.distributed else "--coordinator"
+        raise _UserError(f"{flag}: {_as_flags(str(err))}") from None
+    print(fj.distributed.process_summary(), flush=True)
+    if fj.distributed.is_main_process():
+        return print
+    args.progress = False
+    return lambda *_args, **_kwargs: None
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -335,77 +350,63 @@ def _run_sweep(args: argparse.Namespace) -> int:
     )
 
     import jax
-    from flax import nnx
 
     import fusion_jax as fj
-    from fusion_jax.digits import CNN, MLP, load_digits_split
+    from fusion_jax.digits import load_digits_split
     from fusion_jax.plotting import plot_sweep
-    from fusion_jax.training import evaluate, to_apply_fn
+    from fusion_jax.training import hardware_aware_experiment
+
+    say = _join_run(args)  # first: before anything uses a device
 
     noise = _noise_model(args.noise)
     data = load_digits_split(0)
-    data = data.as_images() if args.model == "cnn" else data.flat()
     if not 1 <= args.batch_size <= data.x_train.shape[0]:
         raise _UserError(
             f"--batch-size {args.batch_size}: must lie in [1, "
             f"{data.x_train.shape[0]}] (the number of training images)."
         )
-    cls, kwargs = (
-        (MLP, {"hidden": tuple(args.hidden)})
+    kwargs = (
+        {"hidden": tuple(args.hidden)}
         if args.model == "mlp"
-        else (CNN, {"channels": tuple(args.channels)})
+        else {"channels": tuple(args.channels)}
     )
-    fusion = {
-        "g_max": args.train_g_max,
-        "t_inference": args.train_time,
-        "gradient": args.gradient,
-        "noise": noise,
-    }
-    print(
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    say(
         f"{_describe_model(args)} on scikit-learn digits: {data.x_train.shape[0]} training, "
         f"{data.x_test.shape[0]} test images; noise: {args.noise} ({_NOISE_HELP[args.noise]})"
     )
-    print(
-        f"training {args.epochs} epochs (batch {args.batch_size}, Adam lr "
-        f"{args.learning_rate:g}, seed {args.train_seed}); hardware-aware: programmed in every "
-        f"step at g_max {args.train_g_max:g} uS, t {format_time(args.train_time)} (gradient "
-        f"{args.gradient})"
+    say(
+        f"{args.seeds} seeds ({seeds[0]}..{seeds[-1]}), each: a digital and a hardware-aware "
+        f"model trained {args.epochs} epochs (batch {args.batch_size}, Adam lr "
+        f"{args.learning_rate:g}; hardware-aware: programmed in every step at g_max "
+        f"{args.train_g_max:g} uS, t {format_time(args.train_time)}, gradient {args.gradient}), "
+        "then both programmed once with the seed's chip draw"
     )
     sys.stdout.flush()
-
-    seed = args.train_seed
-    models = {
-        "digital": cls(**kwargs, rngs=nnx.Rngs(params=seed)),
-        "hardware-aware": cls(**kwargs, fusion=fusion, rngs=nnx.Rngs(params=seed, noise=seed + 1)),
-    }
-    for label, model in models.items():
-        _train_with_bar(model, data, args, f"train {label}")
-
-    # One forward pass for both: a hardware-aware model's parameters have the digital
-    # model's structure, so the sweep compiles once.
-    apply_fn, _ = to_apply_fn(models["digital"])
-    params = {label: to_apply_fn(model)[1] for label, model in models.items()}
+    experiment = hardware_aware_experiment(
+        args.model,
+        seeds=seeds,
+        g_max=g_max,
+        t_inference=times,
+        train_g_max=args.train_g_max,
+        train_t_inference=args.train_time,
+        gradient=args.gradient,
+        noise=noise,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        model_kwargs=kwargs,
+        data=data,
+        progress=args.progress,
+    )
+    results = [experiment.digital, experiment.aware]
     clean = {
-        label: float(evaluate(apply_fn, p, data.x_test, data.y_test)) for label, p in params.items()
+        "digital": float(np.mean(experiment.clean_digital)),
+        "hardware-aware": float(np.mean(experiment.clean_aware)),
     }
-    per_g_max = args.seeds * times.size  # one chunk per g_max: the bar advances per g_max
-    results = [
-        fj.sweep(
-            apply_fn,
-            params[label],
-            (data.x_test, data.y_test),
-            g_max=g_max,
-            seeds=args.seeds,
-            t_inference=times,
-            noise=noise,
-            chunk_size=per_g_max,
-            progress=args.progress,
-            label=label,
-        )
-        for label in ("digital", "hardware-aware")
-    ]
-
-    table = _sweep_table(results, clean)
+    table = _sweep_table(experiment)
+    if not fj.distributed.is_main_process():
+        return 0  # process 0 prints the tables and writes the files
     print()
     print(table, end="")
     figure = plot_sweep(
@@ -422,7 +423,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
-        "train_seed": args.train_seed,
+        "seeds": seeds,
         "train_g_max": args.train_g_max,
         "train_t_inference": args.train_time,
         "gradient": args.gradient,
@@ -463,15 +464,50 @@ def _run_export(args: argparse.Namespace) -> int:
     _check_output_file(args.out, "OUT", [args.weights])
     weights = _load_weights(args.weights)
     _, exported = fj.fusion_export(
-        weights.layers, args.out, args.g_max, ids=weights.ids, classes=weights.classes
+        weights.layers,
+        args.out,
+        args.g_max,
+        ids=weights.ids,
+        classes=weights.classes,
+        max_input_size=args.max_input_size,
+        max_output_size=args.max_output_size,
     )
-    shapes = ", ".join(f"{n} {w.shape[0]}x{w.shape[1]}" for n, w in weights.layers.items())
+    shapes = ", ".join(f"{n} {_shape_text(w.shape)}" for n, w in weights.layers.items())
     devices = sum(w.size for w in weights.layers.values())
     print(
         f"wrote {args.out}: {len(exported)} layers ({shapes}), {devices} devices, "
         f"g_max {exported.g_max:g} uS"
     )
     return 0
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _tile_size_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid tile size {text!r}: not an integer.") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid tile size {text!r}: must be non-negative (0: no split)."
+        )
+    return value
+
+
+def _add_tile_args(p: argparse.ArgumentParser) -> None:
+    """--max-input-size / --max-output-size: the chip's tiles (aihwkit's mapping names)."""
+    for side, what in (("input", "inputs"), ("output", "outputs")):
+        p.add_argument(
+            f"--max-{side}-size",
+            type=_tile_size_arg,
+            default=512,
+            metavar="N",
+            help=f"most {what} per chip tile, as aihwkit's mapping; 0: no split "
+            "(default: %(default)s, the Composer's)",
+        )
 
 
 def _run_import(args: argparse.Namespace) -> int:
@@ -498,7 +534,12 @@ def _run_import(args: argparse.Namespace) -> int:
                     )
     params = {name: fj.FusionParams(w) for name, w in weights.layers.items()}
     reconstructed = fj.fusion_import(
-        args.readback, weights.layers, params, strict_aihwkit=args.strict_aihwkit
+        args.readback,
+        weights.layers,
+        params,
+        strict_aihwkit=args.strict_aihwkit,
+        max_input_size=args.max_input_size,
+        max_output_size=args.max_output_size,
     )
     result = {name: np.asarray(w) for name, w in reconstructed.items()}
     for name, w in result.items():
@@ -513,7 +554,7 @@ def _run_import(args: argparse.Namespace) -> int:
         total_err += float(np.sum(diff**2))
         total_ref += float(np.sum(ref**2))
         rel = math.sqrt(float(np.sum(diff**2)) / max(float(np.sum(ref**2)), 1e-300))
-        shape = f"{w.shape[0]}x{w.shape[1]}"
+        shape = _shape_text(w.shape)
         lines.append(f"{name:<8} {shape:>10} {rel:>11.4g} {np.abs(diff).max():>12.4g}")
     lines.append(f"{'all':<8} {'':>10} {math.sqrt(total_err / max(total_ref, 1e-300)):>11.4g}")
     with atomic_open(args.out, binary=True) as fh:
@@ -682,7 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=DEFAULT_SEEDS,
         metavar="N",
-        help="chip programmings per point, seeds 0..N-1 (default: %(default)s)",
+        help=(
+            "seeds: per seed a digital and a hardware-aware model are trained (initial weights, "
+            "batch order, training noise) and programmed once (default: %(default)s)"
+        ),
     )
     p.add_argument(
         "--times",
@@ -721,11 +765,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam step size (default: %(default)s)",
     )
     p.add_argument(
-        "--train-seed",
+        "--first-seed",
         type=_non_negative_int,
         default=0,
         metavar="S",
-        help="seed of the initial weights, batch order and training noise (default: %(default)s)",
+        help="seeds S..S+N-1 (N from --seeds) (default: %(default)s)",
     )
     p.add_argument(
         "--train-g-max",
@@ -751,6 +795,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=DEFAULT_OUT, metavar="DIR", help="output folder (default: %(default)s)"
     )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    multi = p.add_argument_group(
+        "multi-process runs (a TPU pod slice, a GPU cluster: one process per host)",
+        "Start the same command on every host; all processes train the same models and share "
+        "the grid points out over all their devices; process 0 prints and writes the files.",
+    )
+    multi.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0, reachable from every process (with --num-processes and "
+        "--process-id)",
+    )
+    multi.add_argument(
+        "--num-processes", type=_positive_int, metavar="N", help="number of processes in the run"
+    )
+    multi.add_argument(
+        "--process-id", type=_non_negative_int, metavar="I", help="this process's index, 0..N-1"
+    )
+    multi.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join a multi-process run that JAX detects itself (Cloud TPU pod slice, Slurm)",
+    )
     p.set_defaults(run=_run_sweep)
 
     p = sub.add_parser(
@@ -760,7 +826,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Convert weights to target conductances and write the Fusion chip's upload CSV. "
             "WEIGHTS is an .npz archive: either one [out, in] array per layer (named by its "
             "key), or the shipped layout with layer_names, layer_ids, layer_classes and one "
-            "layer_<name> array per layer. Keep WEIGHTS: 'fusion-jax import' needs it."
+            "layer_<name> array per layer; a conv may be [out, in, *spatial] (PyTorch's "
+            "layout), split into chip tiles on channel boundaries. Layers with more than "
+            "--max-input-size inputs are converted and written tile by tile, as aihwkit does. "
+            "Keep WEIGHTS: 'fusion-jax import' needs it."
         ),
     )
     p.add_argument("weights", metavar="WEIGHTS.npz", help="layer weights, [out, in] each")
@@ -772,6 +841,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="G",
         help="largest conductance in uS (default: 40)",
     )
+    _add_tile_args(p)
     p.set_defaults(run=_run_export)
 
     p = sub.add_parser(
@@ -780,8 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Reconstruct weights from a chip read-back file: per output row, the least-squares "
             "gain of the signed read-back conductances against the original weights (which "
-            "compensates drift). Writes OUT.npz in the layout of WEIGHTS and prints each "
-            "layer's relative error."
+            "compensates drift), tile by tile with the tile sizes the file was exported with. "
+            "Writes OUT.npz in the layout of WEIGHTS and prints each layer's relative error."
         ),
     )
     p.add_argument("readback", metavar="READBACK.csv", help="conductances read back from the chip")
@@ -792,6 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="zero constant rows as aihwkit does (default: keep them)",
     )
+    _add_tile_args(p)
     p.set_defaults(run=_run_import)
 
     p = sub.add_parser(
@@ -875,6 +946,22 @@ def _run_data(args: argparse.Namespace) -> int:
 
 def _finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks argparse cannot express, reported as usage errors."""
+    if args.command == "sweep":
+        from fusion_jax.distributed import _check_process_args
+
+        sub = f"{parser.prog} sweep"
+        explicit = (args.coordinator, args.num_processes, args.process_id)
+        problem = None
+        if args.distributed and any(v is not None for v in explicit):
+            problem = "--distributed (JAX's own detection) takes no --coordinator, "
+            problem += "--num-processes or --process-id"
+        else:
+            try:
+                _check_process_args(*explicit)
+            except ValueError as err:
+                problem = _as_flags(str(err))
+        if problem is not None:
+            parser.exit(2, f"{sub}: error: {problem} (see {sub} --help)\n")
     if args.command == "sweep" and args.g_max_range is not None:
         try:
             args.g_max_range = _g_max_range_arg(args.g_max_range)
@@ -903,7 +990,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Example:
         >>> from fusion_jax.cli import main
         >>> main(["--help"])                       # doctest: +ELLIPSIS
-        usage: fusion-jax [-h] SUBCOMMAND ...
+        usage: fusion-jax [-h] [--version] SUBCOMMAND ...
         ...
         0
     """

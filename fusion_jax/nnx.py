@@ -45,7 +45,7 @@ import jax
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from fusion_jax import _validation
+from fusion_jax import _validation, tiles
 from fusion_jax._static import has_array_leaves
 from fusion_jax.layout import KernelAxes
 from fusion_jax.program_params import kernel_layouts, module_kernel_axes, program_kernel
@@ -72,23 +72,6 @@ __all__ = [
 _NOISE_SALT = 0x6E6F6973
 
 RngsLike = nnx.Rngs | nnx.RngStream | PRNGKeyArray
-
-
-class _KernelView:
-    """Reads like ``layer`` except for ``kernel`` (and ``mask``, cleared).
-
-    Lets the plain Flax forward pass run unchanged on a programmed kernel
-    without mutating the layer's parameters: ``nnx.Linear.__call__`` and
-    ``nnx.Conv.__call__`` only read attributes of ``self``.
-    """
-
-    def __init__(self, layer: nnx.Module, kernel: jax.Array) -> None:
-        self._layer = layer
-        self.kernel = kernel
-        self.mask = None  # already applied to ``kernel`` before programming
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._layer, name)
 
 
 class NoiseKey(nnx.RngState):
@@ -149,6 +132,8 @@ class _FusionLayer(nnx.Module):
         gradient: GradientMode,
         strict_aihwkit: bool,
         deterministic: bool | None,
+        max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+        max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         rng_collection: str,
         rngs: nnx.Rngs | nnx.RngStream | None,
     ) -> None:
@@ -166,6 +151,8 @@ class _FusionLayer(nnx.Module):
         self.t_inference = _setting(t_inference, "t_inference")
         self.gradient = gradient
         self.strict_aihwkit = bool(strict_aihwkit)
+        self.max_input_size = tiles.check_max_size(max_input_size, "max_input_size")
+        self.max_output_size = tiles.check_max_size(max_output_size, "max_output_size")
         self.deterministic = deterministic
         self.rng_collection = rng_collection
         self._init_noise_stream(model, rngs)
@@ -210,6 +197,10 @@ class _FusionLayer(nnx.Module):
             )
         else:
             key = stream()
+        self._seed_noise_stream(key)
+
+    def _seed_noise_stream(self, key: PRNGKeyArray) -> None:
+        """Start the layer's noise stream at ``key`` (one per layer, for stacked layers)."""
         self._noise_impl = str(jax.random.key_impl(key))
         self.noise_key = NoiseKey(jax.random.key_data(key), tag=self.rng_collection)
 
@@ -247,6 +238,8 @@ class _FusionLayer(nnx.Module):
             t_inference=self.t_inference,
             strict_aihwkit=self.strict_aihwkit,
             gradient=self.gradient,
+            max_input_size=self.max_input_size,
+            max_output_size=self.max_output_size,
         )
 
     def _noise_key(self, rngs: RngsLike | None) -> PRNGKeyArray | None:
@@ -302,7 +295,18 @@ class _FusionLayer(nnx.Module):
         if deterministic:
             return plain_call(self, inputs, out_sharding)
         kernel = self.programmed_kernel(self._noise_key(rngs), axes)
-        return plain_call(_KernelView(self, kernel), inputs, out_sharding)
+        return plain_call(self._with_kernel(kernel), inputs, out_sharding)
+
+    def _with_kernel(self, kernel: jax.Array) -> nnx.Module:
+        """This layer with ``kernel`` in place of its own, every other variable shared.
+
+        Built with ``nnx.split`` / ``nnx.merge``, so that the plain Flax forward
+        pass runs unchanged on it and the layer's parameters stay as they are.
+        A convolution's ``mask`` multiplies the programmed kernel once more,
+        which keeps masked-out weights at zero.
+        """
+        graphdef, state = nnx.split(self)
+        return nnx.merge(graphdef, nnx.State({**state, "kernel": state["kernel"].replace(kernel)}))
 
     def set_view(
         self,
@@ -365,6 +369,10 @@ class FusionLinear(_FusionLayer, nnx.Linear):
         gradient: ``"exact"`` (through the whole programming path) or
             ``"ste"`` (straight-through); see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` for evaluation mode (digital weights),
             ``False`` for training mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream the noise keys come
@@ -408,6 +416,8 @@ class FusionLinear(_FusionLayer, nnx.Linear):
         t_inference: float = 0.0,
         gradient: GradientMode = "exact",
         strict_aihwkit: bool = False,
+        max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+        max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         deterministic: bool | None = False,
         rng_collection: str = "noise",
         rngs: nnx.Rngs,
@@ -420,6 +430,8 @@ class FusionLinear(_FusionLayer, nnx.Linear):
             t_inference=t_inference,
             gradient=gradient,
             strict_aihwkit=strict_aihwkit,
+            max_input_size=max_input_size,
+            max_output_size=max_output_size,
             deterministic=deterministic,
             rng_collection=rng_collection,
             rngs=rngs,
@@ -470,6 +482,10 @@ class FusionConv(_FusionLayer, nnx.Conv):
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` for evaluation mode, ``False`` for training
             mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
@@ -509,6 +525,8 @@ class FusionConv(_FusionLayer, nnx.Conv):
         t_inference: float = 0.0,
         gradient: GradientMode = "exact",
         strict_aihwkit: bool = False,
+        max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+        max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         deterministic: bool | None = False,
         rng_collection: str = "noise",
         rngs: nnx.Rngs,
@@ -521,6 +539,8 @@ class FusionConv(_FusionLayer, nnx.Conv):
             t_inference=t_inference,
             gradient=gradient,
             strict_aihwkit=strict_aihwkit,
+            max_input_size=max_input_size,
+            max_output_size=max_output_size,
             deterministic=deterministic,
             rng_collection=rng_collection,
             rngs=rngs,

@@ -68,7 +68,13 @@ def _drift_exponent(g_rel: jax.Array, xi: jax.Array, drift_scale: Any) -> jax.Ar
 def _read_noise_sigma(g_rel: jax.Array, t: Any, t_read: Any) -> jax.Array:
     """Relative 1/f read-noise std ``Q * sqrt(ln((t + t_read) / (2 t_read)))``."""
     q = jnp.minimum(0.0088 / jnp.maximum(g_rel, _READ_REL_MIN) ** 0.65, 0.2)
-    return q * jnp.sqrt(jnp.maximum(jnp.log((t + t_read) / (2.0 * t_read)), 0.0))
+    # The quotient overflows for times beyond about 1e32 s (t_read = 2.5e-7 s):
+    # there, the difference of the logs, which is finite.
+    ratio = (t + t_read) / (2.0 * t_read)
+    log_ratio = jnp.where(
+        jnp.isfinite(ratio), jnp.log(ratio), jnp.log(t + t_read) - jnp.log(2.0 * t_read)
+    )
+    return q * jnp.sqrt(jnp.maximum(log_ratio, 0.0))
 
 
 def _add_read_noise(
@@ -161,10 +167,17 @@ def _normal_from_code(code: jax.Array, n_bits: int, dtype: Any) -> jax.Array:
     return (_SQRT2 * jax.lax.erf_inv(odd.astype(compute) * 2.0**-n_bits)).astype(dtype)
 
 
-def _is_zero(value: Any) -> bool:
-    """True for a concrete value that is 0 everywhere; False when traced."""
-    concrete = _validation.concrete_value(value)
-    return concrete is not None and bool(np.all(concrete == 0))
+def _read_noise_on(model: Any) -> bool:
+    """The model's ``read_noise`` switch, refusing a concrete non-zero scale that it turns off."""
+    if model.read_noise:
+        return True
+    scale = _validation.concrete_value(model.read_noise_scale)
+    if scale is not None and np.any(scale != 0):
+        raise ValueError(
+            f"{type(model).__name__}: read_noise_scale={np.asarray(scale).tolist()} has no "
+            "effect while read_noise=False; pass read_noise=True to add read noise."
+        )
+    return False
 
 
 def _pcm_draws(
@@ -247,18 +260,26 @@ class PCMLikeNoise:
     programming and read normals (tails to 5.4 sigma), 16 bits for the
     drift normal (65,536 equally likely values, tails to 4.3 sigma: the
     mean and std of the drift exponent change by less than 2e-5, relative).
-    A concrete ``read_noise_scale == 0`` skips the read-noise term (the
-    result is the same); a traced one is computed whatever its value.
+    The static switch ``read_noise`` decides whether the read-noise term is
+    computed; ``read_noise_scale`` is its size, data like every other field
+    (a literal 0 and a traced 0 give the same, as does ``read_noise=False``).
+
+    The fields are checked when the model is built (``ValueError`` naming
+    the field): ``c0``-``c2`` finite, scales >= 0, ``t0`` and ``t_read`` > 0.
 
     Attributes:
         prog_noise_scale: Multiplier of the programming noise.
-        read_noise_scale: Multiplier of the read noise.
+        read_noise_scale: Multiplier of the read noise (used when ``read_noise``).
         drift_scale: Multiplier of the drift exponent.
         t0: Time (s) after programming at which drift starts.
         t_read: Read duration (s) in the 1/f noise term.
         c0: Programming-noise coefficient (constant), fitted at 25 uS.
         c1: Programming-noise coefficient (linear).
         c2: Programming-noise coefficient (quadratic).
+        read_noise: Whether to compute the read-noise term: a static switch
+            (part of the tree structure, fixed under ``jax.jit``). ``False``
+            skips the term and its draw; with a concrete non-zero
+            ``read_noise_scale`` that is refused rather than ignored.
 
     References:
         S. R. Nandakumar et al., "Phase-change memory models for deep
@@ -287,6 +308,7 @@ class PCMLikeNoise:
     c0: float | Array = 0.26348
     c1: float | Array = 1.9650
     c2: float | Array = -1.1731
+    read_noise: bool = dataclasses.field(default=True, metadata={"static": True})
 
     def __post_init__(self) -> None:
         _validation.check_model_fields(
@@ -321,8 +343,12 @@ class PCMLikeNoise:
 
         Raises:
             ArgumentError: for a concrete ``g_max`` outside [10, 40].
-            ValueError: for concrete negative or non-finite conductances, a
-                negative ``t_inference``, or negative scale fields.
+            ValueError: for concrete negative or non-finite conductances
+                (or, x64 off, float64 ones beyond float32's range), or a
+                ``t_inference`` that is NaN, Inf or negative. (The fields
+                are checked when the model is built.)
+            TypeError: for a key that is not a PRNG key, or a non-numeric
+                ``t_inference``.
 
         Example:
             >>> import jax, jax.numpy as jnp
@@ -340,7 +366,7 @@ class PCMLikeNoise:
         g = g.astype(dtype)
         g_max = jnp.asarray(g_max, dtype)
         t = jnp.asarray(t_inference, dtype) + self.t0
-        with_read = not _is_zero(self.read_noise_scale)
+        with_read = _read_noise_on(self)
         xi_prog, xi_drift, xi_read = _pcm_draws(key, g.shape, dtype, with_read=with_read)
 
         rel = g / g_max
@@ -349,7 +375,7 @@ class PCMLikeNoise:
         nu = _drift_exponent(rel, xi_drift, self.drift_scale)
         # (t / t0)^(-nu) where t > t0; the log is 0 (no drift) otherwise.
         g_drift = g_prog * jnp.exp(-nu * jnp.log(jnp.maximum(t, self.t0) / self.t0))
-        if not with_read:  # a concrete 0: adding 0 * noise to g_drift >= 0 changes nothing
+        if not with_read:
             return g_drift.astype(out_dtype)
         out = _add_read_noise(
             g_drift, g_prog / g_max, xi_read, self.read_noise_scale, t, self.t_read
@@ -412,8 +438,9 @@ class FusionChipNoise:
     relative to it, ``R(t) = R * ((t + t0) / (t_calibration + t0))^(-nu)``,
     with a per-device exponent ``nu`` from the PCM drift statistics of
     :class:`PCMLikeNoise` at ``gT / g_ref`` (times ``drift_scale``), then
-    optional 1/f read noise (``read_noise_scale``, 0 by default: the
-    calibrated spread already contains the chip's read noise). At
+    optional 1/f read noise (``read_noise=True`` with ``read_noise_scale``;
+    off by default: the calibrated spread already contains the chip's read
+    noise). At
     ``t_inference == t_calibration`` the sample is exactly the calibrated
     distribution; earlier times (``t_inference = 0`` included) are the
     extrapolation back, with less drift (mean conductance about 1.3x the
@@ -437,9 +464,13 @@ class FusionChipNoise:
     would round it to a multiple of 1.5e-5, up to 1.7% off the calibrated
     4.6e-4). Read noise, when
     on, draws a third word from a key of its own, so switching it on leaves
-    the other draws as they were; a concrete ``read_noise_scale == 0`` (the
-    default) draws nothing for it, a traced one (``jax.vmap`` over the
-    field) draws whatever its value. Same key, same result.
+    the other draws as they were; with ``read_noise=False`` (the default)
+    nothing is drawn for it. Same key, same result.
+
+    The fields are checked when the model is built (``ValueError`` naming
+    the field): coefficients finite, ``stuck_probability`` in [0, 1],
+    scales and ``t_calibration`` >= 0, ``shift``, ``t0``, ``t_read``,
+    ``g_ref`` and ``g_floor`` > 0.
 
     Attributes:
         log_median_coefs: ``(a0, a1, a2, a3)``: ``ln(latent median + shift)``
@@ -453,13 +484,16 @@ class FusionChipNoise:
         t_calibration: Seconds after programming that the calibrated
             distribution describes (assumed, see above).
         drift_scale: Multiplier of the drift exponent for other times.
-        read_noise_scale: Multiplier of extra 1/f read noise (0: none).
+        read_noise_scale: Multiplier of extra 1/f read noise (used when ``read_noise``).
         t0: Time (s) after programming at which drift starts.
         t_read: Read duration (s) in the 1/f noise term.
         g_ref: The chip's full conductance range (uS): normalises the target
             in the polynomials and in the PCM drift and read statistics.
         g_floor: Targets below this (uS) are treated as this (all but
             certainly read back as 0).
+        read_noise: Whether to add the 1/f read noise (static switch, as for
+            :class:`PCMLikeNoise`; off by default: the calibrated spread
+            already contains the chip's read noise).
 
     References:
         Real chip data: IBM AI Hardware Center "Composer" LeNet5 read-back
@@ -493,10 +527,13 @@ class FusionChipNoise:
     t_read: float | Array = 250e-9
     g_ref: float | Array = 40.0
     g_floor: float | Array = 0.1
+    read_noise: bool = dataclasses.field(default=False, metadata={"static": True})
 
     def __post_init__(self) -> None:
         for name in ("log_median_coefs", "log_spread_coefs"):
             coefs = getattr(self, name)
+            if coefs is None or isinstance(coefs, jax.core.Tracer):
+                continue  # a placeholder of a pytree spec (vmap in_axes, tree_map)
             if not isinstance(coefs, tuple | list) or len(coefs) == 0:
                 raise ValueError(
                     f"FusionChipNoise.{name} must be a non-empty tuple of coefficients, "
@@ -608,8 +645,12 @@ class FusionChipNoise:
 
         Raises:
             ArgumentError: for a concrete ``g_max`` outside [10, 40].
-            ValueError: for concrete negative or non-finite conductances, a
-                negative ``t_inference`` or invalid fields.
+            ValueError: for concrete negative or non-finite conductances
+                (or, x64 off, float64 ones beyond float32's range), or a
+                ``t_inference`` that is NaN, Inf or negative. (The fields
+                are checked when the model is built.)
+            TypeError: for a key that is not a PRNG key, or a non-numeric
+                ``t_inference``.
 
         Example:
             >>> import jax, jax.numpy as jnp
@@ -628,7 +669,7 @@ class FusionChipNoise:
         out_dtype = g.dtype
         dtype = _compute_dtype(out_dtype)
         g = g.astype(dtype)
-        with_read = not _is_zero(self.read_noise_scale)
+        with_read = _read_noise_on(self)
         xi, xi_drift, stuck, xi_read = _chip_draws(
             key, g.shape, dtype, self.stuck_probability, with_read=with_read
         )
@@ -639,7 +680,7 @@ class FusionChipNoise:
         t = jnp.asarray(t_inference, dtype) + self.t0
         nu = _drift_exponent(g / self.g_ref, xi_drift, self.drift_scale)
         r = r_cal * jnp.exp(-nu * (jnp.log(t) - jnp.log(self.t_calibration + self.t0)))
-        if with_read:  # skipped for a concrete 0: adding 0 * noise to r >= 0 changes nothing
+        if with_read:
             r = _add_read_noise(
                 r, r_cal / self.g_ref, xi_read, self.read_noise_scale, t, self.t_read
             )

@@ -71,6 +71,7 @@ TABLES: dict[str, Table] = {
         (PY, "scripts/transformer_table.py", "--recipes", "extra"), fence=False
     ),
     "lenet5": Table((PY, "scripts/lenet5_import.py", "--markdown"), fence=False),
+    "kernel_axes": Table((PY, "scripts/kernel_axes_errors.py"), fence=False),
     "roundtrip": Table((PY, "benchmarks/roundtrip.py", "--markdown"), fence=False, speed=True),
     "train_step": Table((PY, "benchmarks/train_step.py", "--markdown"), fence=False, speed=True),
     "sweep_points": Table((PY, "benchmarks/sweep_points.py"), speed=True),

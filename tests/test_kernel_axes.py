@@ -5,6 +5,9 @@ attention kernels, module-aware program_params, the NNX LinearGeneral/Einsum
 layers and fusionize.
 """
 
+import functools
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -334,3 +337,152 @@ def test_fusionize_attention_and_scanned_blocks(stacked_model):
         noise=NOISE,
     )
     np.testing.assert_array_equal(chip.embed.kernel[...], expected)
+
+
+# --- Linen ----------------------------------------------------------------------------------------
+
+
+class LinenBlock(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+        x = x + nn.MultiHeadDotProductAttention(2)(nn.relu(nn.Dense(6)(x)))
+        return x + nn.Einsum((6, 6), "btd,dk->btk")(x), None
+
+
+class LinenStacked(nn.Module):
+    """An input layer, then three blocks under nn.scan (parameters stacked on axis 0)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dense(6)(x)
+        scan = nn.scan(
+            LinenBlock,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "noise": True},  # a noise key per scanned layer
+            length=3,
+        )
+        return scan()(x, None)[0]
+
+
+@pytest.fixture(scope="module")
+def linen_stacked():
+    x = normal((2, 5, 3), 4)
+    model = LinenStacked()
+    return model, model.init(jax.random.key(0), x), x
+
+
+def test_linen_kernel_layouts_of_scanned_attention(linen_stacked):
+    model, _, x = linen_stacked
+    layouts = fj.linen.kernel_layouts(model, x)
+    block = ("params", "ScanLinenBlock_0")
+    assert layouts[("params", "Dense_0", "kernel")] == KernelAxes.dense()
+    assert layouts[(*block, "Dense_0", "kernel")] == KernelAxes.dense().stacked()
+    attention = (*block, "MultiHeadDotProductAttention_0")
+    assert layouts[(*attention, "query", "kernel")] == KernelAxes.general(1, 2).stacked()
+    assert layouts[(*attention, "out", "kernel")] == KernelAxes.general(2, 1).stacked()
+    assert layouts[(*block, "Einsum_0", "kernel")] == KernelAxes.dense().stacked()
+
+
+def test_linen_fusionize_scanned_attention_programs_as_program_params(linen_stacked):
+    """Under fusionize every layer (scanned, attention, einsum) computes with the kernel
+    program_params gives it with the model's layouts; eval mode is the plain model."""
+    model, variables, x = linen_stacked
+    fused = fj.linen.fusionize(model, noise=OffsetNoise(), g_max=15.0)
+    jax.tree.map(np.testing.assert_array_equal, fused.init(jax.random.key(0), x), variables)
+    np.testing.assert_array_equal(
+        fused.apply(variables, x, deterministic=True), model.apply(variables, x)
+    )
+    got = fused.apply(variables, x, rngs={"noise": KEY})
+    chip = program_params(
+        variables, KEY, noise=OffsetNoise(), g_max=15.0, layouts=fused.kernel_layouts(x)
+    )
+    np.testing.assert_allclose(got, model.apply(chip, x), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, model.apply(variables, x), atol=1e-3)
+
+
+def test_linen_mha_with_fusion_dot_general():
+    """nn.MultiHeadDotProductAttention's dot_general hooks take FusionDotGeneral: the
+    parameter tree is the plain one and a training apply uses the programmed kernels."""
+    chip_dot = functools.partial(fj.linen.FusionDotGeneral, noise=OffsetNoise(), g_max=15.0)
+    fused = nn.MultiHeadDotProductAttention(
+        2, qkv_dot_general_cls=chip_dot, out_dot_general_cls=chip_dot
+    )
+    plain = nn.MultiHeadDotProductAttention(2)
+    x = normal((2, 5, 6), 3)
+    variables = plain.init(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, fused.init(jax.random.key(0), x), variables)
+    layouts = fj.linen.kernel_layouts(plain, x)
+    chip = program_params(variables, KEY, noise=OffsetNoise(), g_max=15.0, layouts=layouts)
+    np.testing.assert_allclose(
+        fused.apply(variables, x, rngs={"noise": KEY}), plain.apply(chip, x), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_linen_dense_general_and_einsum_layers():
+    x = normal((2, 5, 3), 1)
+    layer = fj.linen.FusionDenseGeneral(features=4, batch_dims=(0,), noise=OffsetNoise())
+    variables = layer.init(jax.random.key(0), x)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        variables,
+        nn.DenseGeneral(features=4, batch_dims=(0,)).init(jax.random.key(0), x),
+    )
+    p = variables["params"]
+    y = layer.apply(variables, x, rngs={"noise": KEY})
+    for b in range(2):  # each batch_dims index is a layer of its own
+        k = program_kernel(p["kernel"][b], KEY, noise=OffsetNoise())
+        np.testing.assert_allclose(y[b], x[b] @ k + p["bias"][b], rtol=1e-5, atol=1e-5)
+
+    einsum = fj.linen.FusionEinsum((3, 2, 4), "btd,dhk->bthk", noise=OffsetNoise())
+    variables = einsum.init(jax.random.key(0), x)
+    p = variables["params"]
+    k = program_kernel(p["kernel"], KEY, axes=KernelAxes.general(1, 2), noise=OffsetNoise())
+    np.testing.assert_allclose(
+        einsum.apply(variables, x, rngs={"noise": KEY}),
+        jnp.einsum("btd,dhk->bthk", x, k) + p["bias"],
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    np.testing.assert_array_equal(
+        einsum.apply(variables, x, deterministic=True),
+        nn.Einsum((3, 2, 4), "btd,dhk->bthk").apply(variables, x),
+    )
+
+
+def test_fusionize_convolutions_nnx_and_linen():
+    """Conv kernels are converted too and programmed with the conv axes (one row per
+    output channel over in * window inputs), in both APIs."""
+    x = normal((2, 7, 3), 5)
+    nnx_model = nnx.Sequential(
+        nnx.Conv(3, 4, (3,), rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1))
+    )
+    fused = fj.nnx.fusionize(nnx_model, noise=OffsetNoise(), rngs=nnx.Rngs(noise=0))
+    assert type(fused.layers[0]) is fj.nnx.FusionConv
+    expected = program_params(nnx_model, KEY, noise=OffsetNoise())(x)
+    np.testing.assert_allclose(fused(x), expected, rtol=1e-4, atol=1e-5)
+
+    linen_model = nn.Sequential([nn.Conv(4, (3,)), nn.Dense(2)])
+    variables = linen_model.init(jax.random.key(0), x)
+    layouts = fj.linen.kernel_layouts(linen_model, x)
+    assert layouts[("params", "layers_0", "kernel")] == KernelAxes.conv(1)
+    chip = program_params(variables, KEY, noise=OffsetNoise(), layouts=layouts)
+    np.testing.assert_allclose(
+        fj.linen.fusionize(linen_model, noise=OffsetNoise()).apply(
+            variables, x, rngs={"noise": KEY}
+        ),
+        linen_model.apply(chip, x),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_einsum_given_its_equation_at_call_time_needs_a_layout():
+    net = nnx.Sequential(fj.nnx.FusionEinsum(None, (3, 4), rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="layers/0/kernel.*einsum_str"):
+        program_params(net, None, noise=None)
+    layouts = {("layers", 0, "kernel"): KernelAxes.einsum("ab,bc->ac")}
+    chip = program_params(net, KEY, noise=OffsetNoise(), layouts=layouts)
+    np.testing.assert_array_equal(
+        chip.layers[0].kernel[...],
+        program_kernel(net.layers[0].kernel[...], KEY, noise=OffsetNoise()),
+    )

@@ -216,3 +216,19 @@ def test_traced_g_max_sweeps_under_vmap():
     assert not np.allclose(swept[0], swept[2])  # g_max matters
     with pytest.raises(fj.ArgumentError, match="g_max"):
         at(45.0)
+
+
+def test_masked_conv_programs_the_masked_kernel():
+    mask = jnp.ones((3, 3, 2, 4)).at[0].set(0.0)
+    conv = flinen.FusionConv(4, (3, 3), mask=mask, noise=NOISE, padding="VALID")
+    variables = conv.init(K0, XC)
+    kernel = variables["params"]["kernel"].at[0].multiply(50.0)  # masked-out weights dominate
+    variables = {"params": {**variables["params"], "kernel": kernel}}
+    # The masked weights are not programmed and do not set the channels' scale.
+    w_chip = program_kernel(kernel * mask, K1, noise=NOISE)
+    assert not np.allclose(w_chip, program_kernel(kernel, K1, noise=NOISE) * mask)
+    plain = nn.Conv(4, (3, 3), padding="VALID")
+    expected = plain.apply(
+        {"params": {"kernel": w_chip * mask, "bias": variables["params"]["bias"]}}, XC
+    )
+    np.testing.assert_allclose(conv.apply(variables, XC, rng=K1), expected, rtol=1e-5, atol=1e-5)

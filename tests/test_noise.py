@@ -379,7 +379,7 @@ def test_spread_scale_zero_leaves_gain_offset_clamp_and_vmaps():
 
 
 def test_chip_never_negative_deterministic_and_jittable():
-    model = FusionChipNoise.lenet5_readback(read_noise_scale=1.0)
+    model = FusionChipNoise.lenet5_readback(read_noise=True, read_noise_scale=1.0)
     g = jnp.linspace(0.0, 40.0, 4096)
     key = jax.random.key(18)
     out = model.sample(g, key, g_max=40.0, t_inference=1e6)
@@ -395,7 +395,7 @@ def test_chip_read_noise_option_adds_spread():
     g = _full(30.0)
     key = jax.random.key(20)
     base = FusionChipNoise.lenet5_readback().sample(g, key, g_max=40.0, t_inference=3600.0)
-    noisy = FusionChipNoise.lenet5_readback(read_noise_scale=3.0).sample(
+    noisy = FusionChipNoise.lenet5_readback(read_noise=True, read_noise_scale=3.0).sample(
         g, key, g_max=40.0, t_inference=3600.0
     )
     assert float(jnp.std(noisy)) > 1.02 * float(jnp.std(base))
@@ -504,32 +504,38 @@ def test_pcm_draws_are_standard_and_independent():
     assert without[2] is None
 
 
-def test_concrete_zero_read_noise_skips_the_draw_without_changing_the_result():
-    """A traced read_noise_scale (jit argument, vmap over the field) always draws; at 0 it
-    gives what the skipped term gives, and switching read noise on keeps the other draws."""
+def test_read_noise_switch_and_scale_zero_literal_or_traced_agree():
+    """read_noise=False skips the term; with it on, a literal 0 scale, a traced 0 (jit
+    argument) and a vmapped 0 all give that same result, and larger scales spread more."""
     g = jnp.linspace(0.0, 40.0, 4096)
     key = jax.random.key(42)
     chip = FusionChipNoise.lenet5_readback()
-    pcm = PCMLikeNoise(read_noise_scale=0.0)
+    pcm = PCMLikeNoise(read_noise=False, read_noise_scale=0.0)
     for model, t in ((chip, 1e5), (pcm, 1e5)):
         skipped = jax.jit(lambda g, m=model, t=t: m.sample(g, key, g_max=40.0, t_inference=t))
 
         def traced(scale, m=model, t=t):
-            m = dataclasses.replace(m, read_noise_scale=scale)
+            m = dataclasses.replace(m, read_noise=True, read_noise_scale=scale)
             return m.sample(g, key, g_max=40.0, t_inference=t)
 
         batched = jax.jit(jax.vmap(traced))(jnp.array([0.0, 1.0, 3.0]))
         base = np.asarray(skipped(g))
         np.testing.assert_allclose(batched[0], base, rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(jax.jit(traced)(0.0), base, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(traced(0.0), base, rtol=1e-6, atol=1e-6)  # a literal 0
         dev = np.asarray(batched) - base
         assert np.std(dev[2]) > 2.5 * np.std(dev[1]) > 0
+    with pytest.raises(
+        ValueError, match="read_noise_scale=0.5 has no effect while read_noise=False"
+    ):
+        chip_off = FusionChipNoise.lenet5_readback(read_noise_scale=0.5)
+        chip_off.sample(g, key, g_max=40.0, t_inference=1e5)
     # chip: switching read noise on keeps the latent and stuck draws, so every 0 stays 0
     # (read noise multiplies the conductance). At 0.5 uS about 60% of the devices read 0;
     # with other latent draws about 40% of these zeros would not be zeros.
     small = _full(0.5, 4096)
     zeros = np.asarray(chip.sample(small, key, g_max=40.0, t_inference=1e5)) == 0
-    on = dataclasses.replace(chip, read_noise_scale=1.0)
+    on = dataclasses.replace(chip, read_noise=True, read_noise_scale=1.0)
     on_zeros = np.asarray(on.sample(small, key, g_max=40.0, t_inference=1e5)) == 0
     assert 0.3 < zeros.mean() < 0.9 and np.all(on_zeros[zeros])
 

@@ -28,7 +28,7 @@ class _Opaque:
 MODELS = [
     FusionChipNoise.lenet5_readback(),
     PCMLikeNoise(),
-    FusionChipNoise.lenet5_readback(read_noise_scale=2.0),
+    FusionChipNoise.lenet5_readback(read_noise=True, read_noise_scale=2.0),
 ]
 
 
@@ -70,3 +70,72 @@ def test_exact_gradient_keeps_few_weight_sized_buffers():
     grad = jax.grad(lambda w: jnp.sum(fj.program(w, KEY, g_max=25.0) ** 2))
     temp = jax.jit(grad).lower(w).compile().memory_analysis().temp_size_in_bytes
     assert temp <= 7 * w.nbytes
+
+
+def test_new_g_max_t_inference_or_noise_field_values_do_not_recompile():
+    from fusion_jax.programming import _program_jit
+
+    w = jnp.ones((4, 8), jnp.float32) * jnp.arange(1.0, 9.0)
+    fj.program(w, KEY, g_max=25.0, t_inference=0.0)
+    before = _program_jit._cache_size()
+    for g_max, t, spread in ((10.0, 1.0, 0.5), (40.0, 3600.0, 2.0), (17.5, 1e7, 0.0)):
+        model = FusionChipNoise.lenet5_readback(spread_scale=spread)
+        fj.program(w, KEY, g_max=g_max, t_inference=t, noise=model)
+    assert _program_jit._cache_size() == before
+    # the read-noise switch is structure: turning it on is one new program
+    fj.program(w, KEY, noise=FusionChipNoise.lenet5_readback(read_noise=True))
+    assert _program_jit._cache_size() == before + 1
+
+
+def test_literal_and_traced_zero_read_noise_give_the_same_programming():
+    w = jax.random.normal(jax.random.key(5), (8, 16))
+    literal = PCMLikeNoise(read_noise_scale=0.0)
+    traced = jax.jit(lambda s: fj.program(w, KEY, noise=PCMLikeNoise(read_noise_scale=s)))
+    off = fj.program(w, KEY, noise=PCMLikeNoise(read_noise=False, read_noise_scale=0.0))
+    np.testing.assert_allclose(fj.program(w, KEY, noise=literal), traced(0.0), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(traced(0.0), off, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(traced(1.0), off)
+
+
+def test_program_params_compiles_one_program_per_kernel_and_none_for_new_settings():
+    from flax import nnx
+
+    from fusion_jax.program_params import _program_kernel_jit
+
+    class CNN(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.dense = nnx.Linear(36, 5, rngs=rngs)
+
+    model = CNN(nnx.Rngs(0))
+    jax.clear_caches()
+    before = _program_kernel_jit._cache_size()
+    first = fj.program_params(model, jax.random.key(0), g_max=25.0)
+    assert _program_kernel_jit._cache_size() == before + 2  # one per kernel
+    second = fj.program_params(model, jax.random.key(1), g_max=31.0, t_inference=60.0)
+    assert _program_kernel_jit._cache_size() == before + 2  # new values: nothing compiled
+    assert not np.allclose(first.dense.kernel[...], second.dense.kernel[...])
+    with pytest.raises(ValueError, match="NaN or Inf"):  # checked before the jit
+        bad = {"kernel": jnp.full((3, 2), jnp.nan)}
+        fj.program_params(bad, jax.random.key(0))
+
+
+def test_layer_g_max_and_t_inference_as_step_arguments_do_not_recompile():
+    from flax import nnx
+
+    from fusion_jax.nnx import FusionLinear
+
+    layer = FusionLinear(8, 4, g_max=40.0, rngs=nnx.Rngs(params=0, noise=1))
+    graphdef, state = nnx.split(layer)
+    x = jnp.ones((2, 8))
+
+    @jax.jit
+    def forward(state, g_max, t):
+        viewed = nnx.view(nnx.merge(graphdef, state), g_max=g_max, t_inference=t)
+        return viewed(x, rngs=KEY)
+
+    outs = [forward(state, g, t) for g, t in ((40.0, 0.0), (12.0, 3600.0), (25.0, 1e6))]
+    assert forward._cache_size() == 1
+    assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[1], outs[2])
+    expected = x @ fj.program_kernel(layer.kernel[...], KEY, g_max=12.0, t_inference=3600.0)
+    np.testing.assert_allclose(outs[1], expected + layer.bias[...], rtol=1e-5, atol=1e-6)
