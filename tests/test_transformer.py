@@ -214,13 +214,18 @@ def test_train_checks_its_arguments(data):
 
 def test_noise_free_chip_accuracy_is_the_clean_accuracy(data):
     models = [tiny_model(0), tiny_model(1)]
-    keys = jax.random.split(jax.random.key(0), 2)
     acc = programmed_accuracy(
-        models, data.x_test, data.y_test, keys, g_max=(10.0, 40.0), noise=None
+        models, data.x_test, data.y_test, [0, 1], g_max=(10.0, 40.0), noise=None
     )
     clean = [float(jnp.mean(m(data.x_test).argmax(-1) == data.y_test)) for m in models]
     assert acc.shape == (2, 2)
     assert np.allclose(acc, np.broadcast_to(clean, (2, 2)))
+    # With noise, model i is programmed with seed i's chip draw, whatever models stand beside it.
+    both = programmed_accuracy(models, data.x_test, data.y_test, [5, 7], g_max=(10.0,), noise=NOISE)
+    alone = programmed_accuracy(
+        models[1:], data.x_test, data.y_test, [7], g_max=(10.0,), noise=NOISE
+    )
+    np.testing.assert_allclose(both[:, 1], alone[:, 0])
 
 
 def test_experiment_pairs_the_recipes_by_seed(data):
