@@ -611,3 +611,36 @@ def test_noise_package_exports_its_public_names_from_their_modules():
     assert sorted(noise.__all__) == sorted(expected)
     for name, module in expected.items():
         assert getattr(fj.noise, name).__module__ == f"fusion_jax.noise.{module}", name
+
+
+def _small_readback(n=4000):
+    truth = FusionChipNoise.lenet5_readback()
+    targets = jnp.linspace(0.0, 40.0, n)
+    r = truth.sample(targets, jax.random.key(13), g_max=40.0, t_inference=truth.t_calibration)
+    return np.asarray(targets), np.asarray(r)
+
+
+def test_calibration_solver_stops_at_a_fixed_point_of_the_reweighting():
+    theta0, args, n_bins = calibration._prepare_fit(*_small_readback(), 16, 40.0, 0.1, 40.0)
+    with jax.enable_x64(True):
+        args = tuple(jnp.asarray(a) for a in args)
+
+        def gradient(theta):
+            th = jnp.asarray(theta)
+            se_zero = calibration._zero_fraction_se(th, *args, n_bins=n_bins)
+            r = calibration._moment_residuals(th, *args, se_zero, n_bins=n_bins)
+            jac = calibration._jacobian(th, *args, se_zero, n_bins=n_bins)
+            return np.asarray(jac.T @ r)
+
+        theta, n_jac = calibration._solve(theta0, args, n_bins, 200)
+        assert 1 <= n_jac <= 200
+        # with the weights taken at the solution, the weighted cost is stationary there
+        assert np.max(np.abs(gradient(theta))) < 1e-6 * np.max(np.abs(gradient(theta0)))
+        assert calibration._fit_cost(theta, args, n_bins) < calibration._fit_cost(
+            theta0, args, n_bins
+        )
+
+
+def test_calibrate_reports_no_convergence_within_max_iter():
+    with pytest.raises(ValueError, match=r"did not converge in 1 iterations \(cost [0-9.]+\)"):
+        noise.calibrate(*_small_readback(), n_fit_bins=16, max_iter=1)

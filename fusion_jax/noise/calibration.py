@@ -181,10 +181,10 @@ def calibrate(
     log-normal (the clamp at 0 and the stuck devices included), averaged
     over each bin's own targets. ``scipy.optimize.least_squares`` (float64,
     JAX residuals and Jacobian) fits the 9 parameters so that each bin's
-    mean, variance and fraction of zeros match the data, each residual divided by its standard error (mean and
-    variance: from the data; zero fraction: binomial under the model,
-    iteratively reweighted, so that part is the binomial maximum
-    likelihood). The fit is deterministic.
+    mean, variance and fraction of zeros match the data, each residual
+    divided by its standard error (mean and variance: from the data; zero
+    fraction: binomial under the model, iteratively reweighted, so that part
+    is the binomial maximum likelihood). The fit is deterministic.
 
     Moments rather than likelihood: the read-back has heavier tails than any
     two-parameter latent, and a likelihood fit trades the tails (and so the
