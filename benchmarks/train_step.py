@@ -137,8 +137,8 @@ def _breakdown(repeats: int, warmup: int) -> dict[str, float]:
     import jax.numpy as jnp
 
     from fusion_jax._random import random_words
+    from fusion_jax.model_programming import program_kernel
     from fusion_jax.noise import default_noise
-    from fusion_jax.program_params import program_kernel
 
     noise = default_noise()
     shapes = list(zip(WIDTHS[:-1], WIDTHS[1:], strict=True))

@@ -22,13 +22,13 @@ from fusion_jax import (
 from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert_to_conductances
 from fusion_jax.converter import FusionConductanceConverter
 from fusion_jax.errors import ArgumentError
+from fusion_jax.evaluation import SweepResult, sweep
 from fusion_jax.fusion_io import FusionExport, fusion_export, fusion_import
 from fusion_jax.layout import KernelAxes
+from fusion_jax.model_programming import is_kernel, leaf_key, program_kernel, program_params
 from fusion_jax.plotting import plot_sweep
-from fusion_jax.program_params import is_kernel, leaf_key, program_kernel, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, program
 from fusion_jax.regression import regression_slope
-from fusion_jax.sweep import SweepResult, sweep
 
 __version__ = "0.1.0"
 

@@ -20,7 +20,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation, tiles
 from fusion_jax.layout import KernelAxes
-from fusion_jax.program_params import LeafPath, _path_text, _plain_path, program_kernel
+from fusion_jax.model_programming import LeafPath, _path_text, _plain_path, program_kernel
 from fusion_jax.programming import DEFAULT_NOISE, _check_gradient_mode, resolve_noise
 
 __all__ = [

@@ -12,8 +12,8 @@ from jaxtyping import Array, ArrayLike, Float
 
 from fusion_jax import tiles
 from fusion_jax.layout import KernelAxes
+from fusion_jax.model_programming import _expected_kernel, _path_text, module_kernel_axes
 from fusion_jax.nnx import FusionConv, FusionLinear, RngsLike, _FusionLayer
-from fusion_jax.program_params import _expected_kernel, _path_text, module_kernel_axes
 from fusion_jax.programming import DEFAULT_NOISE, GradientMode, NoiseModel
 
 __all__ = ["FusionEinsum", "FusionLinearGeneral", "fusionize"]

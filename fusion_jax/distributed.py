@@ -34,7 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int
 
-from fusion_jax.program_params import LeafPath, _plain_path, is_kernel
+from fusion_jax.model_programming import LeafPath, _plain_path, is_kernel
 
 __all__ = [
     "initialize",

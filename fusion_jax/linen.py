@@ -44,7 +44,7 @@ from fusion_jax._linen_layers import (
     kernel_layouts,
     layer_kernel_axes,
 )
-from fusion_jax.program_params import program_kernel
+from fusion_jax.model_programming import program_kernel
 from fusion_jax.programming import DEFAULT_NOISE, _check_gradient_mode, resolve_noise
 
 __all__ = [

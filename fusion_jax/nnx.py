@@ -48,7 +48,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from fusion_jax import _validation, tiles
 from fusion_jax._static import has_array_leaves
 from fusion_jax.layout import KernelAxes
-from fusion_jax.program_params import kernel_layouts, module_kernel_axes, program_kernel
+from fusion_jax.model_programming import kernel_layouts, module_kernel_axes, program_kernel
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -213,7 +213,7 @@ class _FusionLayer(nnx.Module):
         masked convolution) with this layer's settings; what a training-mode
         call computes with when it draws ``key``. Every output feature is one
         chip row: the kernel's axes are read from the layer
-        (:func:`fusion_jax.program_params.module_kernel_axes`).
+        (:func:`fusion_jax.model_programming.module_kernel_axes`).
 
         Args:
             key: PRNG key for the noise; may be ``None`` when ``noise`` is ``None``.

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from fusion_jax._atomic import atomic_open
-from fusion_jax.sweep import SweepResult
+from fusion_jax.evaluation import SweepResult
 from fusion_jax.units import format_time
 
 __all__ = ["plot_sweep"]
@@ -136,7 +136,7 @@ def plot_sweep(
         >>> from pathlib import Path
         >>> import numpy as np
         >>> from fusion_jax.plotting import plot_sweep
-        >>> from fusion_jax.sweep import SweepResult
+        >>> from fusion_jax.evaluation import SweepResult
         >>> acc = np.random.default_rng(0).uniform(0.8, 0.95, (3, 4, 2))  # g_max x seeds x t
         >>> grid = dict(g_max=np.array([10.0, 25.0, 40.0]), seeds=np.arange(4),
         ...             t_inference=np.array([1.0, 86400.0]))

@@ -40,14 +40,14 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from fusion_jax import _validation
 from fusion_jax.digits import CNN, MLP, DigitsData, load_digits_split
-from fusion_jax.program_params import freeze_layouts, kernel_layouts
+from fusion_jax.evaluation import SweepResult, _check_grid, sweep
+from fusion_jax.model_programming import freeze_layouts, kernel_layouts
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
     NoiseModel,
     _check_gradient_mode,
 )
-from fusion_jax.sweep import SweepResult, _check_grid, sweep
 from fusion_jax.units import format_time
 
 __all__ = [

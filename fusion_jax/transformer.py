@@ -39,7 +39,8 @@ from flax import nnx
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from fusion_jax import _validation
-from fusion_jax.program_params import program_params
+from fusion_jax.evaluation import sweep
+from fusion_jax.model_programming import program_params
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -47,7 +48,6 @@ from fusion_jax.programming import (
     _check_gradient_mode,
     resolve_noise,
 )
-from fusion_jax.sweep import sweep
 from fusion_jax.training import to_apply_fn
 
 __all__ = [

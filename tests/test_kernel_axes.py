@@ -19,7 +19,7 @@ from noise_doubles import AbsoluteNoise, OffsetNoise
 
 import fusion_jax as fj
 from fusion_jax.layout import KernelAxes
-from fusion_jax.program_params import leaf_key, program_kernel, program_params
+from fusion_jax.model_programming import leaf_key, program_kernel, program_params
 
 KEY = jax.random.key(7)
 NOISE = AbsoluteNoise(1.0)

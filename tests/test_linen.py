@@ -9,7 +9,7 @@ from noise_doubles import AbsoluteNoise, OffsetNoise
 
 import fusion_jax as fj
 import fusion_jax.linen as flinen
-from fusion_jax.program_params import program_kernel
+from fusion_jax.model_programming import program_kernel
 
 NOISE = AbsoluteNoise(1.0)
 X = jax.random.normal(jax.random.key(7), (5, 3))

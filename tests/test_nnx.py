@@ -9,7 +9,7 @@ from noise_doubles import AbsoluteNoise, OffsetNoise
 
 import fusion_jax as fj
 import fusion_jax.nnx as fnnx
-from fusion_jax.program_params import program_kernel
+from fusion_jax.model_programming import program_kernel
 
 NOISE = AbsoluteNoise(1.0)
 KEY0 = jax.random.key(0)  # for deterministic models, which ignore it

@@ -9,7 +9,7 @@ from flax import nnx
 from noise_doubles import AbsoluteNoise, GivenNoise, OffsetNoise
 
 import fusion_jax as fj
-from fusion_jax.program_params import is_kernel, leaf_key, program_kernel, program_params
+from fusion_jax.model_programming import is_kernel, leaf_key, program_kernel, program_params
 
 NOISE = AbsoluteNoise(1.0)
 KEY = jax.random.key(42)

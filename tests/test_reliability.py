@@ -25,8 +25,8 @@ import fusion_jax as fj
 from fusion_jax import _atomic
 from fusion_jax.chip_file import ChipFile, read_chip_file, write_chip_file
 from fusion_jax.cli import _common as cli_common
+from fusion_jax.evaluation import _check_grid
 from fusion_jax.noise import FusionChipNoise, PCMLikeNoise, calibrate
-from fusion_jax.sweep import _check_grid
 
 KEY = jax.random.key(0)
 W = jnp.array([[1.0, -2.0, 0.5], [0.25, 0.5, -0.125]])

@@ -100,7 +100,7 @@ def test_literal_and_traced_zero_read_noise_give_the_same_programming():
 def test_program_params_compiles_one_program_per_kernel_and_none_for_new_settings():
     from flax import nnx
 
-    from fusion_jax.program_params import _program_kernel_jit
+    from fusion_jax.model_programming import _program_kernel_jit
 
     class CNN(nnx.Module):
         def __init__(self, rngs):

@@ -12,8 +12,8 @@ from flax import nnx
 import fusion_jax as fj
 from fusion_jax.digits import CNN, MLP, DigitsData, load_digits_split
 from fusion_jax.errors import ArgumentError
+from fusion_jax.model_programming import program_params
 from fusion_jax.nnx import FusionConv, FusionLinear
-from fusion_jax.program_params import program_params
 from fusion_jax.training import (
     evaluate,
     hardware_aware_experiment,

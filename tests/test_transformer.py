@@ -9,7 +9,7 @@ from noise_doubles import AbsoluteNoise, OffsetNoise
 
 import fusion_jax as fj
 from fusion_jax.errors import ArgumentError
-from fusion_jax.program_params import leaf_key
+from fusion_jax.model_programming import leaf_key
 from fusion_jax.transformer import (
     Recipe,
     Transformer,

@@ -30,7 +30,7 @@ from fusion_jax import _validation, tiles
 from fusion_jax._atomic import atomic_open
 from fusion_jax.distributed import _global_array
 from fusion_jax.errors import ArgumentError
-from fusion_jax.program_params import Layouts, freeze_layouts, kernel_layouts, program_params
+from fusion_jax.model_programming import Layouts, freeze_layouts, kernel_layouts, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
 from fusion_jax.units import format_time
 
