@@ -15,6 +15,7 @@ from fusion_jax import (
     nnx,
     noise,
     plotting,
+    tiles,
     training,
     transformer,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "program_params",
     "regression_slope",
     "sweep",
+    "tiles",
     "training",
     "transformer",
 ]

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from fusion_jax import _validation
+from fusion_jax import _validation, tiles
 from fusion_jax.layout import KernelAxes
 from fusion_jax.program_params import LeafPath, _path_text, _plain_path, program_kernel
 from fusion_jax.programming import DEFAULT_NOISE, _check_gradient_mode, resolve_noise
@@ -173,8 +173,12 @@ class _Settings:
     gradient: str = "exact"
     strict_aihwkit: bool = False
     rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
 
     def check(self) -> None:
+        tiles.check_max_size(self.max_input_size, "max_input_size")
+        tiles.check_max_size(self.max_output_size, "max_output_size")
         _validation.check_g_max(self.g_max)
         _check_gradient_mode(self.gradient)
         resolve_noise(self.noise)
@@ -209,6 +213,8 @@ def _programmed(
         t_inference=settings.t_inference,
         strict_aihwkit=settings.strict_aihwkit,
         gradient=settings.gradient,
+        max_input_size=settings.max_input_size,
+        max_output_size=settings.max_output_size,
     )
 
 
@@ -277,6 +283,10 @@ class FusionDotGeneral(nn.Module):
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True``: the plain ``lax.dot_general`` (digital
             weights); ``False``: programmed on every call.
         rng_collection: The RNG collection the noise keys come from.
@@ -303,6 +313,8 @@ class FusionDotGeneral(nn.Module):
     strict_aihwkit: bool = False
     deterministic: bool = False
     rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
 
     def __call__(
         self,
@@ -335,6 +347,8 @@ class FusionDotGeneral(nn.Module):
                 self.gradient,
                 self.strict_aihwkit,
                 self.rng_collection,
+                max_input_size=self.max_input_size,
+                max_output_size=self.max_output_size,
             )
             settings.check()
             axes = _dot_general_axes(rhs.ndim, dimension_numbers)
@@ -365,6 +379,10 @@ class FusionDenseGeneral(nn.DenseGeneral):
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` for evaluation mode (digital weights),
             ``False`` for training mode, ``None`` to require it at call time.
         rng_collection: The RNG collection the noise keys come from.
@@ -390,6 +408,8 @@ class FusionDenseGeneral(nn.DenseGeneral):
     strict_aihwkit: bool = False
     deterministic: bool | None = False
     rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
 
     @nn.compact
     def __call__(
@@ -431,6 +451,10 @@ class FusionEinsum(nn.Einsum):
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` for evaluation mode (digital weights),
             ``False`` for training mode, ``None`` to require it at call time.
         rng_collection: The RNG collection the noise keys come from.
@@ -452,6 +476,8 @@ class FusionEinsum(nn.Einsum):
     strict_aihwkit: bool = False
     deterministic: bool | None = False
     rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
 
     @nn.compact
     def __call__(
@@ -489,6 +515,8 @@ def _settings_of(module: nn.Module) -> _Settings:
         module.gradient,
         module.strict_aihwkit,
         module.rng_collection,
+        max_input_size=module.max_input_size,
+        max_output_size=module.max_output_size,
     )
 
 
@@ -509,6 +537,8 @@ def fusion_interceptor(
     strict_aihwkit: bool = False,
     deterministic: bool = False,
     rng_collection: str = "noise",
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
 ) -> Iterator[None]:
     """Within this context every plain Linen Dense/DenseGeneral/Conv/Einsum call is programmed.
 
@@ -528,6 +558,10 @@ def fusion_interceptor(
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` passes every call through unchanged.
         rng_collection: The RNG collection the noise keys come from.
 
@@ -550,7 +584,16 @@ def fusion_interceptor(
         >>> bool(jnp.allclose(y, model.apply(variables, x)))
         False
     """
-    settings = _Settings(g_max, noise, t_inference, gradient, strict_aihwkit, rng_collection)
+    settings = _Settings(
+        g_max,
+        noise,
+        t_inference,
+        gradient,
+        strict_aihwkit,
+        rng_collection,
+        max_input_size=max_input_size,
+        max_output_size=max_output_size,
+    )
     settings.check()
 
     def intercept(next_fun: Callable[..., Any], args: Any, kwargs: Any, context: Any) -> Any:
@@ -624,6 +667,8 @@ def fusionize(
     strict_aihwkit: bool = False,
     deterministic: bool = False,
     rng_collection: str = "noise",
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
 ) -> Fusionized:
     """Linen's one-call conversion: ``model`` with every layer the chip holds programmed.
 
@@ -646,6 +691,10 @@ def fusionize(
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: The default mode (``apply(..., deterministic=)``
             overrides it): ``True`` runs the plain model.
         rng_collection: The RNG collection the noise keys come from.
@@ -680,6 +729,17 @@ def fusionize(
         "strict_aihwkit": strict_aihwkit,
         "deterministic": deterministic,
         "rng_collection": rng_collection,
+        "max_input_size": max_input_size,
+        "max_output_size": max_output_size,
     }
-    _Settings(g_max, noise, t_inference, gradient, strict_aihwkit, rng_collection).check()
+    _Settings(
+        g_max,
+        noise,
+        t_inference,
+        gradient,
+        strict_aihwkit,
+        rng_collection,
+        max_input_size=max_input_size,
+        max_output_size=max_output_size,
+    ).check()
     return Fusionized(model, settings)

@@ -10,6 +10,7 @@ import jax
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float
 
+from fusion_jax import tiles
 from fusion_jax.layout import KernelAxes
 from fusion_jax.nnx import FusionConv, FusionLinear, RngsLike, _FusionLayer
 from fusion_jax.program_params import _expected_kernel, _path_text, module_kernel_axes
@@ -38,6 +39,10 @@ class FusionLinearGeneral(_FusionLayer, nnx.LinearGeneral):
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` for evaluation mode (digital weights),
             ``False`` for training mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
@@ -73,6 +78,8 @@ class FusionLinearGeneral(_FusionLayer, nnx.LinearGeneral):
         t_inference: float = 0.0,
         gradient: GradientMode = "exact",
         strict_aihwkit: bool = False,
+        max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+        max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         deterministic: bool | None = False,
         rng_collection: str = "noise",
         rngs: nnx.Rngs,
@@ -85,6 +92,8 @@ class FusionLinearGeneral(_FusionLayer, nnx.LinearGeneral):
             t_inference=t_inference,
             gradient=gradient,
             strict_aihwkit=strict_aihwkit,
+            max_input_size=max_input_size,
+            max_output_size=max_output_size,
             deterministic=deterministic,
             rng_collection=rng_collection,
             rngs=rngs,
@@ -135,6 +144,10 @@ class FusionEinsum(_FusionLayer, nnx.Einsum):
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` for evaluation mode, ``False`` for training
             mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
@@ -167,6 +180,8 @@ class FusionEinsum(_FusionLayer, nnx.Einsum):
         t_inference: float = 0.0,
         gradient: GradientMode = "exact",
         strict_aihwkit: bool = False,
+        max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+        max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         deterministic: bool | None = False,
         rng_collection: str = "noise",
         rngs: nnx.Rngs,
@@ -185,6 +200,8 @@ class FusionEinsum(_FusionLayer, nnx.Einsum):
             t_inference=t_inference,
             gradient=gradient,
             strict_aihwkit=strict_aihwkit,
+            max_input_size=max_input_size,
+            max_output_size=max_output_size,
             deterministic=deterministic,
             rng_collection=rng_collection,
             rngs=rngs,
@@ -276,6 +293,8 @@ def fusionize(
     t_inference: float = 0.0,
     gradient: GradientMode = "exact",
     strict_aihwkit: bool = False,
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
     deterministic: bool | None = False,
     rng_collection: str = "noise",
     rngs: nnx.Rngs | nnx.RngStream | None = None,
@@ -304,6 +323,10 @@ def fusionize(
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: The new layers' mode: ``False`` (training: programmed
             on every call), ``True`` (digital weights) or ``None`` (given at
             call time); ``model.train()`` / ``model.eval()`` switch it.
@@ -356,6 +379,8 @@ def fusionize(
                 t_inference=t_inference,
                 gradient=gradient,
                 strict_aihwkit=strict_aihwkit,
+                max_input_size=max_input_size,
+                max_output_size=max_output_size,
                 deterministic=deterministic,
                 rng_collection=rng_collection,
                 rngs=rngs,

@@ -1,13 +1,22 @@
 """The Fusion chip's CSV file: the upload (targets) and the read-back.
 
 Six header lines (ids, classes, weight counts, heights, widths, names), then
-one line per layer with its conductance matrix flattened row-major.
+one line per layer with its conductances. A layer that fits one chip tile
+(at most ``max_input_size`` inputs and ``max_output_size`` outputs, 512 and
+512 by default, as the Composer maps layers) is its matrix flattened
+row-major; a larger one is listed tile by tile (:mod:`fusion_jax.tiles`:
+for each input split, for each output split, the tile row-major), while
+the header keeps the layer's full height and width. :func:`write_chip_file`
+and :func:`read_chip_file` take the tile sizes and go between that order
+and the layer matrices.
 
 Bytes as the reference (aihwkit 1.1.0 ``fusion_export``) writes them, and as
 :func:`write_chip_file` writes them too: header lines 1-5 end with ``\\n``
 (written directly), line 6 (names) and the data lines end with ``\\r\\n``
-(Python's csv writer); each value is ``repr`` of the conductance as a Python
-float, i.e. the shortest decimal that reads back to the same float32 value.
+(Python's csv writer, which writes a lone empty name, aihwkit's name for a
+model that is a single layer, as ``""``); each value is ``repr`` of the
+conductance as a Python float, i.e. the shortest decimal that reads back to
+the same float32 value.
 The chip service returns read-backs with ``\\n`` throughout and more digits;
 :func:`read_chip_file` accepts both.
 
@@ -17,7 +26,9 @@ file may hold at most :data:`CHIP_DEVICES` = 1,048,576 conductances.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -25,6 +36,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
+from fusion_jax import tiles as _tiles
 from fusion_jax._atomic import atomic_open
 
 __all__ = [
@@ -174,8 +186,8 @@ def check_header(
 
     Raises:
         TypeError: if a name is not a string or an id not an integer.
-        ValueError: if there are no layers, a name or class is empty or holds
-            a comma, quote or line break, ids/classes do not match the layers
+        ValueError: if there are no layers, a class is empty, a name or
+            class holds a comma, quote or line break, ids/classes do not match the layers
             one to one, ids repeat, a shape is not 2-D with both sides >= 1,
             or the layers need more than :data:`CHIP_DEVICES` devices.
 
@@ -193,7 +205,8 @@ def check_header(
     if not names:
         raise ValueError("there are no layers to write: pass at least one layer.")
     for name in names:
-        _check_text(name, "layer name", name)
+        # aihwkit names a model that is one layer "" (written quoted).
+        _check_text(name, "layer name", name, allow_empty=True)
     total = 0
     for name, shape in shapes.items():
         shape = tuple(int(d) for d in shape)
@@ -225,10 +238,10 @@ def check_header(
     return ids_t, tuple(classes_t)
 
 
-def _check_text(value: Any, what: str, layer: Any) -> None:
+def _check_text(value: Any, what: str, layer: Any, *, allow_empty: bool = False) -> None:
     if not isinstance(value, str):
         raise TypeError(f"layer {layer!r}: the {what} must be a string, got {value!r}.")
-    if not value:
+    if not value and not allow_empty:
         raise ValueError(f"layer {layer!r}: the {what} is empty.")
     for char, description in _FORBIDDEN_CHARS.items():
         if char in value:
@@ -296,11 +309,60 @@ def _format_header(chip: ChipFile) -> str:
     """Header lines 1-6 with the reference's line endings."""
     fields = (chip.ids, chip.classes, chip.counts, chip.heights, chip.widths)
     head = "".join(",".join(str(v) for v in field) + "\n" for field in fields)
-    return head + ",".join(chip.names) + "\r\n"
+    names = io.StringIO()
+    csv.writer(names).writerow(chip.names)  # as aihwkit: a lone "" is written quoted
+    return head + names.getvalue()
 
 
-def write_chip_file(path: str | os.PathLike[str], chip: ChipFile) -> None:
+def _tile_orders(
+    chip: ChipFile,
+    max_input_size: int,
+    max_output_size: int,
+    group_sizes: Mapping[str, int] | None,
+    where: str,
+) -> dict[str, np.ndarray | None]:
+    """Per layer, the file order of its values (``None``: one tile, row-major)."""
+    _tiles.check_max_size(max_input_size, "max_input_size")
+    _tiles.check_max_size(max_output_size, "max_output_size")
+    groups = dict(group_sizes or {})
+    unknown = [n for n in groups if n not in chip.names]
+    if unknown:
+        raise ValueError(
+            f"{where}group_sizes names layer(s) {unknown} that are not in the file "
+            f"{list(chip.names)}."
+        )
+    orders: dict[str, np.ndarray | None] = {}
+    for name, height, width in zip(chip.names, chip.heights, chip.widths, strict=True):
+        group = groups.get(name, 1)
+        try:
+            order = _tiles.file_order(
+                (height, width),
+                max_input_size=max_input_size,
+                max_output_size=max_output_size,
+                group_size=group,
+            )
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}layer {name!r}: {err}") from None
+        single = (
+            len(_tiles.split_sizes(width, max_input_size, group_size=group)) == 1
+            and len(_tiles.split_sizes(height, max_output_size)) == 1
+        )
+        orders[name] = None if single else order
+    return orders
+
+
+def write_chip_file(
+    path: str | os.PathLike[str],
+    chip: ChipFile,
+    *,
+    max_input_size: int = _tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = _tiles.DEFAULT_MAX_OUTPUT_SIZE,
+    group_sizes: Mapping[str, int] | None = None,
+) -> None:
     """Write a Fusion chip file atomically, in the reference's exact bytes.
+
+    A layer larger than one tile is written tile by tile
+    (:func:`fusion_jax.tiles.file_order`), as aihwkit writes it.
 
     The content is built in memory, then written to a temporary file in the
     same directory, flushed and fsync'ed, and renamed over ``path``
@@ -314,14 +376,19 @@ def write_chip_file(path: str | os.PathLike[str], chip: ChipFile) -> None:
         chip: The file's content. Validated again before anything is written
             (header consistent with the matrices, finite non-negative values,
             at most :data:`CHIP_DEVICES` weights).
+        max_input_size: Most inputs per chip tile (0: no split).
+        max_output_size: Most outputs per chip tile (0: no split).
+        group_sizes: Layer name -> inputs per conv input channel (``kh *
+            kw``) for conv layers, which are split on channel boundaries;
+            other layers 1.
 
     Returns:
         None.
 
     Raises:
-        ValueError, TypeError: as :meth:`ChipFile.from_layers`, or if the
+        ValueError, TypeError: as :meth:`ChipFile.from_layers`, if the
             header's counts, heights, widths or names disagree with the
-            matrices.
+            matrices, or for bad tile sizes (naming the layer).
         OSError: if the directory does not exist or is not writable.
 
     Example:
@@ -345,10 +412,12 @@ def write_chip_file(path: str | os.PathLike[str], chip: ChipFile) -> None:
                 f"chip.{field} {tuple(getattr(chip, field))} disagrees with the layer matrices, "
                 f"which give {getattr(checked, field)}."
             )
+    orders = _tile_orders(checked, max_input_size, max_output_size, group_sizes, "")
     with atomic_open(path) as fh:
         fh.write(_format_header(checked))
         for name in checked.names:
-            fh.write(_format_values(checked.layers[name]))
+            matrix, order = checked.layers[name], orders[name]
+            fh.write(_format_values(matrix if order is None else matrix.ravel()[order]))
             fh.write("\r\n")
 
 
@@ -430,7 +499,13 @@ def _check_dimensions(
         )
 
 
-def read_chip_file(path: str | os.PathLike[str]) -> ChipFile:
+def read_chip_file(
+    path: str | os.PathLike[str],
+    *,
+    max_input_size: int = _tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = _tiles.DEFAULT_MAX_OUTPUT_SIZE,
+    group_sizes: Mapping[str, int] | None = None,
+) -> ChipFile:
     """Read a Fusion chip CSV file (``\\n`` or ``\\r\\n`` line endings).
 
     The header is read and checked first (six lines, each at most 1 MiB,
@@ -440,8 +515,17 @@ def read_chip_file(path: str | os.PathLike[str]) -> ChipFile:
     about 25 MB), and only then the data lines: a bogus file costs no more
     memory than a real one.
 
+    The names line is read as CSV (aihwkit writes the name ``""`` of a
+    single-layer model quoted). A layer larger than one tile is put back
+    from the file's tile order into its matrix.
+
     Args:
         path: The file to read.
+        max_input_size: Most inputs per chip tile the file was written with
+            (0: no split).
+        max_output_size: Most outputs per chip tile (0: no split).
+        group_sizes: Layer name -> ``kh * kw`` for conv layers (split on
+            channel boundaries); other layers 1.
 
     Returns:
         The parsed :class:`ChipFile`, conductances as float64 arrays.
@@ -470,7 +554,7 @@ def read_chip_file(path: str | os.PathLike[str]) -> ChipFile:
         counts = _parse_ints(lines[2], "counts", 3, path)
         heights = _parse_ints(lines[3], "heights", 4, path)
         widths = _parse_ints(lines[4], "widths", 5, path)
-        names = tuple(lines[5].split(","))
+        names = tuple(next(csv.reader([lines[5]])))  # aihwkit quotes a lone "" name
         header = dict(
             zip(HEADER_FIELDS, (ids, classes, counts, heights, widths, names), strict=True)
         )
@@ -523,8 +607,17 @@ def read_chip_file(path: str | os.PathLike[str]) -> ChipFile:
                 f"{path}: line {line_no} (layer {name!r}), position {pos}: conductance "
                 f"{items[pos - 1]!r} is not a finite, non-negative number."
             )
-        layers[name] = values.reshape(heights[i], widths[i])
-    return ChipFile(ids, classes, counts, heights, widths, names, layers)
+        layers[name] = values
+    chip = ChipFile(ids, classes, counts, heights, widths, names, layers)
+    orders = _tile_orders(chip, max_input_size, max_output_size, group_sizes, f"{path}: ")
+    for i, name in enumerate(names):
+        line, order = layers[name], orders[name]
+        if order is not None:
+            matrix = np.empty_like(line)
+            matrix[order] = line
+            line = matrix
+        layers[name] = line.reshape(heights[i], widths[i])
+    return chip
 
 
 def _is_float(text: str) -> bool:

@@ -188,10 +188,10 @@ def _load_weights(path: str) -> _Weights:
         layers = dict(arrays)
 
     for name, weights in layers.items():
-        if weights.dtype.kind not in "fiu" or weights.ndim != 2 or weights.size == 0:
+        if weights.dtype.kind not in "fiu" or weights.ndim < 2 or weights.size == 0:
             raise _UserError(
-                f"{path}: layer {name!r} must be a non-empty 2-D numeric array [out, in], got "
-                f"shape {weights.shape} dtype {weights.dtype}."
+                f"{path}: layer {name!r} must be a non-empty numeric array [out, in] (or a "
+                f"conv's [out, in, *spatial]), got shape {weights.shape} dtype {weights.dtype}."
             )
     return _Weights(layers, ids, classes, named="layer_names" in arrays)
 
@@ -511,15 +511,50 @@ def _run_export(args: argparse.Namespace) -> int:
     _check_output_file(args.out, "OUT", [args.weights])
     weights = _load_weights(args.weights)
     _, exported = fj.fusion_export(
-        weights.layers, args.out, args.g_max, ids=weights.ids, classes=weights.classes
+        weights.layers,
+        args.out,
+        args.g_max,
+        ids=weights.ids,
+        classes=weights.classes,
+        max_input_size=args.max_input_size,
+        max_output_size=args.max_output_size,
     )
-    shapes = ", ".join(f"{n} {w.shape[0]}x{w.shape[1]}" for n, w in weights.layers.items())
+    shapes = ", ".join(f"{n} {_shape_text(w.shape)}" for n, w in weights.layers.items())
     devices = sum(w.size for w in weights.layers.values())
     print(
         f"wrote {args.out}: {len(exported)} layers ({shapes}), {devices} devices, "
         f"g_max {exported.g_max:g} uS"
     )
     return 0
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def _tile_size_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid tile size {text!r}: not an integer.") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid tile size {text!r}: must be non-negative (0: no split)."
+        )
+    return value
+
+
+def _add_tile_args(p: argparse.ArgumentParser) -> None:
+    """--max-input-size / --max-output-size: the chip's tiles (aihwkit's mapping names)."""
+    for side, what in (("input", "inputs"), ("output", "outputs")):
+        p.add_argument(
+            f"--max-{side}-size",
+            type=_tile_size_arg,
+            default=512,
+            metavar="N",
+            help=f"most {what} per chip tile, as aihwkit's mapping; 0: no split "
+            "(default: %(default)s, the Composer's)",
+        )
 
 
 def _run_import(args: argparse.Namespace) -> int:
@@ -546,7 +581,12 @@ def _run_import(args: argparse.Namespace) -> int:
                     )
     params = {name: fj.FusionParams(w) for name, w in weights.layers.items()}
     reconstructed = fj.fusion_import(
-        args.readback, weights.layers, params, strict_aihwkit=args.strict_aihwkit
+        args.readback,
+        weights.layers,
+        params,
+        strict_aihwkit=args.strict_aihwkit,
+        max_input_size=args.max_input_size,
+        max_output_size=args.max_output_size,
     )
     result = {name: np.asarray(w) for name, w in reconstructed.items()}
     for name, w in result.items():
@@ -561,7 +601,7 @@ def _run_import(args: argparse.Namespace) -> int:
         total_err += float(np.sum(diff**2))
         total_ref += float(np.sum(ref**2))
         rel = math.sqrt(float(np.sum(diff**2)) / max(float(np.sum(ref**2)), 1e-300))
-        shape = f"{w.shape[0]}x{w.shape[1]}"
+        shape = _shape_text(w.shape)
         lines.append(f"{name:<8} {shape:>10} {rel:>11.4g} {np.abs(diff).max():>12.4g}")
     lines.append(f"{'all':<8} {'':>10} {math.sqrt(total_err / max(total_ref, 1e-300)):>11.4g}")
     with atomic_open(args.out, binary=True) as fh:
@@ -830,7 +870,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Convert weights to target conductances and write the Fusion chip's upload CSV. "
             "WEIGHTS is an .npz archive: either one [out, in] array per layer (named by its "
             "key), or the shipped layout with layer_names, layer_ids, layer_classes and one "
-            "layer_<name> array per layer. Keep WEIGHTS: 'fusion-jax import' needs it."
+            "layer_<name> array per layer; a conv may be [out, in, *spatial] (PyTorch's "
+            "layout), split into chip tiles on channel boundaries. Layers with more than "
+            "--max-input-size inputs are converted and written tile by tile, as aihwkit does. "
+            "Keep WEIGHTS: 'fusion-jax import' needs it."
         ),
     )
     p.add_argument("weights", metavar="WEIGHTS.npz", help="layer weights, [out, in] each")
@@ -842,6 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="G",
         help="largest conductance in uS (default: 40)",
     )
+    _add_tile_args(p)
     p.set_defaults(run=_run_export)
 
     p = sub.add_parser(
@@ -850,8 +894,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Reconstruct weights from a chip read-back file: per output row, the least-squares "
             "gain of the signed read-back conductances against the original weights (which "
-            "compensates drift). Writes OUT.npz in the layout of WEIGHTS and prints each "
-            "layer's relative error."
+            "compensates drift), tile by tile with the tile sizes the file was exported with. "
+            "Writes OUT.npz in the layout of WEIGHTS and prints each layer's relative error."
         ),
     )
     p.add_argument("readback", metavar="READBACK.csv", help="conductances read back from the chip")
@@ -862,6 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="zero constant rows as aihwkit does (default: keep them)",
     )
+    _add_tile_args(p)
     p.set_defaults(run=_run_import)
 
     p = sub.add_parser(

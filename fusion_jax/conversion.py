@@ -112,18 +112,21 @@ def _signed_conductances(
 
 
 def _row_scale(row_max: jax.Array, g_max: jax.Array) -> jax.Array:
-    """``g_max / max(row_max, 1e-10)``, exact over the whole float range.
+    """``g_max / max(row_max, 1e-10)`` rounded as torch rounds it, over the whole float range.
 
-    For ``row_max`` within a factor 4 of the dtype's largest finite value,
-    ``1 / row_max`` is subnormal, which CPUs and GPUs flush to 0. Those rows
-    divide both operands by 16 first: exact (powers of two), the same
-    quotient, no subnormal on the way. Every other row is computed as
-    before, bit for bit.
+    torch (aihwkit) evaluates ``number / tensor`` as ``reciprocal(tensor) *
+    number``: two roundings, which an export byte-identical to aihwkit's
+    must repeat (a plain division differs in the last bit on about a third
+    of the rows). For ``row_max`` within a factor 4 of the dtype's largest
+    finite value, ``1 / row_max`` is subnormal, which CPUs and GPUs flush to
+    0. Those rows divide both operands by 16 first: exact (powers of two),
+    no subnormal on the way.
     """
     m = jnp.maximum(row_max, SCALE_EPS)
     big = jax.lax.stop_gradient(m) >= 2.0 ** (jnp.finfo(m.dtype).maxexp - 2)
     k = jnp.where(big, jnp.asarray(1.0 / 16.0, m.dtype), jnp.asarray(1.0, m.dtype))
-    return (g_max * k) / (m * k)
+    # torch's rounding: the reciprocal, then the product.
+    return (1.0 / (m * k)) * (g_max * k)
 
 
 def convert_to_conductances(

@@ -10,6 +10,10 @@ weights, which compensates each row's drift gain).
 For Flax models, :func:`fusion_jax.layout.flax_to_layers` gives the layers in
 the reference's ``[out, in]`` layout and :func:`fusion_jax.layout.layers_to_flax`
 puts the imported weights back into the parameter pytree.
+
+Layers larger than one chip tile (``max_input_size`` / ``max_output_size``,
+512 / 512 by default, the Composer's mapping) are converted tile by tile and
+written in the chip's tile order, as aihwkit 1.1.0 does (:mod:`fusion_jax.tiles`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import jax
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from fusion_jax import _validation
+from fusion_jax import _validation, tiles
 from fusion_jax.chip_file import ChipFile, check_header, read_chip_file, write_chip_file
 from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert_to_conductances
 from fusion_jax.errors import ArgumentError
@@ -48,6 +52,11 @@ class FusionExport(Mapping[str, FusionParams]):
         ids: Layer ids (header line 1).
         classes: Layer class names (header line 2).
         g_max: The g_max in uS the conductances were computed with.
+        max_input_size: Most inputs per chip tile of the export (0: no split).
+        max_output_size: Most outputs per chip tile of the export (0: no split).
+        group_sizes: Per layer, the inputs kept together on a tile (``kh *
+            kw`` for a conv given as ``[out, in, kh, kw]``, else 1); empty
+            means all 1.
 
     Example:
         >>> import jax
@@ -69,10 +78,19 @@ class FusionExport(Mapping[str, FusionParams]):
     ids: tuple[int, ...] = dataclasses.field(metadata={"static": True})
     classes: tuple[str, ...] = dataclasses.field(metadata={"static": True})
     g_max: float = dataclasses.field(metadata={"static": True})
+    max_input_size: int = dataclasses.field(
+        default=tiles.DEFAULT_MAX_INPUT_SIZE, metadata={"static": True}
+    )
+    max_output_size: int = dataclasses.field(
+        default=tiles.DEFAULT_MAX_OUTPUT_SIZE, metadata={"static": True}
+    )
+    group_sizes: tuple[int, ...] = dataclasses.field(default=(), metadata={"static": True})
 
     def __post_init__(self) -> None:
         n = len(self.names)
-        for field in ("layers", "ids", "classes"):
+        if not self.group_sizes:
+            object.__setattr__(self, "group_sizes", (1,) * n)
+        for field in ("layers", "ids", "classes", "group_sizes"):
             if len(getattr(self, field)) != n:
                 raise ValueError(
                     f"FusionExport.{field} has {len(getattr(self, field))} entries but there are "
@@ -133,6 +151,7 @@ def _export_g_max(g_max: Any) -> float:
 
 
 def _layer_shapes(layers: Any) -> dict[str, tuple[int, ...]]:
+    """Layer name -> its shape as given: ``[out, in]`` or a conv's ``[out, in, *spatial]``."""
     if not isinstance(layers, Mapping):
         raise TypeError(
             "layers must be a mapping layer name -> weights [out, in], got "
@@ -143,14 +162,34 @@ def _layer_shapes(layers: Any) -> dict[str, tuple[int, ...]]:
         if not isinstance(name, str):
             raise TypeError(f"layer names must be strings, got {name!r}.")
         shape = tuple(np.shape(weights))
-        if len(shape) != 2:
+        if len(shape) < 2:
             raise ValueError(
-                f"layer {name!r}: weights must be 2-D [out, in] (one row per output), got shape "
-                f"{shape}; flatten Flax kernels with fusion_jax.layout.kernel_to_rows or "
-                "fusion_jax.layout.flax_to_layers."
+                f"layer {name!r}: weights must be 2-D [out, in] (one row per output), or a conv's "
+                f"[out, in, *spatial] as PyTorch holds it, got shape {shape}; flatten Flax "
+                "kernels with fusion_jax.layout.kernel_to_rows or fusion_jax.layout.flax_to_layers."
             )
         shapes[name] = shape
     return shapes
+
+
+def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The chip matrix ``(out, in * prod(spatial))`` of a layer shape."""
+    return shape[0], int(np.prod(shape[1:]))
+
+
+def _tile_sizes(
+    name: str, matrix: tuple[int, int], max_input_size: int, max_output_size: int, group: int
+) -> tuple[int, ...]:
+    """A layer's input tile sizes (its output splits change no value), naming the layer."""
+    try:
+        return tiles._input_sizes(matrix[1], max_input_size, max_output_size, group, matrix[0])
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"layer {name!r}: {err}") from None
+
+
+def _input_slices(sizes: tuple[int, ...]) -> list[slice]:
+    starts = np.cumsum((0, *sizes))
+    return [slice(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:], strict=True)]
 
 
 def _with_layer(err: Exception, name: str) -> Exception:
@@ -165,17 +204,25 @@ def fusion_export(
     *,
     ids: Sequence[int] | Mapping[str, int] | None = None,
     classes: Sequence[str] | Mapping[str, str] | None = None,
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
 ) -> tuple[ChipFile, FusionExport]:
     """Convert layers to target conductances and write the chip's upload file.
 
-    Each layer is converted with :func:`fusion_jax.convert_to_conductances`
-    and written as one line of the file (format: :mod:`fusion_jax.chip_file`),
-    atomically: on any error no file, partial or temporary, is left.
+    Each chip tile of a layer (:mod:`fusion_jax.tiles`) is converted with
+    :func:`fusion_jax.convert_to_conductances` on its own, and the layer is
+    written as one line of the file in the chip's tile order (format:
+    :mod:`fusion_jax.chip_file`), atomically: on any error no file, partial
+    or temporary, is left. With the same weights and tile sizes the file is
+    byte for byte the one aihwkit 1.1.0 writes.
 
     Args:
         layers: Layer name -> weights ``[out, in]`` (any array-like), in the
-            order the file should list them. Flax parameter pytrees convert
-            with :func:`fusion_jax.layout.flax_to_layers`.
+            order the file should list them; a conv may be given as PyTorch
+            holds it, ``[out, in, *spatial]``, and is then split on input
+            channel boundaries as aihwkit's mapped conv layers are. Flax
+            parameter pytrees convert with
+            :func:`fusion_jax.layout.flax_to_layers`.
         path: The CSV file to write (replaced if it exists).
         g_max: Largest conductance in uS, in [10, 40].
         ids: Header ids, a sequence in layer order or a mapping name -> id.
@@ -185,19 +232,25 @@ def fusion_export(
         classes: Header class names, like ``ids``. Default
             ``"AnalogLinearMapped"`` for every layer (pass
             ``"AnalogConv2dMapped"`` for conv layers to match aihwkit).
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split).
+        max_output_size: Most outputs per chip tile (0: no split).
 
     Returns:
         ``(data, params)``: the :class:`~fusion_jax.chip_file.ChipFile`
-        written (conductances per layer), and a :class:`FusionExport` (a
-        pytree mapping layer name -> :class:`~fusion_jax.FusionParams`, plus
-        the header) to pass to :func:`fusion_import`.
+        written (conductances per layer as ``[out, in * prod(spatial)]``
+        matrices), and a :class:`FusionExport` (a pytree mapping layer name
+        -> :class:`~fusion_jax.FusionParams` of the ``[out, in * prod(spatial)]``
+        weights, plus the header and tile sizes) to pass to :func:`fusion_import`.
 
     Raises:
         ArgumentError: if ``g_max`` is not a scalar in [10, 40].
         TypeError: if ``layers`` is not a mapping, a name is not a string or
             weights are not numeric.
-        ValueError: if a layer is not 2-D, holds NaN/Inf (naming the layer
-            and rows), a name or class contains a comma, quote or line break,
+        ValueError: if a layer has fewer than 2 dimensions, holds NaN/Inf
+            (naming the layer and rows), a tile size is negative or a conv
+            channel does not fit on a tile, a name or class contains a
+            comma, quote or line break,
             ids/classes do not match the layers, or the layers need more
             devices than the chip's 512 x 2048 = 1,048,576 (one per weight).
         OSError: if the file cannot be written.
@@ -227,20 +280,50 @@ def fusion_export(
     """
     g = _export_g_max(g_max)
     shapes = _layer_shapes(layers)
-    ids_t, classes_t = check_header(shapes, ids=ids, classes=classes)
+    matrices = {name: _matrix_shape(shape) for name, shape in shapes.items()}
+    ids_t, classes_t = check_header(matrices, ids=ids, classes=classes)
+    groups = {name: int(np.prod(shape[2:])) for name, shape in shapes.items()}
+    sizes = {
+        name: _tile_sizes(name, matrices[name], max_input_size, max_output_size, groups[name])
+        for name in shapes
+    }
     conductances = {}
     fusion_params = []
     for name, weights in layers.items():
+        rows = np.reshape(weights, matrices[name]) if len(shapes[name]) > 2 else weights
         try:
-            g_layer, p_layer = convert_to_conductances(weights, g)
+            parts = [
+                convert_to_conductances(rows[:, cols], g) for cols in _input_slices(sizes[name])
+            ]
         except (TypeError, ValueError) as err:
             raise _with_layer(err, name) from err
+        if len(parts) == 1:
+            g_layer, p_layer = parts[0]
+        else:
+            g_layer = np.concatenate([np.asarray(c) for c, _ in parts], axis=1)
+            p_layer = FusionParams(
+                jax.numpy.concatenate([p.original_weights for _, p in parts], axis=1)
+            )
         conductances[name] = np.asarray(g_layer)
         fusion_params.append(p_layer)
     data = ChipFile.from_layers(conductances, ids=ids_t, classes=classes_t)
-    write_chip_file(path, data)
+    tile_groups = {name: group for name, group in groups.items() if group > 1}
+    write_chip_file(
+        path,
+        data,
+        max_input_size=max_input_size,
+        max_output_size=max_output_size,
+        group_sizes=tile_groups,
+    )
     params = FusionExport(
-        layers=tuple(fusion_params), names=data.names, ids=ids_t, classes=classes_t, g_max=g
+        layers=tuple(fusion_params),
+        names=data.names,
+        ids=ids_t,
+        classes=classes_t,
+        g_max=g,
+        max_input_size=int(max_input_size),
+        max_output_size=int(max_output_size),
+        group_sizes=tuple(groups[name] for name in data.names),
     )
     return data, params
 
@@ -262,6 +345,8 @@ def fusion_import(
     params: FusionExport | Mapping[str, FusionParams | Mapping[str, Any]],
     *,
     strict_aihwkit: bool = False,
+    max_input_size: int | None = None,
+    max_output_size: int | None = None,
 ) -> dict[str, Float[Array, "out in"]]:
     """Read a chip read-back file and reconstruct each layer's weights.
 
@@ -269,25 +354,34 @@ def fusion_import(
     layers of ``layers``, with matching counts, heights and widths, and,
     when ``params`` is a :class:`FusionExport`, the ids and classes it was
     exported with (the order of the layers in the file does not matter).
-    Each layer is then reconstructed with
+    A layer larger than one chip tile is read back from the file's tile
+    order (:mod:`fusion_jax.tiles`). Each tile is then reconstructed with
     :func:`fusion_jax.convert_back_to_weights`: a per-row least-squares fit
-    of the original weights on the signed read-back conductances, which
-    recovers each row's gain after drift.
+    of that tile's original weights on its signed read-back conductances,
+    which recovers each tile row's gain after drift. This reads the files
+    aihwkit 1.1.0 writes, including tiled layers and the quoted name ``""``
+    of a single-layer model.
 
     Args:
         path: The read-back CSV file.
-        layers: The layers that were exported (name -> weights ``[out, in]``);
-            their names and shapes are checked against the file.
+        layers: The layers that were exported (name -> weights ``[out, in]``,
+            or a conv's ``[out, in, *spatial]``, split on channel
+            boundaries); their names and shapes are checked against the file.
         params: The :class:`FusionExport` returned by :func:`fusion_export`,
             or a mapping layer name -> :class:`~fusion_jax.FusionParams` (or
             the reference's ``{"original_weights": W}``), in which case ids
             and classes are not checked.
         strict_aihwkit: Reproduce the reference's zeroed rows on
             zero-variance rows (see :func:`fusion_jax.convert_back_to_weights`).
+        max_input_size: Most inputs per chip tile the file was written with
+            (0: no split). Default: the export's when ``params`` is a
+            :class:`FusionExport`, else 512 (the Composer's mapping).
+        max_output_size: Most outputs per chip tile, likewise.
 
     Returns:
-        Layer name -> reconstructed weights ``[out, in]``, in the order of
-        ``layers``, in the dtype of the original weights.
+        Layer name -> reconstructed weights, in the shape given in
+        ``layers``, in the order of ``layers``, in the dtype of the original
+        weights.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
@@ -295,8 +389,9 @@ def fusion_import(
         ValueError: on a malformed file (wrong number of values, a
             non-numeric, NaN, infinite or negative value: with the line and
             position), a layer missing from the file or from ``params``, a
-            file layer not in ``layers``, or a header field (ids, classes,
-            counts, heights, widths) that disagrees for a layer (naming both).
+            file layer not in ``layers``, a header field (ids, classes,
+            counts, heights, widths) that disagrees for a layer (naming both),
+            or tile sizes that differ from the :class:`FusionExport`'s.
 
     References:
         aihwkit 1.1.0 ``aihwkit.utils.export.fusion_import``.
@@ -315,12 +410,30 @@ def fusion_import(
         array([[ 0.5 , -1.  ,  0.25],
                [ 0.2 ,  0.1 , -0.3 ]])
     """
-    shapes = _layer_shapes(layers)
-    if not shapes:
+    given = _layer_shapes(layers)
+    if not given:
         raise ValueError("layers is empty: pass the layers that were exported.")
+    shapes = {name: _matrix_shape(shape) for name, shape in given.items()}
     layer_params = {name: _layer_params(params, name) for name in shapes}
-    chip = read_chip_file(path)
+    max_in, max_out = _import_tile_sizes(params, max_input_size, max_output_size)
+    groups = {name: int(np.prod(shape[2:])) for name, shape in given.items()}
+    if isinstance(params, FusionExport):
+        for name, shape in given.items():
+            exported = params.group_sizes[params.names.index(name)]
+            if len(shape) == 2:
+                groups[name] = exported
+            elif exported != groups[name]:
+                raise ValueError(
+                    f"layer {name!r}: exported with {exported} inputs per tile group but given "
+                    f"as shape {shape} ({groups[name]} per input channel)."
+                )
+    sizes = {
+        name: _tile_sizes(name, shapes[name], max_in, max_out, groups[name]) for name in shapes
+    }
     where = os.fspath(path)
+    # Read the lines as they are (row-major); the tile order is undone per
+    # layer once the header is known to match.
+    chip = read_chip_file(path, max_input_size=0, max_output_size=0)
     missing = [name for name in shapes if name not in chip.layers]
     if missing:
         raise ValueError(
@@ -354,10 +467,52 @@ def fusion_import(
                 f"layer {name!r}: params hold original weights of shape "
                 f"{tuple(np.shape(original))} but layers gives shape {shape}."
             )
+        original = _original(p)
+        order = tiles.file_order(
+            shape, max_input_size=max_in, max_output_size=max_out, group_size=groups[name]
+        )
+        g_layer = np.empty(shape[0] * shape[1], chip.layers[name].dtype)
+        g_layer[order] = chip.layers[name].ravel()
+        g_layer = g_layer.reshape(shape)
         try:
-            reconstructed[name] = convert_back_to_weights(
-                chip.layers[name], p, strict_aihwkit=strict_aihwkit
-            )
+            parts = [
+                convert_back_to_weights(
+                    g_layer[:, cols], FusionParams(original[:, cols]), strict_aihwkit=strict_aihwkit
+                )
+                for cols in _input_slices(sizes[name])
+            ]
         except (TypeError, ValueError) as err:
             raise _with_layer(err, name) from err
+        w_hat = parts[0] if len(parts) == 1 else jax.numpy.concatenate(parts, axis=1)
+        reconstructed[name] = w_hat.reshape(given[name])
     return reconstructed
+
+
+def _original(p: FusionParams | Mapping[str, Any]) -> Any:
+    """The original weights held by ``p`` (as the reference, a dict needs the key)."""
+    if isinstance(p, FusionParams):
+        return p.original_weights
+    if isinstance(p, Mapping) and "original_weights" in p:
+        return jax.numpy.asarray(p["original_weights"])
+    raise ValueError("params do not contain original_weights")
+
+
+def _import_tile_sizes(params: Any, max_input_size: Any, max_output_size: Any) -> tuple[int, int]:
+    """The tile sizes of the file: given, else the export's, else the Composer's."""
+    sizes = []
+    for value, field, default in (
+        (max_input_size, "max_input_size", tiles.DEFAULT_MAX_INPUT_SIZE),
+        (max_output_size, "max_output_size", tiles.DEFAULT_MAX_OUTPUT_SIZE),
+    ):
+        exported = getattr(params, field) if isinstance(params, FusionExport) else None
+        if value is None:
+            sizes.append(default if exported is None else exported)
+            continue
+        value = tiles.check_max_size(value, field)
+        if exported is not None and value != exported:
+            raise ValueError(
+                f"{field}={value} but the layers were exported with {field}={exported}; the "
+                "file's tiles would not line up (leave it out to use the export's)."
+            )
+        sizes.append(value)
+    return sizes[0], sizes[1]

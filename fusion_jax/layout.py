@@ -482,6 +482,7 @@ def flax_to_layers(
     params: Any,
     *,
     include: Callable[[str], bool] | Collection[str] | None = None,
+    conv_window: bool = False,
 ) -> dict[str, Float[Array, "out fan_in"]]:
     """Every kernel of a Flax parameter pytree in the reference layout ``[out, in]``.
 
@@ -498,9 +499,16 @@ def flax_to_layers(
             or its pure dict, or any pytree of such dicts.
         include: Which layers to keep: a predicate on the layer name, or a
             collection of layer names. Default: all kernels.
+        conv_window: Give conv kernels as PyTorch holds them, ``[out, in,
+            *window]``, instead of flattened: :func:`fusion_jax.fusion_export`
+            then splits a conv with more than ``max_input_size`` inputs into
+            chip tiles on input-channel boundaries, as aihwkit does and as
+            :func:`fusion_jax.program_kernel` simulates it (flattened, it
+            is split as a dense layer of ``in * prod(window)`` inputs).
 
     Returns:
-        Layer name -> matrix ``[out, in * prod(spatial)]``, in the pytree's
+        Layer name -> matrix ``[out, in * prod(spatial)]`` (``[out, in,
+        *window]`` for a conv with ``conv_window``), in the pytree's
         flattening order (sorted by key within each dict). A layer name is
         the ``/``-joined path of the kernel's module, e.g. ``"Dense_0"`` or
         ``"blocks/0/linear"`` (a leading ``params`` collection is dropped; a
@@ -521,6 +529,8 @@ def flax_to_layers(
         >>> layers = fj.layout.flax_to_layers(variables)
         >>> {name: w.shape for name, w in layers.items()}
         {'layers_0': (4, 27), 'layers_1': (2, 4)}
+        >>> {n: w.shape for n, w in fj.layout.flax_to_layers(variables, conv_window=True).items()}
+        {'layers_0': (4, 3, 3, 3), 'layers_1': (2, 4)}
     """
     kernels = _kernels(params)
     if include is None:
@@ -535,14 +545,20 @@ def flax_to_layers(
                 f"include names unknown layer(s) {unknown}; the kernels are {list(kernels)}."
             )
         selected = [name for name in kernels if name in wanted]
-    return {name: kernel_to_rows(kernels[name]) for name in selected}
+    layers = {name: kernel_to_rows(kernels[name]) for name in selected}
+    if conv_window:
+        for name in selected:
+            *window, n_in, n_out = np.shape(kernels[name])
+            layers[name] = layers[name].reshape(n_out, n_in, *window)
+    return layers
 
 
 def layers_to_flax(layers: Mapping[str, Float[ArrayLike, "out fan_in"]], params: PyTree) -> PyTree:
     """Put ``[out, in]`` matrices back into a copy of a Flax parameter pytree.
 
     The inverse of :func:`flax_to_layers`: each matrix replaces the kernel of
-    the same layer name, reshaped by :func:`rows_to_kernel` and cast to the
+    the same layer name (a conv's as ``[out, in * prod(window)]`` or
+    ``[out, in, *window]``), reshaped by :func:`rows_to_kernel` and cast to the
     kernel's dtype. Kernels not in ``layers`` and all other leaves are kept;
     ``params`` itself is not modified.
 
@@ -585,7 +601,8 @@ def layers_to_flax(layers: Mapping[str, Float[ArrayLike, "out fan_in"]], params:
     for name, rows in layers.items():
         kernel_shape = tuple(np.shape(kernels[name]))
         expected = (kernel_shape[-1], math.prod(kernel_shape[:-1]))
-        if tuple(np.shape(rows)) != expected:
+        window = (kernel_shape[-1], kernel_shape[-2], *kernel_shape[:-2])
+        if tuple(np.shape(rows)) not in (expected, window):
             raise ValueError(
                 f"layer {name!r}: matrix of shape {tuple(np.shape(rows))} does not fit the "
                 f"kernel of shape {kernel_shape}, which needs [out, in] = {expected}."
@@ -598,6 +615,7 @@ def layers_to_flax(layers: Mapping[str, Float[ArrayLike, "out fan_in"]], params:
         name = _kernel_name(path, leaf)
         if name is None or name not in layers:
             return leaf
-        return rows_to_kernel(layers[name], np.shape(leaf)).astype(leaf.dtype)
+        rows = jnp.reshape(layers[name], (np.shape(leaf)[-1], -1))
+        return rows_to_kernel(rows, np.shape(leaf)).astype(leaf.dtype)
 
     return jax.tree_util.tree_map_with_path(replace, params)

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from fusion_jax import _validation
+from fusion_jax import _validation, tiles
 from fusion_jax._linen_layers import (
     FusionDenseGeneral,
     FusionDotGeneral,
@@ -118,6 +118,8 @@ def _fusion_apply(
             t_inference=layer.t_inference,
             strict_aihwkit=layer.strict_aihwkit,
             gradient=layer.gradient,
+            max_input_size=layer.max_input_size,
+            max_output_size=layer.max_output_size,
         )
         return {**variables, "params": params}
 
@@ -145,6 +147,10 @@ class FusionDense(nn.Dense):
         gradient: ``"exact"`` or ``"ste"`` (straight-through); see
             :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` for evaluation mode (digital weights),
             ``False`` for training mode; a call-time ``deterministic``
             overrides it. ``None`` requires it at call time (as ``nn.Dropout``).
@@ -173,6 +179,8 @@ class FusionDense(nn.Dense):
     strict_aihwkit: bool = False
     deterministic: bool | None = False
     rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
 
     def __call__(
         self,
@@ -211,6 +219,10 @@ class FusionConv(nn.Conv):
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` for evaluation mode, ``False`` for training
             mode, ``None`` to require it at call time.
         rng_collection: The RNG collection the noise keys come from.
@@ -236,6 +248,8 @@ class FusionConv(nn.Conv):
     strict_aihwkit: bool = False
     deterministic: bool | None = False
     rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
 
     def __call__(
         self,

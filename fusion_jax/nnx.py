@@ -45,7 +45,7 @@ import jax
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from fusion_jax import _validation
+from fusion_jax import _validation, tiles
 from fusion_jax._static import has_array_leaves
 from fusion_jax.layout import KernelAxes
 from fusion_jax.program_params import kernel_layouts, module_kernel_axes, program_kernel
@@ -132,6 +132,8 @@ class _FusionLayer(nnx.Module):
         gradient: GradientMode,
         strict_aihwkit: bool,
         deterministic: bool | None,
+        max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+        max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         rng_collection: str,
         rngs: nnx.Rngs | nnx.RngStream | None,
     ) -> None:
@@ -149,6 +151,8 @@ class _FusionLayer(nnx.Module):
         self.t_inference = _setting(t_inference, "t_inference")
         self.gradient = gradient
         self.strict_aihwkit = bool(strict_aihwkit)
+        self.max_input_size = tiles.check_max_size(max_input_size, "max_input_size")
+        self.max_output_size = tiles.check_max_size(max_output_size, "max_output_size")
         self.deterministic = deterministic
         self.rng_collection = rng_collection
         self._init_noise_stream(model, rngs)
@@ -234,6 +238,8 @@ class _FusionLayer(nnx.Module):
             t_inference=self.t_inference,
             strict_aihwkit=self.strict_aihwkit,
             gradient=self.gradient,
+            max_input_size=self.max_input_size,
+            max_output_size=self.max_output_size,
         )
 
     def _noise_key(self, rngs: RngsLike | None) -> PRNGKeyArray | None:
@@ -363,6 +369,10 @@ class FusionLinear(_FusionLayer, nnx.Linear):
         gradient: ``"exact"`` (through the whole programming path) or
             ``"ste"`` (straight-through); see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` for evaluation mode (digital weights),
             ``False`` for training mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream the noise keys come
@@ -406,6 +416,8 @@ class FusionLinear(_FusionLayer, nnx.Linear):
         t_inference: float = 0.0,
         gradient: GradientMode = "exact",
         strict_aihwkit: bool = False,
+        max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+        max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         deterministic: bool | None = False,
         rng_collection: str = "noise",
         rngs: nnx.Rngs,
@@ -418,6 +430,8 @@ class FusionLinear(_FusionLayer, nnx.Linear):
             t_inference=t_inference,
             gradient=gradient,
             strict_aihwkit=strict_aihwkit,
+            max_input_size=max_input_size,
+            max_output_size=max_output_size,
             deterministic=deterministic,
             rng_collection=rng_collection,
             rngs=rngs,
@@ -468,6 +482,10 @@ class FusionConv(_FusionLayer, nnx.Conv):
         t_inference: Seconds since programming at which the chip is read.
         gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` for evaluation mode, ``False`` for training
             mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
@@ -507,6 +525,8 @@ class FusionConv(_FusionLayer, nnx.Conv):
         t_inference: float = 0.0,
         gradient: GradientMode = "exact",
         strict_aihwkit: bool = False,
+        max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+        max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         deterministic: bool | None = False,
         rng_collection: str = "noise",
         rngs: nnx.Rngs,
@@ -519,6 +539,8 @@ class FusionConv(_FusionLayer, nnx.Conv):
             t_inference=t_inference,
             gradient=gradient,
             strict_aihwkit=strict_aihwkit,
+            max_input_size=max_input_size,
+            max_output_size=max_output_size,
             deterministic=deterministic,
             rng_collection=rng_collection,
             rngs=rngs,

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from fusion_jax import _validation, layout
+from fusion_jax import _validation, layout, tiles
 from fusion_jax.conversion import _prepare_g_max, _prepare_weights
 from fusion_jax.errors import ArgumentError
 from fusion_jax.layout import KernelAxes
@@ -67,6 +67,8 @@ def program_kernel(
     t_inference: float | ArrayLike = 0.0,
     strict_aihwkit: bool = False,
     gradient: GradientMode = "exact",
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
 ) -> Float[Array, "*shape"]:
     """Program one Flax kernel onto the simulated chip and read it back.
 
@@ -90,6 +92,15 @@ def program_kernel(
     order); stacked layer ``i`` (flattened stack index) draws with
     ``jax.random.split(key, n_layers)[i]``.
 
+    A layer with more inputs than ``max_input_size`` is split into chip
+    tiles as its export is (:mod:`fusion_jax.tiles`): along its inputs
+    flattened in export order, a convolution on input-channel boundaries
+    (whole channels of ``kh * kw`` inputs per tile, as aihwkit's mapped conv
+    layers), and each tile row is scaled and regressed on its own.
+    Simulating a layer and exporting it (:func:`fusion_jax.fusion_export`)
+    give the same tiles. A tiled convolution is programmed with its inputs
+    in export order (one transpose there and back).
+
     Args:
         kernel: The kernel.
         key: PRNG key for the noise; may be ``None`` when ``noise=None``.
@@ -105,14 +116,19 @@ def program_kernel(
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
         gradient: ``"exact"`` or ``"ste"`` (straight-through); see
             :func:`fusion_jax.program`.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split).
+        max_output_size: Most outputs per chip tile (0: no split); output
+            splits change no value.
 
     Returns:
         The programmed kernel, shape and dtype of ``kernel``.
 
     Raises:
         ValueError: for a kernel with fewer than 2 dimensions, ``axes`` that
-            do not fit it, NaN/Inf values, a missing key when noise is on, or
-            an unknown ``gradient``.
+            do not fit it, NaN/Inf values, a missing key when noise is on,
+            an unknown ``gradient``, a negative tile size, or a conv channel
+            (``kh * kw`` inputs) larger than ``max_input_size``.
         ArgumentError: for a concrete ``g_max`` outside [10, 40].
 
     Example:
@@ -152,6 +168,7 @@ def program_kernel(
         host_columns = layout._to_columns(value, axes, export_order=False)
         _prepare_weights(np.swapaxes(host_columns, -1, -2), "kernel")
     _prepare_g_max(g_max, jnp.float32)  # checked here: inside the jit it is traced
+    sizes = tiles._kernel_input_sizes(kernel.shape, axes, max_input_size, max_output_size)
     return _program_kernel_jit(
         kernel,
         key,
@@ -161,10 +178,13 @@ def program_kernel(
         axes=axes,
         strict_aihwkit=bool(strict_aihwkit),
         gradient=gradient,
+        in_sizes=sizes,
     )
 
 
-@functools.partial(jax.jit, static_argnames=("axes", "strict_aihwkit", "gradient"), inline=True)
+@functools.partial(
+    jax.jit, static_argnames=("axes", "strict_aihwkit", "gradient", "in_sizes"), inline=True
+)
 def _program_kernel_jit(
     kernel: jax.Array,
     key: PRNGKeyArray | None,
@@ -175,6 +195,7 @@ def _program_kernel_jit(
     axes: KernelAxes,
     strict_aihwkit: bool,
     gradient: str,
+    in_sizes: tuple[int, ...],
 ) -> jax.Array:
     """program_kernel of a checked kernel: one compiled program per shape and settings.
 
@@ -186,8 +207,9 @@ def _program_kernel_jit(
     # inputs in the kernel's own axis order: for Dense, conv and stacked
     # kernels that is a reshape, no transpose (transposes cost more than the
     # rest of the conversion on a CPU). Without tiles a row's result does not
-    # depend on the order of its inputs.
-    columns = layout._to_columns(kernel, axes, export_order=False)
+    # depend on the order of its inputs; with tiles they are in export order.
+    export_order = len(in_sizes) > 1
+    columns = layout._to_columns(kernel, axes, export_order=export_order)
     _prepare_weights(jnp.swapaxes(columns, -1, -2), "kernel")  # traced: only inspected
     programmed = _program_columns(
         columns,
@@ -197,8 +219,9 @@ def _program_kernel_jit(
         t_inference,
         strict_aihwkit=strict_aihwkit,
         gradient=gradient,
+        in_sizes=in_sizes,
     )
-    return layout._from_columns(programmed, axes, kernel.shape, export_order=False)
+    return layout._from_columns(programmed, axes, kernel.shape, export_order=export_order)
 
 
 def _program_columns(
@@ -210,11 +233,16 @@ def _program_columns(
     *,
     strict_aihwkit: bool,
     gradient: str,
+    in_sizes: tuple[int, ...] | None = None,
 ) -> jax.Array:
     """Program validated columns ``[*stack, in, out]``, each stacked layer on its own.
 
-    Layer ``i`` (the flattened stack index) draws its noise with
-    ``jax.random.split(key, n_layers)[i]``.
+    The matrix-level entry for every kernel shape: a kernel mapped to
+    columns (:func:`fusion_jax.layout.kernel_to_columns`, inputs in export
+    order when tiled) is programmed here. Layer ``i`` (the flattened stack
+    index) draws its noise with ``jax.random.split(key, n_layers)[i]``.
+    ``in_sizes``: the input tile sizes along axis -2
+    (:func:`fusion_jax.tiles.split_sizes`); ``None`` or one size: one tile.
     """
 
     def one(cols: jax.Array, k: PRNGKeyArray | None) -> jax.Array:
@@ -227,6 +255,7 @@ def _program_columns(
             strict_aihwkit=strict_aihwkit,
             gradient=gradient,
             axis=-2,
+            in_sizes=in_sizes,
         )
 
     if columns.ndim == 2:
@@ -346,6 +375,8 @@ _SETTING_DEFAULTS: dict[str, Any] = {
     "t_inference": 0.0,
     "strict_aihwkit": False,
     "gradient": "exact",
+    "max_input_size": tiles.DEFAULT_MAX_INPUT_SIZE,
+    "max_output_size": tiles.DEFAULT_MAX_OUTPUT_SIZE,
 }
 
 #: ``layouts`` argument: per-leaf kernel axes, by path (tuple or "/"-joined text), or a function.
@@ -415,7 +446,7 @@ def _layer_settings(module: Any) -> dict[str, Any] | None:
 
     if not isinstance(module, _FusionLayer):
         return None
-    return {name: getattr(module, name) for name in _SETTING_DEFAULTS}
+    return {name: getattr(module, name) for name in _SETTING_DEFAULTS if hasattr(module, name)}
 
 
 def _module_specs(
@@ -558,6 +589,8 @@ def program_params(
     gradient: GradientMode = _UNSET,
     where: Callable[[LeafPath, Any], bool] | None = None,
     layouts: Layouts | None = None,
+    max_input_size: int = _UNSET,
+    max_output_size: int = _UNSET,
 ) -> PyTree:
     """Program every kernel of a model onto the simulated chip, once.
 
@@ -613,6 +646,11 @@ def program_params(
             ``params`` collection may be left out), or a function
             ``layouts(path, leaf)`` returning the axes or ``None``. They take
             precedence over those read from a module.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); see :func:`program_kernel`. Default: each Fusion layer's
+            own, else 512.
+        max_output_size: Most outputs per chip tile (0: no split). Default:
+            each Fusion layer's own, else 512.
 
     Returns:
         The programmed copy: a module for a module, else a pytree of the
@@ -675,8 +713,13 @@ def program_params(
         "t_inference": t_inference,
         "strict_aihwkit": strict_aihwkit,
         "gradient": gradient,
+        "max_input_size": max_input_size,
+        "max_output_size": max_output_size,
     }
     given = {name: value for name, value in call.items() if value is not _UNSET}
+    for name in ("max_input_size", "max_output_size"):
+        if name in given:
+            tiles.check_max_size(given[name], name)
     if "gradient" in given:
         _check_gradient_mode(given["gradient"])
     if "g_max" in given:
@@ -767,6 +810,8 @@ def _program_tree(
                 t_inference=settings["t_inference"],
                 strict_aihwkit=settings["strict_aihwkit"],
                 gradient=settings["gradient"],
+                max_input_size=settings["max_input_size"],
+                max_output_size=settings["max_output_size"],
             )
         except ArgumentError:
             raise

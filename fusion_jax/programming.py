@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from fusion_jax import _validation
+from fusion_jax import _validation, tiles
 from fusion_jax._fusion import materialize_fn
 from fusion_jax.conversion import (
     _prepare_g_max,
@@ -104,6 +104,8 @@ def program(
     t_inference: float | ArrayLike = 0.0,
     strict_aihwkit: bool = False,
     gradient: GradientMode = "exact",
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
 ) -> Float[Array, "*batch out in"]:
     """Program weights onto the simulated chip and read them back.
 
@@ -133,6 +135,13 @@ def program(
             its Jacobian); ``"ste"`` is straight-through: the forward value
             is the programmed weights, the gradient passes to the weights
             unchanged.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split). A longer row is split into near-equal tiles
+            (:func:`fusion_jax.tiles.split_sizes`), each tile row scaled and
+            regressed on its own, as the chip holds and the export writes it.
+        max_output_size: Most outputs per tile (0: no split). Splitting the
+            outputs changes no value; it is checked and kept for symmetry
+            with the export.
 
     Returns:
         The weights as read back from the simulated chip, shape and dtype of
@@ -142,7 +151,8 @@ def program(
         ArgumentError: for a concrete ``g_max`` outside [10, 40].
         ValueError: for bad weights (see :func:`convert_to_conductances`), a
             missing key when noise is on, an unknown ``gradient``, or a
-            ``t_inference`` that is NaN, Inf or negative.
+            ``t_inference`` that is NaN, Inf or negative, or a negative tile
+            size.
         TypeError: for a key that is not a PRNG key (an integer seed), a
             noise model class instead of an instance, or a non-numeric
             ``t_inference``.
@@ -164,8 +174,16 @@ def program(
     """
     model = _checked_settings(noise, key, gradient, "program", t_inference)
     w = _prepare_weights(weights)
+    sizes = tiles._input_sizes(w.shape[-1], max_input_size, max_output_size, 1, w.shape[-2])
     return _program_prepared(
-        w, key, g_max, model, t_inference, strict_aihwkit=strict_aihwkit, gradient=gradient
+        w,
+        key,
+        g_max,
+        model,
+        t_inference,
+        strict_aihwkit=strict_aihwkit,
+        gradient=gradient,
+        in_sizes=sizes,
     )
 
 
@@ -194,8 +212,12 @@ def _program_prepared(
     strict_aihwkit: bool,
     gradient: str,
     axis: int = -1,
+    in_sizes: tuple[int, ...] | None = None,
 ) -> jax.Array:
-    """:func:`program` of validated weights whose lines (outputs) lie along ``axis``."""
+    """:func:`program` of validated weights whose lines (outputs) lie along ``axis``.
+
+    ``in_sizes``: the input tile sizes along ``axis`` (None: one tile).
+    """
     out_dtype = _validation.result_dtype(w.dtype)
     dtype = _validation.compute_dtype(w.dtype)
     g = _prepare_g_max(g_max, dtype)
@@ -210,12 +232,13 @@ def _program_prepared(
         dtype=dtype,
         out_dtype=out_dtype,
         axis=axis,
+        in_sizes=None if in_sizes is None or len(in_sizes) == 1 else tuple(in_sizes),
     )
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("strict_aihwkit", "gradient", "dtype", "out_dtype", "axis"),
+    static_argnames=("strict_aihwkit", "gradient", "dtype", "out_dtype", "axis", "in_sizes"),
     inline=True,
 )
 def _program_jit(
@@ -230,6 +253,7 @@ def _program_jit(
     dtype: Any,
     out_dtype: Any,
     axis: int,
+    in_sizes: tuple[int, ...] | None,
 ) -> jax.Array:
     # The noise model is data: its fields are traced here (a new value does
     # not recompile); inside an outer jit that closes over Python numbers
@@ -238,11 +262,18 @@ def _program_jit(
     wc = w.astype(dtype)
     if gradient == "ste":  # no derivative is traced through the programming at all
         w_hat = _program_core(
-            jax.lax.stop_gradient(wc), key, g_max, noise, t_inference, strict_aihwkit, axis
+            jax.lax.stop_gradient(wc),
+            key,
+            g_max,
+            noise,
+            t_inference,
+            strict_aihwkit,
+            axis,
+            in_sizes,
         )
         w_hat = wc + jax.lax.stop_gradient(w_hat - wc)
     else:
-        w_hat = _program_core(wc, key, g_max, noise, t_inference, strict_aihwkit, axis)
+        w_hat = _program_core(wc, key, g_max, noise, t_inference, strict_aihwkit, axis, in_sizes)
     return w_hat.astype(out_dtype)
 
 
@@ -254,22 +285,47 @@ def _program_core(
     t_inference: jax.Array,
     strict_aihwkit: bool,
     axis: int = -1,
+    in_sizes: tuple[int, ...] | None = None,
 ) -> jax.Array:
-    """Convert, apply noise, reconstruct (validated inputs, compute dtype; lines along ``axis``)."""
-    x, scale, row_max = _signed_conductances(w, g_max, axis)
+    """Convert, apply noise, reconstruct (validated inputs, compute dtype; lines along ``axis``).
+
+    With ``in_sizes`` (more than one tile) every tile row is converted and
+    regressed on its own (:mod:`fusion_jax.tiles`). The noise model sees all
+    devices in one call, in their order in ``w``: the whole array, or its
+    reshape into equal tiles ``[..., tiles, size, out]`` (no copy).
+    """
+
+    def split(a: jax.Array) -> list[jax.Array]:
+        return [a] if in_sizes is None else tiles._split_tiles(a, axis, in_sizes)
+
+    def join(blocks: list[jax.Array]) -> jax.Array:
+        return blocks[0] if in_sizes is None else tiles._join_tiles(blocks, axis)
+
+    blocks = split(w)
+    converted = [_signed_conductances(b, g_max, axis) for b in blocks]
+    xs = [x for x, _, _ in converted]
     if noise is not None:
-        g_read = _sample(noise, jnp.abs(x), key, g_max, t_inference)
-        x = g_read.astype(w.dtype) * jnp.sign(w)
-    row_max, scale = jnp.squeeze(row_max, axis), jnp.squeeze(scale, axis)
-    return _reconstruct(
-        x,
-        w,
-        strict_aihwkit=strict_aihwkit,
-        x_scale=jnp.broadcast_to(g_max, row_max.shape),
-        y_scale=row_max,
-        zero_default=1.0 / scale,
-        axis=axis,
-    )
+        if len(xs) == 1:  # one block (equal tiles): the noise sees it as it is
+            g_read = _sample(noise, jnp.abs(xs[0]), key, g_max, t_inference)
+            xs = [g_read.astype(w.dtype) * jnp.sign(blocks[0])]
+        else:
+            g_read = _sample(noise, jnp.abs(join(xs)), key, g_max, t_inference)
+            xs = split(g_read.astype(w.dtype) * jnp.sign(w))
+    out = []
+    for x, wb, (_, scale, row_max) in zip(xs, blocks, converted, strict=True):
+        row_max, scale = jnp.squeeze(row_max, axis), jnp.squeeze(scale, axis)
+        out.append(
+            _reconstruct(
+                x,
+                wb,
+                strict_aihwkit=strict_aihwkit,
+                x_scale=jnp.broadcast_to(g_max, row_max.shape),
+                y_scale=row_max,
+                zero_default=1.0 / scale,
+                axis=axis,
+            )
+        )
+    return join(out)
 
 
 def _sample(

@@ -62,7 +62,8 @@ def _reduce_rows(
     """Reduce several 2-D arrays along ``axis`` in one pass over the data.
 
     ``axis=1``: rows ``[lines, n]`` (the reference layout); ``axis=0``:
-    columns ``[n, lines]`` (a Flax kernel). One variadic ``lax.reduce``: XLA
+    columns ``[n, lines]`` (a Flax kernel); 3-D ``axis=1``: a stack of
+    column matrices ``[stack, n, lines]``. One variadic ``lax.reduce``: XLA
     computes the terms elementwise from the inputs inside the reduction
     instead of writing each to memory. The first ``n - n % 16`` elements of
     a line are cut into 16 contiguous blocks, reduced to independent,
@@ -75,16 +76,18 @@ def _reduce_rows(
     if n < 2 * _ROW_BLOCKS:
         return tuple(lax.reduce(terms, inits, combine, (axis,)))
     main = n - n % _ROW_BLOCKS
-    if axis == 1:  # [lines, 16, n/16]: across blocks, position by position
+    if axis == 1 and terms[0].ndim == 2:  # [lines, 16, n/16]: across blocks, position by position
         split = tuple(t[:, :main].reshape(t.shape[0], _ROW_BLOCKS, -1) for t in terms)
         partial = lax.reduce(split, inits, combine, (1,))
         result = tuple(finish(p, axis=-1) for p in partial)
         rest = tuple(t[:, main:] for t in terms)
-    else:  # [16, n/16, lines]: within blocks, vectorised over the lines
-        split = tuple(t[:main].reshape(_ROW_BLOCKS, -1, t.shape[1]) for t in terms)
-        partial = lax.reduce(split, inits, combine, (1,))
-        result = tuple(finish(p, axis=0) for p in partial)
-        rest = tuple(t[main:] for t in terms)
+    else:  # [(stack,) 16, n/16, lines]: within blocks, vectorised over the lines
+        split = tuple(
+            t[..., :main, :].reshape(*t.shape[:-2], _ROW_BLOCKS, -1, t.shape[-1]) for t in terms
+        )
+        partial = lax.reduce(split, inits, combine, (split[0].ndim - 2,))
+        result = tuple(finish(p, axis=-2) for p in partial)
+        rest = tuple(t[..., main:, :] for t in terms)
     if main < n:
         result = combine(result, tuple(lax.reduce(rest, inits, combine, (axis,))))
     return result
@@ -234,9 +237,9 @@ def _slope(
     """Per-line OLS slope of ``y`` on ``x`` (private core).
 
     ``axis=-1``: lines are rows ``[..., out, in]`` (the reference layout);
-    ``axis=-2``: lines are the columns of one matrix ``[in, out]`` (a Flax
-    kernel, programmed in its own layout). Returns one slope per line,
-    ``[..., out]`` or ``[out]``.
+    ``axis=-2``: lines are the columns of matrices ``[..., in, out]`` (Flax
+    kernels, programmed in their own layout; leading axes are independent
+    matrices). Returns one slope per line, ``[..., out]``.
 
     ``x_scale`` / ``y_scale`` are per-line magnitudes used only to normalise
     the data before the sums (the slope is invariant to them; they get no
@@ -261,11 +264,22 @@ def _slope(
     elif axis == -2 and x.ndim == 2:
         batch, n = x.shape[1:], x.shape[0]
         red = 0
+    elif axis == -2:
+        # A stack of column matrices [*lead, n, out] (stacked layers, input
+        # tiles) as one [stack, n, out] array: every reduction below is over
+        # its axis 1, vectorised over the stack and the columns.
+        batch, n = (*x.shape[:-2], x.shape[-1]), x.shape[-2]
+        x = x.reshape(-1, n, x.shape[-1])
+        y = y.reshape(-1, n, y.shape[-1])
+        red = 1
     else:
         raise ValueError(f"lines along axis {axis} of shape {x.shape} are not supported")
 
-    def rows(v: jax.Array) -> jax.Array:  # per-line values, flattened like the lines
-        return jnp.broadcast_to(v, batch).reshape(-1)
+    # Per-line values: [lines] for rows or one column matrix, [stack, out] for a stack.
+    line_shape = (x.shape[0], x.shape[2]) if x.ndim == 3 else (-1,)
+
+    def rows(v: jax.Array) -> jax.Array:  # per-line values, shaped like the lines
+        return jnp.broadcast_to(v, batch).reshape(line_shape)
 
     if x_scale is None or y_scale is None:
         moments, kx, ky, sx, sy = _moments_any_scale(x, y, red)

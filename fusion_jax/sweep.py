@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from fusion_jax import _validation
+from fusion_jax import _validation, tiles
 from fusion_jax._atomic import atomic_open
 from fusion_jax.distributed import _global_array
 from fusion_jax.errors import ArgumentError
@@ -203,9 +203,10 @@ def _check_data(eval_data: Any) -> tuple[jax.Array, jax.Array]:
     if not isinstance(eval_data, Sequence) or len(eval_data) != 2:
         raise ValueError("eval_data must be a pair (inputs, integer labels).")
     x, y = np.asarray(eval_data[0]), np.asarray(eval_data[1])
-    if y.ndim != 1 or y.dtype.kind not in "iu":
+    if y.ndim < 1 or y.dtype.kind not in "iu":
         raise ValueError(
-            f"eval_data labels must be a 1-D integer array, got shape {y.shape} dtype {y.dtype}."
+            "eval_data labels must be an integer array [n] (or [n, ...], e.g. one label per "
+            f"token), got shape {y.shape} dtype {y.dtype}."
         )
     if x.ndim < 1 or x.shape[0] != y.shape[0]:
         raise ValueError(
@@ -267,12 +268,16 @@ def _evaluator(
     where: Any,
     strict_aihwkit: bool,
     layouts: Any = None,
+    tile_sizes: tuple[tuple[str, int], ...] = (),
+    stacked: bool = False,
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
     """The jitted chunk evaluator (cached so that repeated sweeps compile once)."""
     layout_map = dict(layouts) if isinstance(layouts, tuple) else layouts
 
-    def one_point(params, xb, yb, mask, noise, g_max, seed, t):
+    def one_point(params, xb, yb, mask, noise, g_max, seed, t, model):
         key = jax.random.key(seed)
+        if stacked:  # one parameter set per seed: this point's model
+            params = jax.tree.map(lambda leaf: leaf[model], params)
         programmed = program_params(
             params,
             key,
@@ -282,23 +287,25 @@ def _evaluator(
             strict_aihwkit=strict_aihwkit,
             where=where,
             layouts=layout_map,
+            **dict(tile_sizes),
         )
 
         def batch_metrics(carry, batch):
-            xi, yi, mi = batch
+            xi, yi, mi = batch  # labels [batch, ...]: one per example, or per token
             logits = apply_fn(programmed, xi)
+            mi = mi.reshape(mi.shape + (1,) * (yi.ndim - 1))
             correct = jnp.sum((jnp.argmax(logits, -1) == yi) * mi)
             nll = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, yi) * mi)
             return (carry[0] + correct, carry[1] + nll), None
 
         zero = jnp.zeros((), jnp.float32)
         (correct, nll), _ = jax.lax.scan(batch_metrics, (zero, zero), (xb, yb, mask))
-        n = jnp.sum(mask)
+        n = jnp.sum(mask) * math.prod(yb.shape[2:])
         return correct / n, nll / n
 
-    def chunk(params, xb, yb, mask, noise, g_max, seed, t):
-        return jax.vmap(one_point, in_axes=(None, None, None, None, None, 0, 0, 0))(
-            params, xb, yb, mask, noise, g_max, seed, t
+    def chunk(params, xb, yb, mask, noise, g_max, seed, t, model):
+        return jax.vmap(one_point, in_axes=(None, None, None, None, None, 0, 0, 0, 0))(
+            params, xb, yb, mask, noise, g_max, seed, t, model
         )
 
     if len(devices) == 1:
@@ -307,7 +314,7 @@ def _evaluator(
     # Replicated results: every process (of a multi-process run) reads them all.
     return jax.jit(
         chunk,
-        in_shardings=(repl, repl, repl, repl, repl, grid, grid, grid),
+        in_shardings=(repl, repl, repl, repl, repl, grid, grid, grid, grid),
         out_shardings=(repl, repl),
     )
 
@@ -351,6 +358,9 @@ def sweep(
     strict_aihwkit: bool = False,
     where: Callable[[tuple, Any], bool] | None = None,
     layouts: Layouts | None = None,
+    max_input_size: int | None = None,
+    max_output_size: int | None = None,
+    stacked: bool = False,
     chunk_size: int | None = None,
     eval_batch_size: int | None = None,
     devices: Sequence[Any] | None = None,
@@ -386,7 +396,9 @@ def sweep(
             ``params=None``) or a pure ``apply_fn(params, x) -> logits``, for
             example ``lambda p, x: linen_model.apply({"params": p}, x)``.
         params: The parameter pytree for ``apply_fn`` (``None`` for a module).
-        eval_data: ``(inputs, labels)``, labels integer class indices.
+        eval_data: ``(inputs, labels)``, labels integer class indices, one
+            per example ``[n]`` or several ``[n, ...]`` (for example one per
+            token: accuracy and loss are then means over all labels).
         g_max: g_max values in uS, each in [10, 40].
         seeds: A count ``S`` (seeds ``0..S-1``) or a sequence of seeds.
         t_inference: Inference times in seconds after programming.
@@ -398,6 +410,15 @@ def sweep(
             of rank above 2 (convolutions, stacked layers, attention) with an
             ``apply_fn``: for Linen, :func:`fusion_jax.linen.kernel_layouts`.
             Default: read from the ``nnx.Module`` (or ``apply_fn.kernel_layouts``).
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split), as for :func:`fusion_jax.program_params`. Default: each
+            Fusion layer's own, else 512.
+        max_output_size: Most outputs per chip tile (0: no split). Default:
+            each Fusion layer's own, else 512.
+        stacked: ``params`` holds one parameter set per seed on a leading
+            axis (for example models trained with different seeds, stacked
+            with ``jax.tree.map(lambda *a: jnp.stack(a), *sets)``): seed
+            ``seeds[i]`` programs and evaluates ``params[i]``.
         chunk_size: Grid points per compiled call; by default as many as fit
             ``memory_budget_bytes`` (rounded to a multiple of the devices).
         eval_batch_size: Evaluate the data in batches of this size (a
@@ -413,8 +434,9 @@ def sweep(
 
     Raises:
         ArgumentError: if a g_max value is outside [10, 40].
-        ValueError: for an empty grid, negative times or seeds, or evaluation
-            data whose inputs and labels disagree; all before compiling.
+        ValueError: for an empty grid, negative times or seeds, evaluation
+            data whose inputs and labels disagree, or ``stacked`` parameters
+            whose leading axis is not the number of seeds; all before compiling.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -432,6 +454,15 @@ def sweep(
     x, y = _check_data(eval_data)
     apply_fn, params, found_layouts = _as_apply(model_or_apply_fn, params)
     frozen_layouts = freeze_layouts(found_layouts if layouts is None else layouts)
+    if stacked:
+        sizes = {
+            int(np.shape(leaf)[0]) if np.ndim(leaf) else None for leaf in jax.tree.leaves(params)
+        }
+        if sizes != {seed_values.size}:
+            raise ValueError(
+                f"stacked=True needs every parameter with a leading axis of {seed_values.size} "
+                f"(one set per seed), got leading sizes {sorted(sizes, key=str)}."
+            )
     model = resolve_noise(noise)
     devices = tuple(jax.devices() if devices is None else devices)
     if not devices:
@@ -445,13 +476,14 @@ def sweep(
     pad = n_batches * batch - n
     mask = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)])
     xb = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    yb = jnp.concatenate([y, jnp.zeros(pad, y.dtype)])
+    yb = jnp.concatenate([y, jnp.zeros((pad, *y.shape[1:]), y.dtype)])
     xb = xb.reshape(n_batches, batch, *x.shape[1:])
-    yb, mask = yb.reshape(n_batches, batch), mask.reshape(n_batches, batch)
+    yb, mask = yb.reshape(n_batches, batch, *y.shape[1:]), mask.reshape(n_batches, batch)
 
     grid_g, grid_s, grid_t = (
         a.ravel() for a in np.meshgrid(g_values, seed_values, t_values, indexing="ij")
     )
+    grid_m = np.meshgrid(g_values, np.arange(seed_values.size), t_values, indexing="ij")[1].ravel()
     n_points = grid_g.size
     if chunk_size is None:
         chunk_size = _auto_chunk(params, x, batch, n_points, memory_budget_bytes)
@@ -467,7 +499,23 @@ def sweep(
 
     dtype = _validation.compute_dtype(jnp.float32)
     pg, ps, pt = padded(grid_g, dtype), padded(grid_s, np.uint32), padded(grid_t, dtype)
-    evaluate = _evaluator(apply_fn, devices, n_batches, where, bool(strict_aihwkit), frozen_layouts)
+    given_tiles = {"max_input_size": max_input_size, "max_output_size": max_output_size}
+    tile_sizes = tuple(
+        (name, tiles.check_max_size(value, name))
+        for name, value in given_tiles.items()
+        if value is not None
+    )
+    pm = padded(grid_m, np.int32)
+    evaluate = _evaluator(
+        apply_fn,
+        devices,
+        n_batches,
+        where,
+        bool(strict_aihwkit),
+        frozen_layouts,
+        tile_sizes,
+        bool(stacked),
+    )
 
     replicated = (params, xb, yb, mask, model)
     if len(devices) > 1:
@@ -483,7 +531,7 @@ def sweep(
     acc, loss = [], []
     for c in chunks:
         sl = slice(c * chunk_size, (c + 1) * chunk_size)
-        points = [_grid_array(v[sl], devices) for v in (pg, ps, pt)]
+        points = [_grid_array(v[sl], devices) for v in (pg, ps, pt, pm)]
         a, l_ = evaluate(*replicated, *points)
         acc.append(np.asarray(a))
         loss.append(np.asarray(l_))

@@ -12,9 +12,10 @@ over several models at once inside the experiment).
 
 Evaluation programs a trained model *once* (:func:`fusion_jax.program_params`:
 one programmed copy for the whole test set, as after writing it to the chip)
-and measures test accuracy; :func:`programmed_accuracy` does this for a whole
-grid of g_max, inference times and seeds in one compiled call.
-:func:`hardware_aware_experiment` puts it together on scikit-learn's digits.
+and measures test accuracy; :func:`fusion_jax.sweep`, the one grid engine,
+does this for a whole grid of g_max, seeds and inference times in one
+compiled call. :func:`hardware_aware_experiment` puts it together on
+scikit-learn's digits, and the ``fusion-jax sweep`` command runs it.
 
 Models enter the functional world through :func:`to_apply_fn`, which turns an
 NNX model into ``(apply_fn, params)`` with ``apply_fn(params, x) -> logits``
@@ -23,10 +24,11 @@ pure, the form :func:`fusion_jax.program_params` and a g_max sweep vmap over.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import jax
@@ -38,14 +40,14 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from fusion_jax import _validation
 from fusion_jax.digits import CNN, MLP, DigitsData, load_digits_split
-from fusion_jax.program_params import Layouts, freeze_layouts, kernel_layouts, program_params
+from fusion_jax.program_params import freeze_layouts, kernel_layouts
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
     NoiseModel,
     _check_gradient_mode,
-    resolve_noise,
 )
+from fusion_jax.sweep import SweepResult, _check_grid, sweep
 from fusion_jax.units import format_time
 
 __all__ = [
@@ -57,7 +59,6 @@ __all__ = [
     "cross_entropy",
     "evaluate",
     "hardware_aware_experiment",
-    "programmed_accuracy",
     "to_apply_fn",
     "train",
 ]
@@ -109,7 +110,7 @@ def to_apply_fn(model: nnx.Module) -> tuple[ApplyFn, nnx.State]:
 
     To evaluate programmed copies, program ``params`` inside the transformed
     function, for instance one copy per key (this is what
-    :func:`programmed_accuracy` and :func:`fusion_jax.sweep` do)::
+    :func:`fusion_jax.sweep` does)::
 
         on_chip = jax.vmap(lambda k: apply_fn(fj.program_params(params, k, g_max=10.0), x))
         logits = on_chip(jax.random.split(jax.random.key(0), 8))   # [8, batch, classes]
@@ -125,7 +126,7 @@ def to_apply_fn(model: nnx.Module) -> tuple[ApplyFn, nnx.State]:
         ``apply_fn``. ``apply_fn.kernel_layouts`` holds the model's kernel
         axes (:func:`fusion_jax.nnx.kernel_layouts`), the ``layouts`` with
         which to program ``params`` when it has kernels of rank above 2
-        (convolutions, stacked layers, attention); :func:`programmed_accuracy`
+        (convolutions, stacked layers, attention); :func:`fusion_jax.sweep`
         uses them.
 
     Example:
@@ -485,171 +486,6 @@ def evaluate(
     return _accuracy_jit(apply_fn, params, x, y)
 
 
-def _as_keys(keys: PRNGKeyArray | Iterable[int] | int) -> PRNGKeyArray:
-    """A 1-D array of typed keys from seeds (``s -> jax.random.key(s)``) or keys."""
-    if isinstance(keys, jax.Array) and jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        if keys.ndim != 1 or keys.shape[0] == 0:
-            raise ValueError(f"keys must be a non-empty 1-D array of keys, got shape {keys.shape}.")
-        return keys
-    seeds = np.atleast_1d(np.asarray(keys))
-    if seeds.ndim != 1 or seeds.size == 0 or seeds.dtype.kind not in "iu":
-        raise ValueError(
-            "keys must be a 1-D array of PRNG keys or a non-empty sequence of non-negative "
-            f"integer seeds, got {keys!r}."
-        )
-    seeds = _validation.check_seeds(seeds, "keys (seeds)")
-    return jax.vmap(jax.random.key)(jnp.asarray(seeds, dtype=jnp.uint32))
-
-
-def _grid_axis(values: float | Sequence[float] | ArrayLike, name: str) -> np.ndarray:
-    arr = np.atleast_1d(np.asarray(values, dtype=np.float64))
-    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)):
-        raise ValueError(
-            f"{name} must be a number or a non-empty 1-D list of finite numbers, got {values!r}."
-        )
-    return arr
-
-
-def _check_grid(g_max: Any, t_inference: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The evaluation grid as 1-D arrays; g_max in [10, 40], times >= 0."""
-    g = _grid_axis(g_max, "g_max")
-    _validation.check_g_max(g)
-    for value in np.asarray(t_inference, dtype=object).ravel():
-        _validation.check_t_inference(value)
-    t = _grid_axis(t_inference, "t_inference")
-    return g, t
-
-
-@functools.partial(jax.jit, static_argnames=("apply_fn", "stacked", "strict_aihwkit", "layouts"))
-def _grid_accuracy(
-    apply_fn: ApplyFn,
-    params: Any,
-    x: jax.Array,
-    y: jax.Array,
-    keys: PRNGKeyArray,
-    g_max: jax.Array,
-    t_inference: jax.Array,
-    noise: NoiseModel | None,
-    *,
-    stacked: bool,
-    strict_aihwkit: bool,
-    layouts: Any,
-) -> jax.Array:
-    layout_map = dict(layouts) if isinstance(layouts, tuple) else layouts
-
-    def at(p: Any, key: PRNGKeyArray, g: jax.Array, t: jax.Array) -> jax.Array:
-        chip = program_params(
-            p,
-            key,
-            g_max=g,
-            noise=noise,
-            t_inference=t,
-            strict_aihwkit=strict_aihwkit,
-            layouts=layout_map,
-        )
-        return _accuracy(apply_fn, chip, x, y)
-
-    over_keys = jax.vmap(at, in_axes=(0 if stacked else None, 0, None, None))
-    g_grid, t_grid = jnp.meshgrid(g_max, t_inference, indexing="ij")
-    acc = jax.lax.map(
-        lambda gt: over_keys(params, keys, gt[0], gt[1]), (g_grid.ravel(), t_grid.ravel())
-    )
-    return acc.reshape(g_max.shape[0], t_inference.shape[0], -1)
-
-
-def programmed_accuracy(
-    apply_fn: ApplyFn,
-    params: Any,
-    x: Float[ArrayLike, "n ..."],
-    y: Int[ArrayLike, " n"],
-    keys: PRNGKeyArray | Sequence[int],
-    *,
-    g_max: float | Sequence[float] = 40.0,
-    t_inference: float | Sequence[float] = 0.0,
-    noise: NoiseModel | None = DEFAULT_NOISE,
-    strict_aihwkit: bool = False,
-    stacked: bool = False,
-    layouts: Layouts | None = None,
-) -> Float[Array, "n_g_max n_t n_keys"]:
-    """Test accuracy after programming the model onto the chip, over a grid.
-
-    For every ``g_max``, inference time and key, the parameters are
-    programmed once with :func:`fusion_jax.program_params` (every kernel;
-    biases stay digital) and the whole of ``x`` is classified with that one
-    programmed copy. The grid is one compiled call: ``jax.vmap`` over keys,
-    ``jax.lax.map`` over the (g_max, t) points (memory of one point's batch
-    of programmed copies at a time). The same key is used at every (g_max,
-    t) point: the same devices, read at different settings.
-
-    Args:
-        apply_fn: A pure forward pass (see :func:`to_apply_fn`).
-        params: Its parameters; with ``stacked=True``, one set per key
-            stacked on a leading axis (e.g. models trained with different seeds).
-        x: Test inputs.
-        y: Test labels, ``[n]``.
-        keys: PRNG keys, one programmed copy each, or integer seeds
-            (seed ``s`` uses ``jax.random.key(s)``).
-        g_max: One or several largest conductances (uS), each in [10, 40].
-        t_inference: One or several times since programming (s).
-        noise: Noise model; the chip model by default; ``None`` for the
-            noise-free round trip (the accuracy of the digital weights to
-            float rounding).
-        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
-        stacked: ``params`` carries a leading axis matched to ``keys``.
-        layouts: The kernel axes for :func:`fusion_jax.program_params`
-            (needed for kernels of rank above 2); default
-            ``apply_fn.kernel_layouts`` (set by :func:`to_apply_fn`), if any.
-
-    Returns:
-        Accuracies ``acc[i, j, k]`` at ``g_max[i]``, ``t_inference[j]``, ``keys[k]``.
-
-    Raises:
-        ArgumentError: for a g_max outside [10, 40].
-        ValueError: for malformed keys or grid values, or ``x``/``y`` of
-            different lengths.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from flax import nnx
-        >>> from fusion_jax.digits import MLP, load_digits_split
-        >>> from fusion_jax.training import programmed_accuracy, to_apply_fn
-        >>> data = load_digits_split()
-        >>> apply_fn, params = to_apply_fn(MLP(rngs=nnx.Rngs(params=0)))
-        >>> acc = programmed_accuracy(apply_fn, params, data.x_test, data.y_test, keys=[0, 1, 2],
-        ...                           g_max=[10.0, 40.0], t_inference=[1.0, 86400.0])
-        >>> acc.shape                             # g_max x t_inference x keys
-        (2, 2, 3)
-    """
-    g, t = _check_grid(g_max, t_inference)
-    x, y = jnp.asarray(x), jnp.asarray(y)
-    if x.shape[:1] != y.shape:
-        raise ValueError(f"x has {x.shape[0]} examples but y has shape {y.shape}.")
-    key_array = _as_keys(keys)
-    if stacked:
-        sizes = {leaf.shape[0] for leaf in jax.tree.leaves(params)}
-        if sizes != {key_array.shape[0]}:
-            raise ValueError(
-                f"stacked=True needs params with a leading axis of {key_array.shape[0]} "
-                f"(one set per key), got leading sizes {sorted(sizes)}."
-            )
-    dtype = jnp.result_type(float)
-    return _grid_accuracy(
-        apply_fn,
-        params,
-        x,
-        y,
-        key_array,
-        jnp.asarray(g, dtype),
-        jnp.asarray(t, dtype),
-        resolve_noise(noise),
-        stacked=bool(stacked),
-        strict_aihwkit=bool(strict_aihwkit),
-        layouts=freeze_layouts(
-            getattr(apply_fn, "kernel_layouts", None) if layouts is None else layouts
-        ),
-    )
-
-
 # --- the experiment ----------------------------------------------------------------------------
 
 
@@ -666,35 +502,45 @@ class ExperimentResult:
     Seed ``s`` trains both models from the same initial weights and
     mini-batch order and programs both with the same key (a paired
     comparison), so the per-seed differences :meth:`gap` have less spread
-    than either accuracy.
+    than either accuracy. Both sweeps come from :func:`fusion_jax.sweep`
+    (``stacked=True``: seed ``s`` programs the models trained with seed ``s``).
 
     Attributes:
         model: Which architecture (``"mlp"`` or ``"cnn"``).
-        seeds: The seeds, ``[S]``.
-        g_max: g_max values (uS) of the evaluation grid, ``[G]``.
-        t_inference: Inference times (s) of the grid, ``[T]``.
-        clean_digital: Test accuracy of the digital model on its own
+        clean_digital: Test accuracy of the digital models on their own
             weights (not programmed), ``[S]``.
-        clean_aware: The same for the hardware-aware model, ``[S]``.
-        digital: Test accuracy of the digital model programmed on the chip,
-            ``[G, T, S]``.
-        aware: The same for the hardware-aware model, ``[G, T, S]``.
+        clean_aware: The same for the hardware-aware models, ``[S]``.
+        digital: The digital models programmed on the chip: a
+            :class:`~fusion_jax.SweepResult`, accuracy ``[G, S, T]``.
+        aware: The same for the hardware-aware models.
         settings: The training settings (for the record).
     """
 
     model: str
-    seeds: np.ndarray
-    g_max: np.ndarray
-    t_inference: np.ndarray
     clean_digital: np.ndarray
     clean_aware: np.ndarray
-    digital: np.ndarray
-    aware: np.ndarray
+    digital: SweepResult
+    aware: SweepResult
     settings: Mapping[str, Any]
 
+    @property
+    def seeds(self) -> np.ndarray:
+        """The seeds, ``[S]``."""
+        return self.digital.seeds
+
+    @property
+    def g_max(self) -> np.ndarray:
+        """g_max values (uS) of the evaluation grid, ``[G]``."""
+        return self.digital.g_max
+
+    @property
+    def t_inference(self) -> np.ndarray:
+        """Inference times (s) of the grid, ``[T]``."""
+        return self.digital.t_inference
+
     def gap(self) -> np.ndarray:
-        """Per-seed accuracy of hardware-aware minus digital, ``[G, T, S]``."""
-        return self.aware - self.digital
+        """Per-seed accuracy of hardware-aware minus digital, ``[G, S, T]``."""
+        return self.aware.accuracy - self.digital.accuracy
 
     def summary(self) -> list[dict[str, float]]:
         """One dict per (g_max, t): means and standard deviations over seeds.
@@ -705,11 +551,12 @@ class ExperimentResult:
         """
         rows = []
         n = len(self.seeds)
+        gap = self.gap()
         for i, g in enumerate(self.g_max):
             for j, t in enumerate(self.t_inference):
-                d_mean, d_std = _mean_std(self.digital[i, j])
-                a_mean, a_std = _mean_std(self.aware[i, j])
-                gap_mean, gap_std = _mean_std(self.gap()[i, j])
+                d_mean, d_std = _mean_std(self.digital.accuracy[i, :, j])
+                a_mean, a_std = _mean_std(self.aware.accuracy[i, :, j])
+                gap_mean, gap_std = _mean_std(gap[i, :, j])
                 rows.append(
                     {
                         "g_max": float(g),
@@ -757,11 +604,32 @@ class ExperimentResult:
         return self.table()
 
 
-def _print_epoch(label: str) -> Callback:
-    def report(end: EpochEnd) -> None:
-        print(f"{label}: epoch {end.epoch}/{end.epochs}: training loss {end.loss.mean():.4f}")
+@contextlib.contextmanager
+def _epoch_reporter(
+    label: str,
+    epochs: int,
+    progress: bool,
+    on_epoch: Callable[[str, EpochEnd], None] | None,
+) -> Iterator[Callback | None]:
+    """The training callback of the experiment: a progress bar and/or ``on_epoch``."""
+    bar = None
+    if progress and jax.process_index() == 0:
+        from tqdm.auto import tqdm
 
-    return report
+        bar = tqdm(total=epochs, desc=f"train {label}", unit="epoch", leave=False)
+
+    def report(end: EpochEnd) -> None:
+        if bar is not None:
+            bar.set_postfix_str(f"training loss {float(end.loss.mean()):.4f}", refresh=False)
+            bar.update(1)
+        if on_epoch is not None:
+            on_epoch(label, end)
+
+    try:
+        yield report if bar is not None or on_epoch is not None else None
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _stack_params(models: Sequence[nnx.Module]) -> Any:
@@ -784,6 +652,8 @@ def hardware_aware_experiment(
     model_kwargs: Mapping[str, Any] | None = None,
     data: DigitsData | None = None,
     progress: bool = False,
+    on_epoch: Callable[[str, EpochEnd], None] | None = None,
+    devices: Sequence[Any] | None = None,
 ) -> ExperimentResult:
     """Digital versus hardware-aware training, evaluated as programmed on the chip.
 
@@ -793,7 +663,9 @@ def hardware_aware_experiment(
     ``train_t_inference`` in every step). Both start from the same initial
     weights and see the same mini-batches. Each trained model is then
     programmed once per seed (the same key for both) at every ``g_max`` and
-    ``t_inference`` and evaluated on the test set (:func:`programmed_accuracy`).
+    ``t_inference`` and evaluated on the test set, in one :func:`fusion_jax.sweep`
+    per kind of model (seed ``s`` programs with ``jax.random.key(s)``, the
+    sweep's rule).
 
     The defaults are those of the README's table (regenerated by
     ``python scripts/readme_tables.py``); run it and ``print`` the result for
@@ -820,7 +692,11 @@ def hardware_aware_experiment(
             the MLP, ``channels=...`` for the CNN).
         data: The split to use; :func:`~fusion_jax.digits.load_digits_split`
             with seed 0 by default.
-        progress: Print the training loss after each epoch.
+        progress: Show progress bars (training epochs, then the sweeps).
+        on_epoch: Called as ``on_epoch(label, end)`` after every training
+            epoch, ``label`` ``"digital"`` or ``"hardware-aware"`` and ``end``
+            an :class:`EpochEnd` with one loss per seed.
+        devices: Devices to shard the evaluation over (:func:`fusion_jax.sweep`).
 
     Returns:
         An :class:`ExperimentResult`; ``print(result)`` shows the table.
@@ -835,8 +711,8 @@ def hardware_aware_experiment(
         >>> from fusion_jax.training import hardware_aware_experiment
         >>> result = hardware_aware_experiment(
         ...     seeds=(0, 1), g_max=(10.0, 40.0), t_inference=(86400.0,), epochs=5)
-        >>> result.aware.shape                    # g_max x t_inference x seeds
-        (2, 1, 2)
+        >>> result.aware.accuracy.shape           # g_max x seeds x t_inference
+        (2, 2, 1)
         >>> print(result.table())                 # doctest: +ELLIPSIS
         MLP on digits, 2 seeds; hardware-aware training at g_max=10 uS, t=1 d, ...
     """
@@ -848,8 +724,9 @@ def hardware_aware_experiment(
     if not seed_list:
         raise ValueError("seeds is empty: the experiment needs at least one seed.")
     _validation.check_seeds(seed_list)
-    g, t = _check_grid(g_max, t_inference)
-    _check_grid(train_g_max, train_t_inference)
+    g, seed_values, t = _check_grid(g_max, seed_list, t_inference)
+    _validation.check_g_max(train_g_max)
+    _validation.check_t_inference(train_t_inference, "train_t_inference")
     data = load_digits_split(0) if data is None else data
     data = data.as_images() if model == "cnn" else data.flat()
     cls = classes[model]
@@ -861,11 +738,12 @@ def hardware_aware_experiment(
         "noise": noise,
     }
 
-    # Per seed: initial weights, training noise, mini-batch order, programming.
-    per_seed = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 4))(
+    # Per seed: initial weights, training noise, mini-batch order. The chip draw of
+    # the evaluation is jax.random.key(seed) itself (the sweep's rule).
+    per_seed = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 3))(
         jnp.asarray(seed_list, dtype=jnp.uint32)
     )
-    k_init, k_noise, k_order, k_program = (per_seed[:, i] for i in range(4))
+    k_init, k_noise, k_order = (per_seed[:, i] for i in range(3))
     digital = [cls(**kwargs, rngs=nnx.Rngs(params=k)) for k in k_init]
     aware = [
         cls(**kwargs, fusion=fusion, rngs=nnx.Rngs(params=ki, noise=kn))
@@ -880,34 +758,49 @@ def hardware_aware_experiment(
         "batch_size": batch_size,
     }
     for label, models in (("digital", digital), ("hardware-aware", aware)):
-        report = _print_epoch(label) if progress else None
-        _train_stack(
-            models,
-            data.x_train,
-            data.y_train,
-            k_order,
-            callback=report,
-            label=f"{label}: ",
-            **train_args,
-        )
+        with _epoch_reporter(label, int(epochs), progress, on_epoch) as report:
+            _train_stack(
+                models,
+                data.x_train,
+                data.y_train,
+                k_order,
+                callback=report,
+                label=f"{label}: ",
+                **train_args,
+            )
+    if jax.process_count() > 1:
+        # Every process trained the same models; take process 0's, so that all
+        # evaluate the very same weights even where training is not bit-reproducible.
+        from jax.experimental import multihost_utils
+
+        for m in (*digital, *aware):
+            nnx.update(m, multihost_utils.broadcast_one_to_all(nnx.state(m, nnx.Param)))
 
     # One forward pass for both: the parameters have the same structure.
     apply_fn, _ = to_apply_fn(digital[0])
-    grid = {"g_max": g, "t_inference": t, "noise": noise, "stacked": True}
     results = {}
-    for name, models in (("digital", digital), ("aware", aware)):
-        params = _stack_params(models)
-        results[name] = np.asarray(
-            programmed_accuracy(apply_fn, params, data.x_test, data.y_test, k_program, **grid)
+    for name, label, models in (
+        ("digital", "digital", digital),
+        ("aware", "hardware-aware", aware),
+    ):
+        results[name] = sweep(
+            apply_fn,
+            _stack_params(models),
+            (data.x_test, data.y_test),
+            g_max=g,
+            seeds=seed_list,
+            t_inference=t,
+            noise=noise,
+            stacked=True,
+            devices=devices,
+            progress=progress,
+            label=label,
         )
         results["clean_" + name] = np.array(
             [evaluate(apply_fn, to_apply_fn(m)[1], data.x_test, data.y_test) for m in models]
         )
     return ExperimentResult(
         model=model,
-        seeds=np.asarray(seed_list),
-        g_max=g,
-        t_inference=t,
         settings={
             "train_g_max": float(train_g_max),
             "train_t_inference": float(train_t_inference),

@@ -289,6 +289,10 @@ class Transformer(nnx.Module):
 # --- training -----------------------------------------------------------------------------------
 
 
+def _warmup_text(warmup: float) -> str:
+    return f", after {float(warmup):.0%} digital" if warmup else ""
+
+
 @dataclasses.dataclass(frozen=True)
 class Recipe:
     """How a model is trained: digitally, or hardware-aware at which g_max.
@@ -307,6 +311,8 @@ class Recipe:
         >>> from fusion_jax.transformer import Recipe
         >>> Recipe.uniform(10.0, 40.0).name
         'g_max ~ U[10, 40]'
+        >>> Recipe.fixed(25.0, warmup=0.5).name
+        'g_max = 25, after 50% digital'
         >>> Recipe.digital().aware
         False
     """
@@ -337,18 +343,20 @@ class Recipe:
     @classmethod
     def fixed(cls, g_max: float, warmup: float = 0.0) -> Recipe:
         """Hardware-aware at one g_max."""
-        return cls(f"g_max = {g_max:g}", (float(g_max),), warmup=warmup)
+        return cls(f"g_max = {g_max:g}{_warmup_text(warmup)}", (float(g_max),), warmup=warmup)
 
     @classmethod
     def uniform(cls, low: float, high: float, warmup: float = 0.0) -> Recipe:
         """Hardware-aware, g_max drawn uniformly from ``[low, high]`` in every step."""
-        return cls(f"g_max ~ U[{low:g}, {high:g}]", (float(low), float(high)), warmup=warmup)
+        name = f"g_max ~ U[{low:g}, {high:g}]{_warmup_text(warmup)}"
+        return cls(name, (float(low), float(high)), warmup=warmup)
 
     @classmethod
     def choice(cls, *values: float, warmup: float = 0.0) -> Recipe:
         """Hardware-aware, g_max drawn from ``values`` in every step."""
         text = ", ".join(f"{v:g}" for v in values)
-        return cls(f"g_max in {{{text}}}", tuple(float(v) for v in values), "choice", warmup)
+        name = f"g_max in {{{text}}}{_warmup_text(warmup)}"
+        return cls(name, tuple(float(v) for v in values), "choice", warmup)
 
 
 def _g_values(recipe: Recipe) -> jax.Array:

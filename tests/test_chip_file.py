@@ -156,9 +156,14 @@ def test_bad_layer_names(name, what):
         ChipFile.from_layers({name: np.ones((1, 1))})
 
 
-def test_empty_and_non_string_names():
-    with pytest.raises(ValueError, match="layer name is empty"):
-        ChipFile.from_layers({"": np.ones((1, 1))})
+def test_empty_and_non_string_names(tmp_path):
+    # aihwkit names a single-layer model "" and writes it quoted; a class may not be empty.
+    chip = ChipFile.from_layers({"": np.ones((1, 1))})
+    write_chip_file(tmp_path / "m.csv", chip)
+    assert (tmp_path / "m.csv").read_bytes().split(b"\n")[5] == b'""\r'
+    assert read_chip_file(tmp_path / "m.csv").names == ("",)
+    with pytest.raises(ValueError, match="layer 'a': the class is empty"):
+        ChipFile.from_layers({"a": np.ones((1, 1))}, classes=[""])
     with pytest.raises(TypeError, match="layer name must be a string"):
         ChipFile.from_layers({3: np.ones((1, 1))})
 

@@ -274,7 +274,7 @@ def test_script_export_and_errors_in_a_subprocess(tmp_path):
 
 @pytest.fixture
 def bad_files(tmp_path):
-    np.savez(tmp_path / "cube.npz", fc=np.ones((2, 3, 4)))
+    np.savez(tmp_path / "cube.npz", fc=np.ones(4))  # 1-D: not a layer ([out, in, *window] is)
     np.savez(tmp_path / "other.npz", a=np.ones((2, 3)))
     (tmp_path / "text.npz").write_text("not an archive")
     (tmp_path / "broken.csv").write_text("1\nAnalogLinearMapped\n2\n1\n2\nfc\n1.0,x\n")

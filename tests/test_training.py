@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import fusion_jax as fj
 from fusion_jax.digits import CNN, MLP, DigitsData, load_digits_split
 from fusion_jax.errors import ArgumentError
 from fusion_jax.nnx import FusionConv, FusionLinear
@@ -16,7 +17,6 @@ from fusion_jax.program_params import program_params
 from fusion_jax.training import (
     evaluate,
     hardware_aware_experiment,
-    programmed_accuracy,
     to_apply_fn,
     train,
 )
@@ -259,66 +259,52 @@ def _plain_forward(params, x):
 def test_noise_free_programming_keeps_the_clean_accuracy(trained, data):
     apply_fn, params = to_apply_fn(trained[0])
     clean = float(evaluate(apply_fn, params, data.x_test, data.y_test))
-    acc = programmed_accuracy(
+    result = fj.sweep(
         apply_fn,
         params,
-        data.x_test,
-        data.y_test,
-        keys=[0, 1],
+        (data.x_test, data.y_test),
+        seeds=[0, 1],
         g_max=[10.0, 40.0],
         t_inference=[1.0, 3.15e7],
         noise=None,
     )
-    assert acc.shape == (2, 2, 2)
+    assert result.accuracy.shape == (2, 2, 2)
     # The round trip is exact to float rounding: at most one borderline example may flip.
-    assert np.all(np.abs(np.asarray(acc) - clean) <= 1.0 / data.x_test.shape[0])
+    assert np.all(np.abs(result.accuracy - clean) <= 1.0 / data.x_test.shape[0])
 
 
-def test_grid_matches_programming_each_point_directly(trained, data):
+def test_stacked_sweep_programs_each_seed_its_own_model(trained, data):
+    """The experiment's evaluation: seed i programs parameter set i (paired with its seed)."""
     apply_fn, params = to_apply_fn(trained[0])
-    g_max, times, seeds = [10.0, 40.0], [1.0, 86400.0], [0, 1, 2]  # as in the doctest
-    acc = np.asarray(
-        programmed_accuracy(
-            apply_fn, params, data.x_test, data.y_test, keys=seeds, g_max=g_max, t_inference=times
-        )
-    )
-    assert acc.shape == (2, 2, 3)
-    n = data.x_test.shape[0]
-    for i, j, k in [(0, 0, 0), (0, 1, 2), (1, 0, 1), (1, 1, 2)]:
-        chip = program_params(
-            params, jax.random.key(seeds[k]), g_max=g_max[i], t_inference=times[j]
-        )
-        direct = float(evaluate(apply_fn, chip, data.x_test, data.y_test))
-        assert abs(acc[i, j, k] - direct) <= 1.0 / n, (i, j, k)
-    # Chip noise at g_max = 10 costs accuracy, and different devices differ.
-    assert acc[0].mean() < float(evaluate(apply_fn, params, data.x_test, data.y_test))
-    assert len(np.unique(acc[0, 0])) > 1
-    # Integer seeds mean jax.random.key(seed); the same keys give the same result.
-    typed = programmed_accuracy(
+    other = jax.tree.map(lambda a: -a, params)  # a second, different model of the same shape
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), params, other)
+    seeds, g_max, times = [3, 5], [10.0, 40.0], [86400.0]
+    result = fj.sweep(
         apply_fn,
-        params,
-        data.x_test,
-        data.y_test,
-        keys=jax.vmap(jax.random.key)(jnp.array(seeds)),
+        stacked,
+        (data.x_test, data.y_test),
+        seeds=seeds,
         g_max=g_max,
         t_inference=times,
+        stacked=True,
     )
-    np.testing.assert_array_equal(typed, acc)
-
-
-def test_evaluation_rejects_bad_arguments(trained, data):
-    apply_fn, params = to_apply_fn(trained[0])
-    x, y = data.x_test, data.y_test
-    with pytest.raises(ArgumentError):
-        programmed_accuracy(apply_fn, params, x, y, keys=[0], g_max=5.0)
-    with pytest.raises(ValueError, match="t_inference"):
-        programmed_accuracy(apply_fn, params, x, y, keys=[0], t_inference=-1.0)
-    with pytest.raises(ValueError, match="keys"):
-        programmed_accuracy(apply_fn, params, x, y, keys=[0.5])
+    assert result.accuracy.shape == (2, 2, 1)
+    n = data.x_test.shape[0]
+    for i, g in enumerate(g_max):
+        for k, (seed, p) in enumerate(zip(seeds, (params, other), strict=True)):
+            chip = program_params(p, jax.random.key(seed), g_max=g, t_inference=times[0])
+            direct = float(evaluate(apply_fn, chip, data.x_test, data.y_test))
+            assert abs(result.accuracy[i, k, 0] - direct) <= 1.0 / n, (i, k)
+    # The negated model is wrong almost everywhere: the sets were not mixed up.
+    assert np.all(result.accuracy[:, 1] < 0.5) and np.all(result.accuracy[:, 0] > 0.5)
     with pytest.raises(ValueError, match="stacked"):
-        programmed_accuracy(apply_fn, params, x, y, keys=[0, 1], stacked=True)
+        fj.sweep(apply_fn, stacked, (data.x_test, data.y_test), seeds=3, stacked=True)
+
+
+def test_evaluate_rejects_mismatched_data(trained, data):
+    apply_fn, params = to_apply_fn(trained[0])
     with pytest.raises(ValueError, match="examples"):
-        evaluate(apply_fn, params, x, y[:-1])
+        evaluate(apply_fn, params, data.x_test, data.y_test[:-1])
 
 
 # --- the experiment ----------------------------------------------------------------------------
@@ -327,19 +313,20 @@ def test_evaluation_rejects_bad_arguments(trained, data):
 def test_hardware_aware_training_keeps_more_accuracy_under_chip_noise(experiment):
     r = experiment
     n = len(r.seeds)
-    assert r.digital.shape == r.aware.shape == (2, 1, n)
+    digital, aware = r.digital.accuracy, r.aware.accuracy  # [g_max, seeds, t]
+    assert digital.shape == aware.shape == (2, n, 1)
     assert n == 10 and r.settings["train_g_max"] == 10.0
     assert r.clean_digital.mean() > 0.9 and r.clean_aware.mean() > 0.9
     # At g_max = 10 uS the chip noise costs the digital model accuracy ...
-    assert r.digital[0, 0].mean() < r.clean_digital.mean() - 0.05
+    assert digital[0, :, 0].mean() < r.clean_digital.mean() - 0.05
     # ... and the hardware-aware model keeps clearly more of it: the paired gain
     # exceeds 3 standard errors over seeds and 5 points.
-    gain = r.aware[0, 0] - r.digital[0, 0]
+    gain = aware[0, :, 0] - digital[0, :, 0]
     sem = gain.std(ddof=1) / math.sqrt(n)
     assert gain.mean() > 3 * sem
     assert gain.mean() > 0.05
     # g_max = 40 uS is gentler for the digital model than g_max = 10 uS.
-    assert r.digital[1, 0].mean() > r.digital[0, 0].mean()
+    assert digital[1, :, 0].mean() > digital[0, :, 0].mean()
 
 
 def test_experiment_summary_and_table_match_the_arrays(experiment):
@@ -350,7 +337,7 @@ def test_experiment_summary_and_table_match_the_arrays(experiment):
     ]
     n = len(experiment.seeds)
     for i, row in enumerate(rows):
-        d, a = experiment.digital[i, 0], experiment.aware[i, 0]
+        d, a = experiment.digital.accuracy[i, :, 0], experiment.aware.accuracy[i, :, 0]
         assert row["digital_mean"] == pytest.approx(np.mean(d))
         assert row["aware_std"] == pytest.approx(np.std(a, ddof=1))
         assert row["gap_sem"] == pytest.approx(np.std(a - d, ddof=1) / math.sqrt(n))

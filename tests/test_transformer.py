@@ -240,4 +240,4 @@ def test_experiment_pairs_the_recipes_by_seed(data):
     assert not np.array_equal(result.chip[2], result.chip[0])
     table = result.table()
     assert table.splitlines()[0].startswith("| training | clean | 10 uS | 40 uS |")
-    assert "| g_max ~ U[10, 40] |" in table
+    assert "| g_max ~ U[10, 40], after 50% digital |" in table
