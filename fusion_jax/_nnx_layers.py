@@ -272,12 +272,6 @@ def _constructor_kwargs(layer: nnx.Module, plain: type[nnx.Module]) -> dict[str,
     return kwargs
 
 
-def _child(node: Any, key: Any) -> Any:
-    if isinstance(key, str) and not isinstance(node, dict | nnx.Dict) and hasattr(node, key):
-        return getattr(node, key)
-    return node[key]
-
-
 def _set_child(node: Any, key: Any, value: Any) -> None:
     if isinstance(key, str) and not isinstance(node, dict | nnx.Dict) and hasattr(node, key):
         setattr(node, key, value)
@@ -360,36 +354,43 @@ def fusionize(
         True
     """
     copy = nnx.clone(module)
-    nodes = dict(nnx.iter_graph(copy))
+    if _counterpart(copy) is not None:
+        raise TypeError(
+            f"fusionize converts the layers inside a model; for a single "
+            f"{type(copy).__name__} build its Fusion counterpart directly."
+        )
+    # Every node once, with its first path (a layer shared by several parents
+    # is visited once: it is converted once and replaced at every reference).
+    first_path: dict[int, tuple[Any, ...]] = {}
+    parents = []
+    for path, node in nnx.iter_graph(copy):
+        if id(node) not in first_path:
+            first_path[id(node)] = path
+        if isinstance(node, nnx.Pytree) and _counterpart(node) is None:
+            parents.append(node)
     replaced: dict[int, nnx.Module] = {}
-    targets = [(path, node) for path, node in nodes.items() if _counterpart(node) is not None]
-    for path, node in targets:
-        if not path:
-            raise TypeError(
-                f"fusionize converts the layers inside a model; for a single "
-                f"{type(node).__name__} build its Fusion counterpart directly."
-            )
-        new = replaced.get(id(node))
-        if new is None:
-            new = _convert(
-                node,
-                path,
-                g_max=g_max,
-                noise=noise,
-                t_inference=t_inference,
-                gradient=gradient,
-                strict_aihwkit=strict_aihwkit,
-                max_input_size=max_input_size,
-                max_output_size=max_output_size,
-                deterministic=deterministic,
-                rng_collection=rng_collection,
-                rngs=rngs,
-            )
-            replaced[id(node)] = new
-        parent = copy
-        for key in path[:-1]:
-            parent = _child(parent, key)
-        _set_child(parent, path[-1], new)
+    for parent in parents:
+        for key, child in list(nnx.iter_children(parent)):
+            if _counterpart(child) is None:
+                continue
+            new = replaced.get(id(child))
+            if new is None:
+                new = _convert(
+                    child,
+                    first_path[id(child)],
+                    g_max=g_max,
+                    noise=noise,
+                    t_inference=t_inference,
+                    gradient=gradient,
+                    strict_aihwkit=strict_aihwkit,
+                    max_input_size=max_input_size,
+                    max_output_size=max_output_size,
+                    deterministic=deterministic,
+                    rng_collection=rng_collection,
+                    rngs=rngs,
+                )
+                replaced[id(child)] = new
+            _set_child(parent, key, new)
     return copy
 
 

@@ -273,30 +273,6 @@ def _g_max_range_arg(values: Sequence[str]) -> tuple[float, float, int]:
     return lo, hi, n
 
 
-def _train_with_bar(model: Any, data: Any, args: argparse.Namespace, desc: str) -> None:
-    import optax
-    from tqdm.auto import tqdm
-
-    from fusion_jax.training import EpochEnd, train
-
-    settings = {
-        "optimizer": optax.adam(args.learning_rate),
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "seed": args.train_seed,
-    }
-    if not args.progress:
-        train(model, data.x_train, data.y_train, **settings)
-        return
-    with tqdm(total=args.epochs, desc=desc, unit="epoch", leave=False) as bar:
-
-        def advance(end: EpochEnd) -> None:
-            bar.set_postfix_str(f"training loss {float(end.loss.mean()):.4f}", refresh=False)
-            bar.update(1)
-
-        train(model, data.x_train, data.y_train, callback=advance, **settings)
-
-
 def _describe_model(args: argparse.Namespace) -> str:
     if args.model == "mlp":
         return "MLP " + "-".join(str(w) for w in (64, *args.hidden, 10))
@@ -304,14 +280,17 @@ def _describe_model(args: argparse.Namespace) -> str:
     return f"CNN conv3x3({c1})-conv3x3/2({c2})-linear(10)"
 
 
-def _sweep_table(results: Sequence[Any], clean: Mapping[str, float]) -> str:
+def _sweep_table(experiment: Any) -> str:
+    """The per-kind tables (g_max by time) and the paired comparison of the experiment."""
+    clean = {"digital": experiment.clean_digital, "hardware-aware": experiment.clean_aware}
     lines = [
-        "test accuracy before programming (digital weights): "
-        + ", ".join(f"{label} {100 * acc:.2f}" for label, acc in clean.items()),
+        "test accuracy before programming (digital weights), mean over seeds: "
+        + ", ".join(f"{label} {100 * float(np.mean(acc)):.2f}" for label, acc in clean.items()),
         "",
     ]
-    for r in results:
+    for r in (experiment.digital, experiment.aware):
         lines += [r.format_table(), ""]
+    lines += [experiment.table(), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -371,87 +350,61 @@ def _run_sweep(args: argparse.Namespace) -> int:
     )
 
     import jax
-    from flax import nnx
 
     import fusion_jax as fj
-    from fusion_jax.digits import CNN, MLP, load_digits_split
+    from fusion_jax.digits import load_digits_split
     from fusion_jax.plotting import plot_sweep
-    from fusion_jax.training import evaluate, to_apply_fn
+    from fusion_jax.training import hardware_aware_experiment
 
     say = _join_run(args)  # first: before anything uses a device
 
     noise = _noise_model(args.noise)
     data = load_digits_split(0)
-    data = data.as_images() if args.model == "cnn" else data.flat()
     if not 1 <= args.batch_size <= data.x_train.shape[0]:
         raise _UserError(
             f"--batch-size {args.batch_size}: must lie in [1, "
             f"{data.x_train.shape[0]}] (the number of training images)."
         )
-    cls, kwargs = (
-        (MLP, {"hidden": tuple(args.hidden)})
+    kwargs = (
+        {"hidden": tuple(args.hidden)}
         if args.model == "mlp"
-        else (CNN, {"channels": tuple(args.channels)})
+        else {"channels": tuple(args.channels)}
     )
-    fusion = {
-        "g_max": args.train_g_max,
-        "t_inference": args.train_time,
-        "gradient": args.gradient,
-        "noise": noise,
-    }
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     say(
         f"{_describe_model(args)} on scikit-learn digits: {data.x_train.shape[0]} training, "
         f"{data.x_test.shape[0]} test images; noise: {args.noise} ({_NOISE_HELP[args.noise]})"
     )
     say(
-        f"training {args.epochs} epochs (batch {args.batch_size}, Adam lr "
-        f"{args.learning_rate:g}, seed {args.train_seed}); hardware-aware: programmed in every "
-        f"step at g_max {args.train_g_max:g} uS, t {format_time(args.train_time)} (gradient "
-        f"{args.gradient})"
+        f"{args.seeds} seeds ({seeds[0]}..{seeds[-1]}), each: a digital and a hardware-aware "
+        f"model trained {args.epochs} epochs (batch {args.batch_size}, Adam lr "
+        f"{args.learning_rate:g}; hardware-aware: programmed in every step at g_max "
+        f"{args.train_g_max:g} uS, t {format_time(args.train_time)}, gradient {args.gradient}), "
+        "then both programmed once with the seed's chip draw"
     )
     sys.stdout.flush()
-
-    seed = args.train_seed
-    models = {
-        "digital": cls(**kwargs, rngs=nnx.Rngs(params=seed)),
-        "hardware-aware": cls(**kwargs, fusion=fusion, rngs=nnx.Rngs(params=seed, noise=seed + 1)),
-    }
-    for label, model in models.items():
-        _train_with_bar(model, data, args, f"train {label}")
-    if jax.process_count() > 1:
-        # Every process trained the same models; take process 0's, so that all
-        # evaluate the very same weights even where training is not bit-reproducible.
-        from jax.experimental import multihost_utils
-
-        for model in models.values():
-            weights = nnx.state(model, nnx.Param)
-            nnx.update(model, multihost_utils.broadcast_one_to_all(weights))
-
-    # One forward pass for both: a hardware-aware model's parameters have the digital
-    # model's structure, so the sweep compiles once.
-    apply_fn, _ = to_apply_fn(models["digital"])
-    params = {label: to_apply_fn(model)[1] for label, model in models.items()}
+    experiment = hardware_aware_experiment(
+        args.model,
+        seeds=seeds,
+        g_max=g_max,
+        t_inference=times,
+        train_g_max=args.train_g_max,
+        train_t_inference=args.train_time,
+        gradient=args.gradient,
+        noise=noise,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        model_kwargs=kwargs,
+        data=data,
+        progress=args.progress,
+    )
+    results = [experiment.digital, experiment.aware]
     clean = {
-        label: float(evaluate(apply_fn, p, data.x_test, data.y_test)) for label, p in params.items()
+        "digital": float(np.mean(experiment.clean_digital)),
+        "hardware-aware": float(np.mean(experiment.clean_aware)),
     }
-    per_g_max = args.seeds * times.size  # one chunk per g_max: the bar advances per g_max
-    results = [
-        fj.sweep(
-            apply_fn,
-            params[label],
-            (data.x_test, data.y_test),
-            g_max=g_max,
-            seeds=args.seeds,
-            t_inference=times,
-            noise=noise,
-            chunk_size=per_g_max,
-            progress=args.progress,
-            label=label,
-        )
-        for label in ("digital", "hardware-aware")
-    ]
-
-    table = _sweep_table(results, clean)
+    table = _sweep_table(experiment)
     if not fj.distributed.is_main_process():
         return 0  # process 0 prints the tables and writes the files
     print()
@@ -470,7 +423,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
-        "train_seed": args.train_seed,
+        "seeds": seeds,
         "train_g_max": args.train_g_max,
         "train_t_inference": args.train_time,
         "gradient": args.gradient,
@@ -770,7 +723,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=DEFAULT_SEEDS,
         metavar="N",
-        help="chip programmings per point, seeds 0..N-1 (default: %(default)s)",
+        help=(
+            "seeds: per seed a digital and a hardware-aware model are trained (initial weights, "
+            "batch order, training noise) and programmed once (default: %(default)s)"
+        ),
     )
     p.add_argument(
         "--times",
@@ -809,11 +765,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Adam step size (default: %(default)s)",
     )
     p.add_argument(
-        "--train-seed",
+        "--first-seed",
         type=_non_negative_int,
         default=0,
         metavar="S",
-        help="seed of the initial weights, batch order and training noise (default: %(default)s)",
+        help="seeds S..S+N-1 (N from --seeds) (default: %(default)s)",
     )
     p.add_argument(
         "--train-g-max",

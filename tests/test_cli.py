@@ -109,6 +109,25 @@ def test_sweep_writes_csv_json_png_and_table(tiny_sweep):
     assert out.count("     10.00 ") == 2 and out.count("     40.00 ") == 2
     assert str(folder) in out
     assert (folder / "table.txt").read_text() in out
+    assert "gain: mean +- s.e.m. of paired differences" in out  # the paired comparison
+
+
+def test_sweep_is_the_digits_experiment(tiny_sweep):
+    """The command runs fj.training.hardware_aware_experiment, not a copy of it."""
+    from fusion_jax.training import hardware_aware_experiment
+
+    payload = json.loads((tiny_sweep[3] / "sweep.json").read_text())
+    experiment = hardware_aware_experiment(
+        "mlp",
+        seeds=[0, 1],
+        g_max=[10.0, 40.0],
+        t_inference=[3600.0],
+        epochs=1,
+        model_kwargs={"hidden": (8,)},
+    )
+    for r, expected in zip(payload["results"], (experiment.digital, experiment.aware), strict=True):
+        got = np.array([row["accuracy"] for row in r["rows"]]).reshape(expected.accuracy.shape)
+        np.testing.assert_allclose(got, expected.accuracy)
 
 
 def test_sweep_error_leaves_no_output_folder(capsys, tmp_path):

@@ -486,3 +486,14 @@ def test_einsum_given_its_equation_at_call_time_needs_a_layout():
         chip.layers[0].kernel[...],
         program_kernel(net.layers[0].kernel[...], KEY, noise=OffsetNoise()),
     )
+
+
+def test_fusionize_replaces_a_shared_layer_everywhere_once():
+    shared = nnx.Linear(3, 3, rngs=nnx.Rngs(0))
+    net = nnx.Sequential(shared, nnx.relu, shared)
+    fused = fj.nnx.fusionize(net, noise=None)
+    assert type(fused.layers[0]) is fj.nnx.FusionLinear
+    assert fused.layers[0] is fused.layers[2]  # still one layer, programmed once per call
+    assert net.layers[0] is shared and type(shared) is nnx.Linear
+    with pytest.raises(TypeError, match="inside a model"):
+        fj.nnx.fusionize(shared)
