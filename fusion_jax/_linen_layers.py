@@ -154,7 +154,6 @@ def kernel_layouts(
     return layouts
 
 
-
 # --- programming a plain layer's kernel: the one engine of the Linen layers below ----------------
 
 #: True while a layer runs on its programmed kernel (the interceptor lets that call through).
@@ -432,9 +431,7 @@ class FusionDenseGeneral(nn.DenseGeneral):
         if self.is_initializing() or _mode(self, deterministic):
             return super().__call__(inputs)
         axes = layer_kernel_axes(self)
-        return _run_programmed(
-            self, nn.DenseGeneral, (inputs,), {}, axes, _settings_of(self), rng
-        )
+        return _run_programmed(self, nn.DenseGeneral, (inputs,), {}, axes, _settings_of(self), rng)
 
 
 class FusionEinsum(nn.Einsum):

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from fusion_jax import _paths
+
 __all__ = [
     "KernelAxes",
     "columns_to_kernel",
@@ -41,10 +43,6 @@ __all__ = [
 ]
 
 PyTree = TypeVar("PyTree")
-
-#: Leaf attribute names under which a Flax variable box holds its array
-#: (``nnx.Variable``, ``nn.Partitioned``): dropped from layer names.
-_BOX_ATTRS = ("value", "raw_value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,35 +427,10 @@ def rows_to_kernel(
     return jnp.transpose(moved, perm)
 
 
-def _key_name(key: Any) -> str:
-    """One path entry of ``jax.tree_util.tree_flatten_with_path`` as text."""
-    if isinstance(key, jax.tree_util.DictKey | jax.tree_util.FlattenedIndexKey):
-        return str(key.key)
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return str(key.idx)
-    return str(key)
-
-
 def _kernel_name(path: tuple[Any, ...], leaf: Any) -> str | None:
-    """The layer name of a kernel leaf, ``None`` for any other leaf.
-
-    A kernel is a leaf named ``kernel`` (after dropping a variable box's
-    ``value`` attribute) with at least 2 dimensions. Its name is the
-    ``/``-joined path of its module, without a leading ``params`` collection;
-    a kernel at the root is named ``kernel``.
-    """
-    keys = list(path)
-    while keys and isinstance(keys[-1], jax.tree_util.GetAttrKey) and keys[-1].name in _BOX_ATTRS:
-        keys.pop()
-    parts = [_key_name(k) for k in keys]
-    if not parts or parts[-1] != "kernel" or np.ndim(leaf) < 2:
-        return None
-    module = parts[:-1]
-    if module and module[0] == "params":
-        module = module[1:]
-    return "/".join(module) or "kernel"
+    """The layer name of a kernel leaf (:func:`fusion_jax._paths.layer_name`), else ``None``."""
+    plain = _paths.plain_path(path)
+    return _paths.layer_name(plain) if _paths.is_kernel(plain, leaf) else None
 
 
 def _kernels(params: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import jax
@@ -25,6 +25,9 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation, layout, tiles
+from fusion_jax._paths import LeafPath, is_kernel
+from fusion_jax._paths import path_text as _path_text
+from fusion_jax._paths import plain_path as _plain_path
 from fusion_jax.conversion import _prepare_g_max, _prepare_weights
 from fusion_jax.errors import ArgumentError
 from fusion_jax.layout import KernelAxes
@@ -48,13 +51,7 @@ __all__ = [
     "program_params",
 ]
 
-#: A leaf's position in a pytree as plain names, e.g. ``("params", "Dense_0", "kernel")``.
-LeafPath = tuple[Hashable, ...]
-
 PyTree = TypeVar("PyTree")
-
-# Attributes under which a box (nnx.Variable, nn.Partitioned) holds its array.
-_BOX_ATTRS = ("value", "raw_value")
 
 
 def program_kernel(
@@ -268,32 +265,6 @@ def _program_columns(
     return programmed.reshape(columns.shape)
 
 
-def is_kernel(path: LeafPath, leaf: Any) -> bool:
-    """The default selection of :func:`program_params`: weight kernels.
-
-    A leaf is selected when the last name of its path is ``"kernel"`` (Flax's
-    name for the weights of ``Dense``/``Linear`` and ``Conv``) and it has at
-    least 2 dimensions. Biases, normalisation scales, embeddings, RNG state
-    and batch statistics are not selected.
-
-    Args:
-        path: The leaf's path as plain names (see :func:`program_params`).
-        leaf: The leaf.
-
-    Returns:
-        Whether the leaf is a kernel to program.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> import fusion_jax as fj
-        >>> fj.is_kernel(("params", "Dense_0", "kernel"), jnp.ones((3, 4)))
-        True
-        >>> fj.is_kernel(("params", "Dense_0", "bias"), jnp.ones(4))
-        False
-    """
-    return bool(path) and path[-1] == "kernel" and np.ndim(leaf) >= 2
-
-
 def leaf_key(key: PRNGKeyArray, path: LeafPath) -> PRNGKeyArray:
     """The PRNG key :func:`program_params` uses for the leaf at ``path``.
 
@@ -323,40 +294,6 @@ def leaf_key(key: PRNGKeyArray, path: LeafPath) -> PRNGKeyArray:
 def _path_hash(path: LeafPath) -> int:
     # 31 bits: fold_in takes a non-negative int32-representable value.
     return zlib.crc32(_path_text(path).encode()) & 0x7FFFFFFF
-
-
-def _path_text(path: LeafPath) -> str:
-    return "/".join(str(p) for p in path)
-
-
-def _key_name(entry: Any) -> Hashable:
-    """One ``jax.tree_util`` key-path entry as a plain name."""
-    if isinstance(entry, jax.tree_util.DictKey):
-        return entry.key
-    if isinstance(entry, jax.tree_util.GetAttrKey):
-        return entry.name
-    if isinstance(entry, jax.tree_util.SequenceKey):
-        return entry.idx
-    if isinstance(entry, jax.tree_util.FlattenedIndexKey):
-        return entry.key
-    return str(entry)
-
-
-def _plain_path(keypath: tuple[Any, ...]) -> LeafPath:
-    """A key path as plain names, without the ``.value`` of a box.
-
-    ``nnx.State`` leaves sit under ``Variable.value`` and boxed Linen params
-    (``nn.Partitioned``) under ``.value``; dropping that last attribute makes
-    the path of a kernel end in ``"kernel"`` whatever holds it.
-    """
-    entries = list(keypath)
-    while (
-        entries
-        and isinstance(entries[-1], jax.tree_util.GetAttrKey)
-        and entries[-1].name in _BOX_ATTRS
-    ):
-        entries.pop()
-    return tuple(_key_name(entry) for entry in entries)
 
 
 class _Unset:

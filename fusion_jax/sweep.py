@@ -291,15 +291,19 @@ def _evaluator(
         )
 
         def batch_metrics(carry, batch):
+            # The programmed parameters travel in the carry rather than by closure:
+            # NNX refuses variables from an outer trace inside its own transforms
+            # (an nnx.scan over layers in the model).
+            chip, correct, nll = carry
             xi, yi, mi = batch  # labels [batch, ...]: one per example, or per token
-            logits = apply_fn(programmed, xi)
+            logits = apply_fn(chip, xi)
             mi = mi.reshape(mi.shape + (1,) * (yi.ndim - 1))
-            correct = jnp.sum((jnp.argmax(logits, -1) == yi) * mi)
-            nll = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, yi) * mi)
-            return (carry[0] + correct, carry[1] + nll), None
+            correct = correct + jnp.sum((jnp.argmax(logits, -1) == yi) * mi)
+            nll = nll + jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, yi) * mi)
+            return (chip, correct, nll), None
 
         zero = jnp.zeros((), jnp.float32)
-        (correct, nll), _ = jax.lax.scan(batch_metrics, (zero, zero), (xb, yb, mask))
+        (_, correct, nll), _ = jax.lax.scan(batch_metrics, (programmed, zero, zero), (xb, yb, mask))
         n = jnp.sum(mask) * math.prod(yb.shape[2:])
         return correct / n, nll / n
 

@@ -47,6 +47,8 @@ from fusion_jax.programming import (
     _check_gradient_mode,
     resolve_noise,
 )
+from fusion_jax.sweep import sweep
+from fusion_jax.training import to_apply_fn
 
 __all__ = [
     "Recipe",
@@ -556,41 +558,11 @@ def train(
 # --- evaluation on the chip ---------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "strict_aihwkit"))
-def _chip_accuracy(
-    graphdef: nnx.GraphDef,
-    params: nnx.State,
-    keys: PRNGKeyArray,
-    g_max: jax.Array,
-    x: jax.Array,
-    y: jax.Array,
-    noise: NoiseModel | None,
-    t_inference: jax.Array,
-    *,
-    strict_aihwkit: bool,
-) -> jax.Array:
-    """Token accuracy ``[G, models]``: model ``s`` programmed once (``keys[s]``) per g_max."""
-
-    def at(p: nnx.State, key: PRNGKeyArray, g: jax.Array) -> jax.Array:
-        chip = program_params(
-            nnx.merge(graphdef, p),
-            key,
-            g_max=g,
-            noise=noise,
-            t_inference=t_inference,
-            strict_aihwkit=strict_aihwkit,
-        )
-        return jnp.mean(jnp.argmax(chip(x), axis=-1) == y)
-
-    over_models = jax.vmap(at, in_axes=(0, 0, None))
-    return jax.lax.map(lambda g: over_models(params, keys, g), g_max)
-
-
 def programmed_accuracy(
     models: Sequence[Transformer],
     x: Int[Array, "n length"],
     y: Int[Array, "n length"],
-    keys: PRNGKeyArray,
+    seeds: Sequence[int],
     *,
     g_max: Sequence[float] = DEFAULT_G_MAX,
     noise: NoiseModel | None = DEFAULT_NOISE,
@@ -599,15 +571,16 @@ def programmed_accuracy(
 ) -> np.ndarray:
     """Token accuracy of each model programmed once onto the chip, at each g_max.
 
-    Model ``s`` is programmed with :func:`fusion_jax.program_params` under
-    ``keys[s]`` (the same devices at every g_max) and classifies all of
-    ``x`` with that one programmed copy.
+    Model ``i`` is programmed with the chip draw of ``seeds[i]`` (the same
+    devices at every g_max) and classifies all of ``x`` with that one
+    programmed copy: :func:`fusion_jax.sweep` with the models stacked
+    (``stacked=True``), its labels one per token.
 
     Args:
         models: :class:`Transformer` s of one architecture.
         x: Token sequences.
         y: Labels, one per token.
-        keys: One PRNG key per model.
+        seeds: One seed per model (its chip draw is ``jax.random.key(seed)``).
         g_max: g_max values (uS), each in [10, 40].
         noise: Noise model; ``None`` for the noise-free round trip.
         t_inference: Seconds since programming at which the chip is read.
@@ -617,40 +590,36 @@ def programmed_accuracy(
         Accuracies ``[len(g_max), len(models)]``.
 
     Raises:
-        ValueError: for keys not matching the models, or ``x``/``y`` of different shapes.
+        ValueError: for seeds not matching the models, or ``x``/``y`` of
+            different shapes.
         ArgumentError: for a g_max outside [10, 40].
 
     Example:
-        >>> import jax
         >>> from flax import nnx
         >>> from fusion_jax.transformer import Transformer, histogram_task, programmed_accuracy
         >>> data = histogram_task(n_train=64, n_test=8, seq_len=6, vocab=3)
         >>> model = Transformer(3, 6, 6, d_model=8, n_heads=2, d_ff=8, rngs=nnx.Rngs(0))
-        >>> programmed_accuracy([model], data.x_test, data.y_test, jax.random.key(0)[None],
-        ...                     g_max=(10.0, 40.0)).shape
+        >>> programmed_accuracy([model], data.x_test, data.y_test, [0], g_max=(10.0, 40.0)).shape
         (2, 1)
     """
-    if keys.shape != (len(models),):
-        raise ValueError(f"keys must hold one key per model ({len(models)}), got {keys.shape}.")
+    if len(seeds) != len(models):
+        raise ValueError(f"seeds must hold one seed per model ({len(models)}), got {len(seeds)}.")
     if np.shape(x) != np.shape(y):
         raise ValueError(f"x {np.shape(x)} and y {np.shape(y)} must have the same shape.")
-    g = np.atleast_1d(np.asarray(g_max, dtype=np.float64))
-    _validation.check_g_max(g)
-    splits = [nnx.split(m, nnx.Param) for m in models]
-    params = jax.tree.map(lambda *a: jnp.stack(a), *[s[1] for s in splits])
-    return np.asarray(
-        _chip_accuracy(
-            splits[0][0],
-            params,
-            keys,
-            jnp.asarray(g, jnp.float32),
-            jnp.asarray(x),
-            jnp.asarray(y),
-            resolve_noise(noise),
-            jnp.asarray(t_inference, jnp.float32),
-            strict_aihwkit=bool(strict_aihwkit),
-        )
+    apply_fn, _ = to_apply_fn(models[0])
+    params = jax.tree.map(lambda *a: jnp.stack(a), *[to_apply_fn(m)[1] for m in models])
+    result = sweep(
+        apply_fn,
+        params,
+        (x, y),
+        g_max=g_max,
+        seeds=[int(s) for s in seeds],
+        t_inference=[t_inference],
+        noise=noise,
+        strict_aihwkit=strict_aihwkit,
+        stacked=True,
     )
+    return result.accuracy[:, :, 0]
 
 
 def _clean_accuracy(models: Sequence[Transformer], x: jax.Array, y: jax.Array) -> np.ndarray:
@@ -813,10 +782,12 @@ def transformer_experiment(
     n_classes = int(max(data.y_train.max(), data.y_test.max())) + 1
     n_classes = max(n_classes, data.seq_len)
 
+    # Per seed: initial weights and training (batches, noise, g_max draws); the chip
+    # draw of the evaluation is jax.random.key(seed) itself, fj.sweep's rule.
     per_seed = jax.vmap(lambda s: jax.random.split(jax.random.key(s), 3))(
         jnp.asarray(seed_list, dtype=jnp.uint32)
     )
-    k_init, k_train, k_program = (per_seed[:, i] for i in range(3))
+    k_init, k_train = per_seed[:, 0], per_seed[:, 1]
     clean, chip = [], []
     for recipe in recipes:
         models = [
@@ -841,7 +812,7 @@ def transformer_experiment(
                 models,
                 data.x_test,
                 data.y_test,
-                k_program,
+                seed_list,
                 g_max=g,
                 noise=noise,
                 t_inference=t_inference,

@@ -14,7 +14,7 @@ from jax.test_util import check_grads
 
 import fusion_jax as fj
 from fusion_jax import noise
-from fusion_jax.noise import FusionChipNoise, PCMLikeNoise
+from fusion_jax.noise import FusionChipNoise, PCMLikeNoise, _draws, calibration
 
 N = 20_000  # devices per statistical check
 Z = 4.5  # tolerance in standard errors
@@ -306,7 +306,7 @@ def test_calibrated_distribution_matches_its_moments(target):
         ]
     )
     with jax.enable_x64(True):
-        e1, e2, p0 = noise._readback_moments(jnp.asarray(theta, jnp.float64), jnp.array(ell))
+        e1, e2, p0 = calibration._readback_moments(jnp.asarray(theta, jnp.float64), jnp.array(ell))
     assert float(e1) == pytest.approx(mean, rel=1e-6, abs=1e-9)
     assert math.sqrt(float(e2) - float(e1) ** 2) == pytest.approx(std, rel=1e-5)
     assert float(p0) == pytest.approx(zero, abs=5e-5)  # grid step of the indicator
@@ -432,7 +432,7 @@ def test_normal_from_code_is_the_normal_quantile_of_the_bin_midpoint():
     """Every 16-bit code, and the extreme and random 24-bit codes, against the inverse CDF."""
     quantile = NormalDist().inv_cdf
     codes = np.arange(2**16)
-    z = np.asarray(noise._normal_from_code(jnp.asarray(codes, jnp.uint32), 16, jnp.float32))
+    z = np.asarray(_draws._normal_from_code(jnp.asarray(codes, jnp.uint32), 16, jnp.float32))
     expected = np.array([quantile((k + 0.5) / 2**16) for k in codes])
     np.testing.assert_allclose(z, expected, atol=1e-4)
     np.testing.assert_array_equal(z, -z[::-1])  # symmetric: mean exactly 0
@@ -441,7 +441,7 @@ def test_normal_from_code_is_the_normal_quantile_of_the_bin_midpoint():
 
     rng = np.random.default_rng(0)
     codes = np.r_[0, 1, 2**23, 2**24 - 2, 2**24 - 1, rng.integers(0, 2**24, 2000)]
-    z = np.asarray(noise._normal_from_code(jnp.asarray(codes, jnp.uint32), 24, jnp.float32))
+    z = np.asarray(_draws._normal_from_code(jnp.asarray(codes, jnp.uint32), 24, jnp.float32))
     expected = np.array([quantile((int(k) + 0.5) / 2**24) for k in codes])
     np.testing.assert_allclose(z, expected, atol=1e-4)
     assert z[0] == pytest.approx(-5.42, abs=0.01) and z[4] == -z[0]
@@ -465,7 +465,7 @@ def _assert_standard_normal(x, what):
 @pytest.mark.parametrize("stuck_probability", [1.0 / 3.0, 0.000461])
 def test_chip_draws_are_standard_and_independent(stuck_probability):
     n = 400_000
-    xi, xi_drift, stuck, xi_read = noise._chip_draws(
+    xi, xi_drift, stuck, xi_read = _draws._chip_draws(
         jax.random.key(40), (n,), jnp.float32, stuck_probability, with_read=True
     )
     normals = {"latent": xi, "drift": xi_drift, "read": xi_read}
@@ -483,7 +483,7 @@ def test_chip_draws_are_standard_and_independent(stuck_probability):
         _assert_uncorrelated(normals[a], stuck, (a, "stuck"))
         _assert_uncorrelated(jnp.abs(normals[a]), stuck, (a, "|.|", "stuck"))
     # without read noise the other draws are the very same
-    again = noise._chip_draws(jax.random.key(40), (n,), jnp.float32, p, with_read=False)
+    again = _draws._chip_draws(jax.random.key(40), (n,), jnp.float32, p, with_read=False)
     for x, y in zip((xi, xi_drift, stuck), again[:3], strict=True):
         np.testing.assert_array_equal(x, y)
     assert again[3] is None
@@ -491,14 +491,14 @@ def test_chip_draws_are_standard_and_independent(stuck_probability):
 
 def test_pcm_draws_are_standard_and_independent():
     n = 400_000
-    draws = noise._pcm_draws(jax.random.key(41), (n,), jnp.float32, with_read=True)
+    draws = _draws._pcm_draws(jax.random.key(41), (n,), jnp.float32, with_read=True)
     for name, x in zip(("programming", "drift", "read"), draws, strict=True):
         _assert_standard_normal(x, name)
     for i in range(3):
         for j in range(i + 1, 3):
             _assert_uncorrelated(draws[i], draws[j], (i, j))
             _assert_uncorrelated(draws[i] ** 2, draws[j] ** 2, (i, j, "squares"))
-    without = noise._pcm_draws(jax.random.key(41), (n,), jnp.float32, with_read=False)
+    without = _draws._pcm_draws(jax.random.key(41), (n,), jnp.float32, with_read=False)
     np.testing.assert_array_equal(without[0], draws[0])
     np.testing.assert_array_equal(without[1], draws[1])
     assert without[2] is None
@@ -596,3 +596,51 @@ def test_validation_table_handles_empty_bins_and_checks_input(readback):
         noise.validation_table(
             PCMLikeNoise(), targets, programmed, jax.random.key(0), g_range=(5.0, 5.0)
         )
+
+
+def test_noise_package_exports_its_public_names_from_their_modules():
+    expected = {
+        "FusionChipNoise": "chip",
+        "PCMLikeNoise": "pcm",
+        "ValidationRow": "validation",
+        "ValidationTable": "validation",
+        "calibrate": "calibration",
+        "default_noise": "chip",
+        "validation_table": "validation",
+    }
+    assert sorted(noise.__all__) == sorted(expected)
+    for name, module in expected.items():
+        assert getattr(fj.noise, name).__module__ == f"fusion_jax.noise.{module}", name
+
+
+def _small_readback(n=4000):
+    truth = FusionChipNoise.lenet5_readback()
+    targets = jnp.linspace(0.0, 40.0, n)
+    r = truth.sample(targets, jax.random.key(13), g_max=40.0, t_inference=truth.t_calibration)
+    return np.asarray(targets), np.asarray(r)
+
+
+def test_calibration_solver_stops_at_a_fixed_point_of_the_reweighting():
+    theta0, args, n_bins = calibration._prepare_fit(*_small_readback(), 16, 40.0, 0.1, 40.0)
+    with jax.enable_x64(True):
+        args = tuple(jnp.asarray(a) for a in args)
+
+        def gradient(theta):
+            th = jnp.asarray(theta)
+            se_zero = calibration._zero_fraction_se(th, *args, n_bins=n_bins)
+            r = calibration._moment_residuals(th, *args, se_zero, n_bins=n_bins)
+            jac = calibration._jacobian(th, *args, se_zero, n_bins=n_bins)
+            return np.asarray(jac.T @ r)
+
+        theta, n_jac = calibration._solve(theta0, args, n_bins, 200)
+        assert 1 <= n_jac <= 200
+        # with the weights taken at the solution, the weighted cost is stationary there
+        assert np.max(np.abs(gradient(theta))) < 1e-6 * np.max(np.abs(gradient(theta0)))
+        assert calibration._fit_cost(theta, args, n_bins) < calibration._fit_cost(
+            theta0, args, n_bins
+        )
+
+
+def test_calibrate_reports_no_convergence_within_max_iter():
+    with pytest.raises(ValueError, match=r"did not converge in 1 iterations \(cost [0-9.]+\)"):
+        noise.calibrate(*_small_readback(), n_fit_bins=16, max_iter=1)

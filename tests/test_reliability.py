@@ -22,8 +22,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import fusion_jax as fj
-from fusion_jax import _atomic, cli
+from fusion_jax import _atomic
 from fusion_jax.chip_file import ChipFile, read_chip_file, write_chip_file
+from fusion_jax.cli import _common as cli_common
 from fusion_jax.noise import FusionChipNoise, PCMLikeNoise, calibrate
 from fusion_jax.sweep import _check_grid
 
@@ -529,13 +530,13 @@ def test_folder_update_is_all_or_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_atomic.os, "replace", fail_third)
     with pytest.raises(OSError, match="No space left") as err:
-        cli._write_files(out, FILES)
+        cli_common.write_files(out, FILES)
     assert ".tmp" not in str(err.value)
     monkeypatch.setattr(_atomic.os, "replace", real_replace)
     assert sorted(os.listdir(out)) == ["mine.txt", "sweep.csv", "sweep.json"]
     for name, content in old.items():
         assert (out / name).read_bytes() == content
-    cli._write_files(out, FILES)
+    cli_common.write_files(out, FILES)
     assert sorted(os.listdir(out)) == sorted([*FILES, "mine.txt"])
     assert all((out / n).read_bytes() == c for n, c in FILES.items())
 
@@ -546,7 +547,7 @@ def test_failed_out_removes_the_parents_it_created(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_atomic.os, "replace", refuse)
     with pytest.raises(OSError) as err:
-        cli._write_files(tmp_path / "a" / "b" / "c", FILES)
+        cli_common.write_files(tmp_path / "a" / "b" / "c", FILES)
     assert str(tmp_path / "a" / "b" / "c") in str(err.value.filename)
     assert os.listdir(tmp_path) == []
 
@@ -555,7 +556,7 @@ def test_failed_out_keeps_parents_that_existed(tmp_path, monkeypatch):
     (tmp_path / "a").mkdir()
     monkeypatch.setattr(_atomic.os, "replace", lambda s, d: (_ for _ in ()).throw(OSError("x")))
     with pytest.raises(OSError):
-        cli._write_files(tmp_path / "a" / "b" / "c", FILES)
+        cli_common.write_files(tmp_path / "a" / "b" / "c", FILES)
     assert os.listdir(tmp_path) == ["a"] and os.listdir(tmp_path / "a") == []
 
 

@@ -158,8 +158,10 @@ def test_bad_data_refused():
     params, x, y = _problem(7, n=8)
     with pytest.raises(ValueError, match="8 inputs but 7 labels"):
         fj.sweep(_apply, params, (x, y[:7]))
-    with pytest.raises(ValueError, match="1-D integer array"):
+    with pytest.raises(ValueError, match="integer array"):
         fj.sweep(_apply, params, (x, y.astype(jnp.float32)))
+    with pytest.raises(ValueError, match="integer array"):
+        fj.sweep(_apply, params, (x, jnp.int32(3)))  # no example axis
     with pytest.raises(ValueError, match="pair"):
         fj.sweep(_apply, params, x)
 
@@ -194,3 +196,16 @@ def test_sharded_over_four_cpu_devices_equals_single_device():
     np.testing.assert_allclose(res["four"], res["one"], atol=1e-6)
     np.testing.assert_allclose(res["loss_four"], res["loss_one"], rtol=1e-5)
     assert np.asarray(res["one"]).shape == (5, 3, 2)
+
+
+def test_labels_per_token_are_averaged_over_every_label():
+    """Labels [n, L] (one per token): accuracy is the mean over all n * L labels."""
+    params, x, y = _problem(7, n=8)
+    # Every example repeats its label 3 times: the accuracy must equal the per-example one.
+    per_token = jnp.repeat(y[:, None], 3, axis=1)
+    tokens_fn = lambda p, x: jnp.repeat(_apply(p, x)[:, None, :], 3, axis=1)  # noqa: E731
+    grid = dict(g_max=[10.0, 40.0], seeds=2, t_inference=[1.0])
+    flat = fj.sweep(_apply, params, (x, y), **grid)
+    tokens = fj.sweep(tokens_fn, params, (x, per_token), **grid)
+    np.testing.assert_allclose(tokens.accuracy, flat.accuracy)
+    np.testing.assert_allclose(tokens.loss, flat.loss, rtol=1e-5)

@@ -214,13 +214,18 @@ def test_train_checks_its_arguments(data):
 
 def test_noise_free_chip_accuracy_is_the_clean_accuracy(data):
     models = [tiny_model(0), tiny_model(1)]
-    keys = jax.random.split(jax.random.key(0), 2)
     acc = programmed_accuracy(
-        models, data.x_test, data.y_test, keys, g_max=(10.0, 40.0), noise=None
+        models, data.x_test, data.y_test, [0, 1], g_max=(10.0, 40.0), noise=None
     )
     clean = [float(jnp.mean(m(data.x_test).argmax(-1) == data.y_test)) for m in models]
     assert acc.shape == (2, 2)
     assert np.allclose(acc, np.broadcast_to(clean, (2, 2)))
+    # With noise, model i is programmed with seed i's chip draw, whatever models stand beside it.
+    both = programmed_accuracy(models, data.x_test, data.y_test, [5, 7], g_max=(10.0,), noise=NOISE)
+    alone = programmed_accuracy(
+        models[1:], data.x_test, data.y_test, [7], g_max=(10.0,), noise=NOISE
+    )
+    np.testing.assert_allclose(both[:, 1], alone[:, 0])
 
 
 def test_experiment_pairs_the_recipes_by_seed(data):
@@ -241,3 +246,30 @@ def test_experiment_pairs_the_recipes_by_seed(data):
     table = result.table()
     assert table.splitlines()[0].startswith("| training | clean | 10 uS | 40 uS |")
     assert "| g_max ~ U[10, 40], after 50% digital |" in table
+
+
+def test_fusionize_makes_the_layer_route_of_the_same_model():
+    """fj.nnx.fusionize turns every kernel, scanned and attention ones too, into Fusion layers.
+
+    The converted model holds the same parameters: programmed afresh on every call in
+    training mode (the scan carries the stacked noise streams), digital in eval mode, and
+    programmed once (with the layers' own settings) to the same result as the plain model.
+    """
+    model = tiny_model()
+    aware = fj.nnx.fusionize(model, g_max=25.0, noise=NOISE, rngs=nnx.Rngs(noise=3))
+    assert isinstance(aware.blocks.attn.query, fj.nnx.FusionLinearGeneral)
+    assert isinstance(aware.blocks.ff2, fj.nnx.FusionLinear)
+    assert isinstance(aware.head, fj.nnx.FusionLinear)
+    tokens = jnp.array([[0, 1, 2, 1, 0, 0]])
+    first, second = aware(tokens), aware(tokens)
+    assert np.all(np.isfinite(first)) and not np.allclose(first, second)
+    assert not np.allclose(first, model(tokens))
+    aware.eval()
+    assert np.allclose(aware(tokens), model(tokens), atol=1e-6)
+    key = jax.random.key(2)
+    chip_aware = fj.program_params(aware, key)  # the layers' own settings: 25 uS, NOISE
+    chip_plain = fj.program_params(model, key, g_max=25.0, noise=NOISE)
+    out_aware = chip_aware.blocks.attn.out.kernel[...]
+    assert np.allclose(out_aware, chip_plain.blocks.attn.out.kernel[...])
+    assert not np.allclose(out_aware, model.blocks.attn.out.kernel[...])
+    assert np.allclose(chip_aware(tokens), chip_plain(tokens), atol=1e-5)
