@@ -18,6 +18,8 @@ from fusion_jax import (
     tiles,
     training,
     transformer,
+    units,
+    weights_file,
 )
 from fusion_jax.conversion import FusionParams, convert_back_to_weights, convert_to_conductances
 from fusion_jax.converter import FusionConductanceConverter
@@ -66,4 +68,6 @@ __all__ = [
     "tiles",
     "training",
     "transformer",
+    "units",
+    "weights_file",
 ]
