@@ -433,8 +433,8 @@ def _kernel_name(path: tuple[Any, ...], leaf: Any) -> str | None:
     return _paths.layer_name(plain) if _paths.is_kernel(plain, leaf) else None
 
 
-def _kernels(params: Any) -> dict[str, Any]:
-    """Layer name -> kernel leaf, in pytree flattening order."""
+def _kernels(params: Any, paths: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Layer name -> kernel leaf, in pytree flattening order (and name -> plain path)."""
     kernels: dict[str, Any] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         name = _kernel_name(path, leaf)
@@ -443,6 +443,8 @@ def _kernels(params: Any) -> dict[str, Any]:
         if name in kernels:
             raise ValueError(f"two kernels map to the layer name {name!r}; rename a module.")
         kernels[name] = leaf
+        if paths is not None:
+            paths[name] = _paths.plain_path(path)
     if not kernels:
         raise ValueError(
             "params hold no kernels (leaves named 'kernel' with at least 2 dimensions); pass a "
@@ -454,7 +456,7 @@ def _kernels(params: Any) -> dict[str, Any]:
 def flax_to_layers(
     params: Any,
     *,
-    include: Callable[[str], bool] | Collection[str] | None = None,
+    where: Callable[[_paths.LeafPath, Any], bool] | Collection[str] | None = None,
     conv_window: bool = False,
 ) -> dict[str, Float[Array, "out fan_in"]]:
     """Every kernel of a Flax parameter pytree in the reference layout ``[out, in]``.
@@ -470,8 +472,10 @@ def flax_to_layers(
         params: A Linen params dict (``variables["params"]`` or the whole
             ``variables`` dict), an NNX ``State`` (``nnx.state(model, nnx.Param)``)
             or its pure dict, or any pytree of such dicts.
-        include: Which layers to keep: a predicate on the layer name, or a
-            collection of layer names. Default: all kernels.
+        where: Which layers to keep: a predicate ``where(path, leaf)`` on the
+            kernel's leaf, as :func:`fusion_jax.program_params` takes it
+            (``path`` a tuple of plain names such as ``("params", "Dense_0",
+            "kernel")``), or a collection of layer names. Default: all kernels.
         conv_window: Give conv kernels as PyTorch holds them, ``[out, in,
             *window]``, instead of flattened: :func:`fusion_jax.fusion_export`
             then splits a conv with more than ``max_input_size`` inputs into
@@ -489,7 +493,7 @@ def flax_to_layers(
 
     Raises:
         ValueError: if ``params`` holds no kernels, two kernels get the same
-            name, or ``include`` names layers that do not exist (listing the
+            name, or ``where`` names layers that do not exist (listing the
             existing ones).
 
     Example:
@@ -505,17 +509,18 @@ def flax_to_layers(
         >>> {n: w.shape for n, w in fj.layout.flax_to_layers(variables, conv_window=True).items()}
         {'layers_0': (4, 3, 3, 3), 'layers_1': (2, 4)}
     """
-    kernels = _kernels(params)
-    if include is None:
+    paths: dict[str, Any] = {}
+    kernels = _kernels(params, paths)
+    if where is None:
         selected = list(kernels)
-    elif callable(include):
-        selected = [name for name in kernels if include(name)]
+    elif callable(where):
+        selected = [name for name in kernels if where(paths[name], kernels[name])]
     else:
-        wanted = set(include) if not isinstance(include, str) else {include}
+        wanted = set(where) if not isinstance(where, str) else {where}
         unknown = sorted(wanted - set(kernels))
         if unknown:
             raise ValueError(
-                f"include names unknown layer(s) {unknown}; the kernels are {list(kernels)}."
+                f"where names unknown layer(s) {unknown}; the kernels are {list(kernels)}."
             )
         selected = [name for name in kernels if name in wanted]
     layers = {name: kernel_to_rows(kernels[name]) for name in selected}

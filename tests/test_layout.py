@@ -164,12 +164,13 @@ def test_naming_rules():
     assert list(flax_to_layers({"kernel": jnp.ones((2, 2))})) == ["kernel"]
 
 
-def test_include():
+def test_where_selects_layers():
     params = {"a": {"kernel": jnp.ones((2, 2))}, "b": {"kernel": jnp.ones((2, 3))}}
-    assert list(flax_to_layers(params, include=["b"])) == ["b"]
-    assert list(flax_to_layers(params, include=lambda name: name != "b")) == ["a"]
-    with pytest.raises(ValueError, match=r"include names unknown layer\(s\) \['c'\]"):
-        flax_to_layers(params, include=["c"])
+    assert list(flax_to_layers(params, where=["b"])) == ["b"]
+    # the predicate is program_params' where(path, leaf)
+    assert list(flax_to_layers(params, where=lambda path, leaf: "b" not in path)) == ["a"]
+    with pytest.raises(ValueError, match=r"where names unknown layer\(s\) \['c'\]"):
+        flax_to_layers(params, where=["c"])
 
 
 def test_flax_helper_errors():
