@@ -111,6 +111,7 @@ def regenerate(names: list[str], readme: Path = README, tables: dict[str, Table]
     for name in names:
         print(f"regenerating {name}: {' '.join(tables[name].command)}", file=sys.stderr)
         bodies[name] = _run(name, tables[name])
+    text = readme.read_text()  # anew: README may have been edited while the tables ran
     text = _BLOCK.sub(
         lambda m: m[1] + bodies.get(m["name"], m["body"]) + m[4] if m["name"] in bodies else m[0],
         text,
