@@ -1,7 +1,10 @@
 """One process of the two-process tests (tests/test_distributed.py), and their reference.
 
 Run as a script it joins a run on localhost (``--coordinator``,
-``--num-processes``, ``--process-id``), computes a small sweep, programs a
+``--num-processes``, ``--process-id``). With ``--cli-out`` it joins through
+the command line's ``fusion-jax sweep`` (:data:`CLI_SWEEP`, written to that
+folder; its output is this process's stdout), so that one pair of processes
+checks both. Then it computes a small sweep, programs a
 Linen model's parameters and takes a few NNX and Linen training steps on a
 ``(data, model)`` mesh of all processes' devices, and writes what it got as
 JSON to ``--out``. Imported, :func:`compute` with ``mesh=None`` computes the
@@ -22,6 +25,9 @@ SEEDS = 2
 TIMES = (1.0, 86400.0)
 STEPS = 3
 BATCH = 16  # global batch of the training steps
+# ``fusion-jax sweep`` run first with --cli-out: a small hardware-aware experiment.
+CLI_SWEEP = ["--epochs", "1", "--hidden", "4", "--seeds", "2", "--g-max", "10", "40"]
+CLI_SWEEP += ["--times", "1s", "--noise", "none", "--gradient", "ste", "--no-progress"]
 
 
 def problem() -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -167,14 +173,24 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--num-processes", type=int, required=True)
     parser.add_argument("--process-id", type=int, required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--cli-out", help="run `fusion-jax sweep` first, writing here")
     args = parser.parse_args(argv)
 
     import jax
     from jax.sharding import AxisType
 
     import fusion_jax as fj
+    from fusion_jax.cli import main as cli_main
 
-    fj.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    if args.cli_out is None:
+        fj.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    else:  # the command joins the run itself
+        joined = ["--coordinator", args.coordinator, "--num-processes", str(args.num_processes)]
+        joined += ["--process-id", str(args.process_id), "--out", args.cli_out]
+        status = cli_main(["sweep", *CLI_SWEEP, *joined])
+        sys.stdout.flush()
+        if status != 0:
+            raise SystemExit(f"fusion-jax sweep exited {status}")
     shape = (args.num_processes, jax.device_count() // args.num_processes)
     mesh = jax.make_mesh(shape, ("data", "model"), axis_types=(AxisType.Explicit,) * 2)
     out = compute(mesh)

@@ -87,16 +87,34 @@ def _process_flags(port: int, i: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    """What each of the two processes computed."""
+def two_process_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[list[subprocess.CompletedProcess], list[dict], Path]:
+    """One pair of processes for every two-process test (one start-up and join, one compile).
+
+    Each process runs ``fusion-jax sweep`` (its output: the process's stdout;
+    its files: the returned folder), then the worker's computation (returned
+    per process).
+    """
     folder = tmp_path_factory.mktemp("distributed")
     port = _free_port()
     script = str(Path(worker.__file__))
-    _run_processes(
-        [[script, *_process_flags(port, i), "--out", str(folder / f"{i}.json")] for i in range(2)],
+    cli_out = folder / "results"
+    runs = _run_processes(
+        [
+            [script, *_process_flags(port, i), "--out", str(folder / f"{i}.json")]
+            + ["--cli-out", str(cli_out)]
+            for i in range(2)
+        ],
         folder / "logs",
     )
-    return [json.loads((folder / f"{i}.json").read_text()) for i in range(2)]
+    return runs, [json.loads((folder / f"{i}.json").read_text()) for i in range(2)], cli_out
+
+
+@pytest.fixture(scope="module")
+def two_processes(two_process_run) -> list[dict]:
+    """What each of the two processes computed."""
+    return two_process_run[1]
 
 
 @pytest.fixture(scope="module")
@@ -153,16 +171,9 @@ def test_training_steps_equal_single_process(two_processes, one_device, api):
     assert one_device["nnx_loss"][0] != one_device["nnx_loss"][-1]
 
 
-def test_cli_sweep_two_processes(tmp_path):
-    port = _free_port()
-    out = tmp_path / "results"
-    flags = ["--epochs", "1", "--hidden", "4", "--seeds", "2", "--g-max", "10", "40"]
-    flags += ["--times", "1s", "--noise", "none", "--gradient", "ste", "--no-progress"]
-    flags += ["--out", str(out)]
-    runs = _run_processes(
-        [["-m", "fusion_jax", "sweep", *flags, *_process_flags(port, i)] for i in range(2)],
-        tmp_path / "logs",
-    )
+def test_cli_sweep_two_processes(two_process_run):
+    # worker.CLI_SWEEP: --seeds 2 --g-max 10 40, run by both processes.
+    runs, _, out = two_process_run
     for i, run in enumerate(runs):
         assert f"process {i} of 2: 4 global device(s), 2 on this process (cpu)" in run.stdout
     # Process 0 prints the tables and writes the files; process 1 only says who it is.
