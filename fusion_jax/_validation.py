@@ -34,11 +34,17 @@ def concrete_value(x: Any) -> np.ndarray | None:
         return None
 
 
-def check_g_max(g_max: Any) -> None:
-    """Check that every value of ``g_max`` lies in [10, 40] uS.
+def check_g_max(g_max: Any, *, name_values: bool = False) -> None:
+    """Check that every value of ``g_max`` lies in [10, 40] uS: the one g_max check.
+
+    Args:
+        g_max: One value or an array of values; concrete or traced.
+        name_values: Append the offending values to the reference's message
+            (for grids of many values).
 
     Raises:
-        ArgumentError: for concrete values outside the range.
+        ArgumentError: for concrete values outside the range, with the
+            reference's message.
     """
     value = concrete_value(g_max)
     if value is None:
@@ -51,8 +57,12 @@ def check_g_max(g_max: Any) -> None:
         return
     if not _is_real_numeric(value.dtype):
         raise ArgumentError(f"{G_MAX_MESSAGE} Got a non-numeric g_max of dtype {value.dtype}.")
-    if value.size == 0 or not np.all((value >= G_MAX_MIN) & (value <= G_MAX_MAX)):
-        raise ArgumentError(G_MAX_MESSAGE)
+    inside = (value >= G_MAX_MIN) & (value <= G_MAX_MAX)
+    if value.size == 0 or not np.all(inside):
+        bad = np.atleast_1d(value)[~np.atleast_1d(inside)].tolist()
+        raise ArgumentError(
+            f"{G_MAX_MESSAGE} Got g_max values {bad}." if name_values else G_MAX_MESSAGE
+        )
 
 
 def compute_dtype(dtype: Any) -> jnp.dtype:

@@ -29,7 +29,6 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from fusion_jax import _validation, tiles
 from fusion_jax._atomic import atomic_open
 from fusion_jax.distributed import _global_array
-from fusion_jax.errors import ArgumentError
 from fusion_jax.model_programming import Layouts, freeze_layouts, kernel_layouts, program_params
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
 from fusion_jax.units import format_time
@@ -181,9 +180,7 @@ def _grid_axis(values: Any, name: str) -> np.ndarray:
 
 def _check_grid(g_max: Any, seeds: Any, t_inference: Any) -> tuple[np.ndarray, ...]:
     g = _grid_axis(g_max, "g_max")
-    bad = g[(g < _validation.G_MAX_MIN) | (g > _validation.G_MAX_MAX)]
-    if bad.size:
-        raise ArgumentError(f"{_validation.G_MAX_MESSAGE} Got g_max values {bad.tolist()}.")
+    _validation.check_g_max(g, name_values=True)
     if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
         if not 1 <= seeds <= _validation.SEED_LIMIT:
             raise ValueError(

@@ -731,11 +731,13 @@ def _program_tree(
         settings = {**_SETTING_DEFAULTS, **module_settings.get(path, {}), **given}
         model = settings["noise"]
         model = default_model if model is DEFAULT_NOISE else resolve_noise(model)
-        if model is not None and key is None:
-            raise ValueError(
-                f"program_params needs a PRNG key when noise is on (the kernel {name!r} is "
-                "programmed with noise; pass key=, or noise=None)."
-            )
+        # The one check of the settings (a key when noise is on, ...), naming the kernel.
+        _validation.check_settings(
+            where=f"program_params (kernel {name!r})",
+            noise=model,
+            key=key,
+            t_inference=settings["t_inference"],
+        )
         leaf_k = None if model is None else leaf_key(key, path)
         try:
             programmed = program_kernel(

@@ -38,7 +38,7 @@ import optax
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
-from fusion_jax import _validation
+from fusion_jax import _validation, tiles
 from fusion_jax.digits import CNN, MLP, DigitsData, load_digits_split
 from fusion_jax.evaluation import SweepResult, _check_grid, sweep
 from fusion_jax.model_programming import freeze_layouts, kernel_layouts
@@ -646,6 +646,8 @@ def hardware_aware_experiment(
     train_t_inference: float = 86400.0,
     gradient: GradientMode = "exact",
     noise: NoiseModel | None = DEFAULT_NOISE,
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
     epochs: int = 40,
     batch_size: int = 64,
     learning_rate: float = 1e-2,
@@ -685,6 +687,9 @@ def hardware_aware_experiment(
         gradient: ``"exact"`` or ``"ste"`` gradient through the programming.
         noise: Noise model for training and evaluation; the calibrated chip
             model by default.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split), in training and evaluation.
+        max_output_size: Most outputs per chip tile (0: no split).
         epochs: Training epochs.
         batch_size: Mini-batch size.
         learning_rate: Adam step size.
@@ -731,11 +736,16 @@ def hardware_aware_experiment(
     data = data.as_images() if model == "cnn" else data.flat()
     cls = classes[model]
     kwargs = dict(model_kwargs or {})
+    tile_sizes = {
+        "max_input_size": tiles.check_max_size(max_input_size, "max_input_size"),
+        "max_output_size": tiles.check_max_size(max_output_size, "max_output_size"),
+    }
     fusion = {
         "g_max": float(train_g_max),
         "t_inference": float(train_t_inference),
         "gradient": gradient,
         "noise": noise,
+        **tile_sizes,
     }
 
     # Per seed: initial weights, training noise, mini-batch order. The chip draw of
@@ -793,6 +803,7 @@ def hardware_aware_experiment(
             noise=noise,
             stacked=True,
             devices=devices,
+            **tile_sizes,
             progress=progress,
             label=label,
         )
@@ -805,6 +816,7 @@ def hardware_aware_experiment(
             "train_g_max": float(train_g_max),
             "train_t_inference": float(train_t_inference),
             "gradient": gradient,
+            **tile_sizes,
             "epochs": int(epochs),
             "batch_size": int(batch_size),
             "learning_rate": float(learning_rate),

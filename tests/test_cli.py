@@ -417,3 +417,23 @@ def test_version_and_data_paths(capsys):
     status, _, err = run(capsys, "data", "nope.csv")
     assert_one_line_error(status, err)
     assert "nope.csv" in err
+
+
+def test_sweep_passes_the_tile_sizes_to_the_experiment(capsys, tmp_path, monkeypatch):
+    import fusion_jax.training
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def experiment(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(fusion_jax.training, "hardware_aware_experiment", experiment)
+    with pytest.raises(Stop):
+        main(["sweep", "--max-input-size", "32", "--max-output-size", "0", "--out", str(tmp_path)])
+    assert seen["max_input_size"] == 32 and seen["max_output_size"] == 0
+    status, _, err = run(capsys, "sweep", "--max-input-size", "-1")
+    assert status == 2 and "--max-input-size" in err

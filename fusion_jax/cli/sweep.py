@@ -23,6 +23,7 @@ import numpy as np
 from fusion_jax import _validation
 from fusion_jax.cli._common import (
     UserError,
+    add_tile_args,
     g_max_arg,
     json_bytes,
     non_negative_int,
@@ -195,6 +196,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
+        max_input_size=args.max_input_size,
+        max_output_size=args.max_output_size,
         model_kwargs=kwargs,
         data=data,
         progress=args.progress,
@@ -227,6 +230,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         "train_g_max": args.train_g_max,
         "train_t_inference": args.train_time,
         "gradient": args.gradient,
+        "max_input_size": args.max_input_size,
+        "max_output_size": args.max_output_size,
         "jax_backend": jax.default_backend(),
     }
     payload = {
@@ -403,6 +408,7 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="join a multi-process run that JAX detects itself (Cloud TPU pod slice, Slurm)",
     )
+    add_tile_args(p)
     p.set_defaults(run=_run_sweep)
 
 
