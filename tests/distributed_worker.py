@@ -122,8 +122,7 @@ def compute(mesh: Any) -> dict[str, Any]:
     out["programmed"] = _gather(program(place(variables)))
 
     # NNX hardware-aware training steps with the library's train_step.
-    # Straight-through gradient, as in the Linen model: the same noise draw, a faster compile.
-    fusion = {"g_max": 20.0, "t_inference": 3600.0, "gradient": "ste"}
+    fusion = {"g_max": 20.0, "t_inference": 3600.0}
     model = MLP(8, (8,), 4, fusion=fusion, rngs=nnx.Rngs(params=0, noise=1))
     model.train()
     nnx.update(model, place(nnx.state(model)))
