@@ -194,14 +194,14 @@ plt.show()
 # * **g_max matters.** Under the calibrated chip noise, whose spread has a
 #   floor in absolute uS, small `g_max` puts the weights closer to that floor
 #   and costs accuracy. The digital model gains accuracy all the way to
-#   40 uS; the hardware-aware one levels off above about 25 uS. (Under
+#   40 uS; the hardware-aware one gains little above about 25 uS. (Under
 #   aihwkit's PCM model every noise term scales with `g_max` and the curves
 #   would be flat; see notebook 01.)
 # * **Hardware-aware training helps most where the chip is worst**, at
 #   small `g_max`, where it recovers most of the accuracy the digital model
-#   loses, and it shrinks the spread between chips. It costs a little
-#   accuracy on the clean (unprogrammed) weights, and at `g_max = 40` uS the
-#   gap between the two models narrows to under 1 point.
+#   loses, and it shrinks the spread between chips. Here it costs nothing
+#   on the clean (unprogrammed) weights, and at `g_max = 40` uS the gap
+#   between the two models narrows to about 1 point.
 #
 # The paired per-seed gain at the training point:
 
