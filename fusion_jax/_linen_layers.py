@@ -504,6 +504,12 @@ class FusionEinsum(nn.Einsum):
         )
 
 
+# As FusionDense / FusionConv (fusion_jax.linen): the plain layers' auto-names
+# (DenseGeneral_0, Einsum_0) and so their initial values for the same key.
+FusionDenseGeneral.__name__ = nn.DenseGeneral.__name__
+FusionEinsum.__name__ = nn.Einsum.__name__
+
+
 def _settings_of(module: nn.Module) -> _Settings:
     return _Settings(
         module.g_max,

@@ -232,3 +232,22 @@ def test_masked_conv_programs_the_masked_kernel():
         {"params": {"kernel": w_chip * mask, "bias": variables["params"]["bias"]}}, XC
     )
     np.testing.assert_allclose(conv.apply(variables, XC, rng=K1), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_general_and_einsum_layers_take_the_plain_names_and_initial_values():
+    class Plain(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.DenseGeneral((2, 3))(x)
+            return nn.Einsum((3, 4), "bij,jk->bik")(x)
+
+    class Fusion(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = flinen.FusionDenseGeneral((2, 3), deterministic=True)(x)
+            return flinen.FusionEinsum((3, 4), "bij,jk->bik", deterministic=True)(x)
+
+    x = jnp.ones((1, 5))
+    plain, fusion = Plain().init(K0, x), Fusion().init(K0, x)
+    assert set(fusion["params"]) == {"DenseGeneral_0", "Einsum_0"}
+    jax.tree.map(np.testing.assert_array_equal, fusion, plain)
