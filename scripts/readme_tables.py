@@ -8,15 +8,15 @@ Every generated block of README.md sits between two markers::
 
 and this script rewrites the text between them with what the command
 registered for ``NAME`` prints now (in a ``text`` code block where the
-output is plain text). Nothing else in README.md changes. The accuracy,
-calibration and import tables are deterministic (fixed seeds); the speed
-tables are measurements of this machine: run those on a quiet machine.
+output is plain text). Nothing else in README.md changes. These tables
+are deterministic (fixed seeds). The speed tables are measurements of a
+machine, not results of the code alone: each names the benchmark command
+(``benchmarks/``) that prints it.
 
 Usage::
 
     python scripts/readme_tables.py                  # every deterministic table
     python scripts/readme_tables.py experiment sweep # just these
-    python scripts/readme_tables.py --speed          # the benchmark tables too
     python scripts/readme_tables.py --list           # the names and their commands
 """
 
@@ -43,7 +43,6 @@ class Table:
 
     command: tuple[str, ...]
     fence: bool = True  # wrap the output in a ```text block (False: it is markdown)
-    speed: bool = False  # a timing: only with --speed
     after: str = ""  # a file the command writes into its working folder, copied to ROOT/after
 
 
@@ -72,9 +71,6 @@ TABLES: dict[str, Table] = {
     ),
     "lenet5": Table((PY, "scripts/lenet5_import.py", "--markdown"), fence=False),
     "kernel_axes": Table((PY, "scripts/kernel_axes_errors.py"), fence=False),
-    "roundtrip": Table((PY, "benchmarks/roundtrip.py", "--markdown"), fence=False, speed=True),
-    "train_step": Table((PY, "benchmarks/train_step.py", "--markdown"), fence=False, speed=True),
-    "sweep_points": Table((PY, "benchmarks/sweep_points.py"), speed=True),
 }
 
 _BLOCK = re.compile(
@@ -124,17 +120,16 @@ def regenerate(names: list[str], readme: Path = README, tables: dict[str, Table]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="blocks to regenerate (default: all)")
-    parser.add_argument("--speed", action="store_true", help="include the benchmark tables")
     parser.add_argument("--list", action="store_true", help="list the blocks and commands")
     args = parser.parse_args()
     if args.list:
         for name, table in TABLES.items():
-            print(f"{name:<14} {'(speed) ' if table.speed else ''}{' '.join(table.command)}")
+            print(f"{name:<18} {' '.join(table.command)}")
         return
     unknown = sorted(set(args.names) - set(TABLES))
     if unknown:
         parser.error(f"unknown table(s) {unknown}; see --list")
-    names = args.names or [n for n, t in TABLES.items() if args.speed or not t.speed]
+    names = args.names or list(TABLES)
     regenerate(names)
 
 
