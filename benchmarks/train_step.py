@@ -12,7 +12,7 @@ default, with ``jax_threefry_partitionable`` on and off; ``rbg``;
 ``unsafe_rbg``), each in its own process, because the implementation is
 fixed when the first key is made. With threefry keys the noise models draw
 their words with fusion_jax's fused threefry (``fusion_jax._random``: the
-same hash, one block of 64 bits per device, computed once); with the others
+same hash, one block of 64 bits per device, fused into its consumer); with the others
 they call ``jax.random.bits``. A breakdown of the hardware-aware extra cost
 (random numbers, noise model, conversion and regression) is printed for the
 PRNG in use.

@@ -11,7 +11,10 @@ it in a branch of a ``lax.cond``: a branch is compiled on its own, so the
 value is computed once and stored. The condition is always true but
 derived from the data, so XLA cannot see it and remove the branch. Its
 derivative is the identity; other backends get the value as is. Under
-``jax.vmap`` the condition is batched and the value is fused as usual.
+``jax.vmap`` the condition stays one for the whole batch (a custom batching
+rule), so the branch stays a branch: a batched condition would become a
+select of both branches, which reverse mode cannot transpose when the value
+is a tangent.
 """
 
 from __future__ import annotations
@@ -21,19 +24,39 @@ from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
 
 __all__ = ["materialize", "materialize_fn"]
 
 T = TypeVar("T")
 
 
-def _opaque_true(value: jax.Array) -> jax.Array:
+def _true_from(value: jax.Array) -> jax.Array:
     """A boolean True that XLA cannot fold: ``(top bit of an element) | 1 != 0``."""
     first = jnp.ravel(value)[:1]
     if first.size == 0:
         return jnp.bool_(True)
     bits = jax.lax.bitcast_convert_type(first.astype(jnp.float32), jnp.uint32)
     return ((bits[0] >> 31) | 1) != 0
+
+
+@custom_vmap
+def _opaque_true_unbatched(value: jax.Array) -> jax.Array:
+    return _true_from(value)
+
+
+@_opaque_true_unbatched.def_vmap
+def _opaque_true_vmap(
+    axis_size: int, in_batched: list[bool], value: jax.Array
+) -> tuple[jax.Array, bool]:
+    # One condition for the whole batch: the branch stays a branch under
+    # jax.vmap (a batched condition would turn it into a select of both).
+    return _true_from(value), False
+
+
+def _opaque_true(value: jax.Array) -> jax.Array:
+    """A boolean True that XLA cannot fold, never batched by ``jax.vmap``."""
+    return _opaque_true_unbatched(jax.lax.stop_gradient(value))
 
 
 def _sharded_in_type(value: Any) -> bool:

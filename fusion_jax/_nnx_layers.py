@@ -46,6 +46,10 @@ class FusionLinearGeneral(_FusionLayer, nnx.LinearGeneral):
         deterministic: ``True`` for evaluation mode (digital weights),
             ``False`` for training mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
+        noise_stream: Keep a noise stream (``noise_key``) in the state, or
+            none (``False``: the state is ``nnx.LinearGeneral``'s and every training
+            call with noise needs ``rngs=``), as for
+            :class:`fusion_jax.nnx.FusionLinear`.
         rngs: ``nnx.Rngs`` for the parameters and the noise stream.
         **kwargs: The other arguments of ``nnx.LinearGeneral`` (``axis``,
             ``batch_axis``, ``use_bias``, ``dtype``, ``kernel_init``, ...).
@@ -53,6 +57,7 @@ class FusionLinearGeneral(_FusionLayer, nnx.LinearGeneral):
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``.
+        TypeError: if ``noise_stream`` is not a bool.
 
     Example:
         >>> import jax.numpy as jnp
@@ -82,6 +87,7 @@ class FusionLinearGeneral(_FusionLayer, nnx.LinearGeneral):
         max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         deterministic: bool | None = False,
         rng_collection: str = "noise",
+        noise_stream: bool = True,
         rngs: nnx.Rngs,
         **kwargs: Any,
     ) -> None:
@@ -96,6 +102,7 @@ class FusionLinearGeneral(_FusionLayer, nnx.LinearGeneral):
             max_output_size=max_output_size,
             deterministic=deterministic,
             rng_collection=rng_collection,
+            noise_stream=noise_stream,
             rngs=rngs,
         )
 
@@ -151,6 +158,10 @@ class FusionEinsum(_FusionLayer, nnx.Einsum):
         deterministic: ``True`` for evaluation mode, ``False`` for training
             mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
+        noise_stream: Keep a noise stream (``noise_key``) in the state, or
+            none (``False``: the state is ``nnx.Einsum``'s and every training
+            call with noise needs ``rngs=``), as for
+            :class:`fusion_jax.nnx.FusionLinear`.
         rngs: ``nnx.Rngs`` for the parameters and the noise stream.
         **kwargs: The other arguments of ``nnx.Einsum`` (``dtype``,
             ``kernel_init``, ``einsum_op``, ...).
@@ -158,6 +169,7 @@ class FusionEinsum(_FusionLayer, nnx.Einsum):
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``.
+        TypeError: if ``noise_stream`` is not a bool.
 
     Example:
         >>> import jax.numpy as jnp
@@ -184,6 +196,7 @@ class FusionEinsum(_FusionLayer, nnx.Einsum):
         max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         deterministic: bool | None = False,
         rng_collection: str = "noise",
+        noise_stream: bool = True,
         rngs: nnx.Rngs,
         **kwargs: Any,
     ) -> None:
@@ -204,6 +217,7 @@ class FusionEinsum(_FusionLayer, nnx.Einsum):
             max_output_size=max_output_size,
             deterministic=deterministic,
             rng_collection=rng_collection,
+            noise_stream=noise_stream,
             rngs=rngs,
         )
 
@@ -291,6 +305,7 @@ def fusionize(
     max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
     deterministic: bool | None = False,
     rng_collection: str = "noise",
+    noise_stream: bool = True,
     rngs: nnx.Rngs | nnx.RngStream | None = None,
 ) -> nnx.Module:
     """A copy of ``module`` with every NNX layer the chip holds made a Fusion layer.
@@ -325,6 +340,11 @@ def fusionize(
             on every call), ``True`` (digital weights) or ``None`` (given at
             call time); ``model.train()`` / ``model.eval()`` switch it.
         rng_collection: Name of the noise stream of ``rngs``.
+        noise_stream: ``False`` builds layers that keep no RNG state: the
+            converted model's whole ``nnx.state`` is ``module``'s (it merges
+            with ``module``'s graphdef both ways), ``rngs`` is not used, and
+            every training call with noise needs ``rngs=`` (a clear error
+            otherwise); see :class:`fusion_jax.nnx.FusionLinear`.
         rngs: Where each new layer's noise stream is forked from; ``None``
             leaves the layers without one (pass ``rngs`` to each call, or
             use ``noise=None``).
@@ -386,6 +406,7 @@ def fusionize(
                     max_input_size=max_input_size,
                     max_output_size=max_output_size,
                     deterministic=deterministic,
+                    noise_stream=noise_stream,
                     rng_collection=rng_collection,
                     rngs=rngs,
                 )
@@ -428,7 +449,7 @@ def _convert(
         rng_collection=rng_collection,
         rngs=None,
     )
-    if new.noise is not None and rngs is not None:
+    if new.noise is not None and new.noise_stream and rngs is not None:
         stream = _stream(rngs, rng_collection, type(new).__name__)
         key = stream()
         new._seed_noise_stream(jax.random.split(key, stack_shape) if stack_shape else key)

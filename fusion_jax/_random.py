@@ -31,8 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, PRNGKeyArray, UInt32
 
-from fusion_jax._fusion import materialize_fn
-
 __all__ = ["random_words", "threefry2x32"]
 
 #: Rotation constants of Threefry-2x32, for even and odd groups of four rounds.
@@ -99,10 +97,10 @@ def random_words(
     its two words are words ``2b`` and ``2b + 1``. Other keys use
     ``jax.random.bits``. Same threefry key, same words, on every backend.
 
-    On the CPU the words are computed once and stored
-    (:func:`fusion_jax._fusion.materialize_fn`), instead of XLA recomputing
-    the 20 rounds in every fusion that uses them; other backends fuse the
-    hash into its consumers.
+    The words are plain elementwise integer operations, which XLA fuses into
+    the code that uses them: nothing is written to memory. A caller that
+    reads a sample in more than one place stores the sample, not the words
+    (:func:`fusion_jax.program` does).
 
     Args:
         key: A PRNG key (typed, or a raw ``uint32`` key of the default
@@ -133,4 +131,4 @@ def random_words(
         ]
         return tuple(word for pair in pairs for word in pair)[:n_words]
 
-    return materialize_fn(hash_blocks, data)
+    return hash_blocks()

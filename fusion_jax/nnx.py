@@ -17,6 +17,11 @@ Drop-in guarantees:
   ``nnx.to_pure_dict``, ``flax.serialization`` and orbax save and restore;
   ``nnx.state(model, nnx.Param)`` leaves it out, so parameters move between
   a Fusion model and a plain one in both directions;
+* built with ``noise_stream=False``, a layer keeps no RNG state: its whole
+  ``nnx.state`` is the plain layer's (same tree, same values), so
+  ``nnx.merge`` of a plain model's graphdef with the Fusion model's state
+  works, and the reverse; each training call then takes its key
+  (``layer(x, rngs=key)``), and a call without one is an error;
 * ``g_max`` and ``t_inference`` may be traced: a layer built under
   ``jax.vmap`` over them, or ``nnx.view(model, g_max=g)``, sweeps them
   through a model. A concrete ``g_max`` is range-checked.
@@ -25,8 +30,8 @@ Modes follow ``nnx.Dropout``:
 
 * training (``deterministic=False``, ``model.train()``): every call
   programs the kernel afresh with a new key from the layer's RNG stream
-  (``rng_collection``, default ``"noise"``), so every step sees a new
-  draw of the programming noise;
+  (``rng_collection``, default ``"noise"``) or from the call's ``rngs``, so
+  every step sees a new draw of the programming noise;
 * evaluation (``deterministic=True``, ``model.eval()``): no noise is drawn
   and the kernel is used as is, i.e. the layer computes with its digital
   weights, exactly as the plain Flax layer. To evaluate the network as
@@ -135,9 +140,14 @@ class _FusionLayer(nnx.Module):
         max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
         max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         rng_collection: str,
+        noise_stream: bool = True,
         rngs: nnx.Rngs | nnx.RngStream | None,
     ) -> None:
         _validation.check_g_max(g_max)
+        if not isinstance(noise_stream, bool):
+            raise TypeError(
+                f"{type(self).__name__}: noise_stream must be True or False, got {noise_stream!r}."
+            )
         _check_gradient_mode(gradient)
         model = resolve_noise(noise)
         _validation.check_t_inference(t_inference, where=type(self).__name__)
@@ -155,6 +165,7 @@ class _FusionLayer(nnx.Module):
         self.max_output_size = tiles.check_max_size(max_output_size, "max_output_size")
         self.deterministic = deterministic
         self.rng_collection = rng_collection
+        self.noise_stream = noise_stream
         self._init_noise_stream(model, rngs)
 
     def _init_noise_stream(
@@ -162,8 +173,9 @@ class _FusionLayer(nnx.Module):
     ) -> None:
         """Give the layer its own noise stream (a :class:`NoiseKey`), if it draws noise.
 
-        A noise-free layer, or one built without ``rngs``, has none (``noise_key``
-        is ``None``) and takes nothing from ``rngs``. A separate noise stream
+        A noise-free layer, one built with ``noise_stream=False`` or one built
+        without ``rngs`` has none (``noise_key`` is ``None``, no state leaf) and
+        takes nothing from ``rngs``. A separate noise stream
         (``nnx.Rngs(params=0, noise=1)``) is advanced by one key, as
         ``nnx.Dropout`` does. A stream the parameters also come from (the
         ``default`` of ``nnx.Rngs(0)``) is read without being advanced, so the
@@ -173,7 +185,7 @@ class _FusionLayer(nnx.Module):
         stream, so no two layers get the same key.
         """
         self._noise_impl = None
-        if model is None or rngs is None:
+        if model is None or rngs is None or not self.noise_stream:
             self.noise_key = nnx.data(None)
             return
         if isinstance(rngs, nnx.Rngs):
@@ -257,6 +269,13 @@ class _FusionLayer(nnx.Module):
 
     def _next_own_key(self) -> PRNGKeyArray:
         """Split the layer's noise stream: the key to use now, the next one stored."""
+        if self.noise_key is None and not self.noise_stream:
+            raise ValueError(
+                f"{type(self).__name__} was built with noise_stream=False and keeps no RNG "
+                "state, so each training call (deterministic=False) with noise on needs its "
+                "key: call it with rngs= (a PRNG key, an nnx.Rngs or an nnx.RngStream), or use "
+                "deterministic=True / model.eval() for the digital weights."
+            )
         if self.noise_key is None:
             raise ValueError(
                 f"{type(self).__name__} is in training mode (deterministic=False) with noise on, "
@@ -377,6 +396,11 @@ class FusionLinear(_FusionLayer, nnx.Linear):
             ``False`` for training mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream the noise keys come
             from (``rngs["noise"]`` falls back to the ``default`` stream).
+        noise_stream: ``True``: the layer keeps its own noise stream, the
+            state leaf ``noise_key``. ``False``: it keeps no RNG state, so its
+            whole ``nnx.state`` is ``nnx.Linear``'s (it merges with a plain
+            model's graphdef both ways); it takes nothing from ``rngs`` for
+            noise, and every training call with noise needs ``rngs=``.
         rngs: ``nnx.Rngs`` for the parameter initialisation and the noise
             stream. The layer keeps its own stream (``noise_key``, a
             :class:`NoiseKey`) seeded from ``rngs[rng_collection]``: a separate
@@ -389,6 +413,7 @@ class FusionLinear(_FusionLayer, nnx.Linear):
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``.
+        TypeError: if ``noise_stream`` is not a bool.
 
     Example:
         >>> import jax.numpy as jnp
@@ -402,6 +427,12 @@ class FusionLinear(_FusionLayer, nnx.Linear):
         >>> layer.eval()                        # evaluation mode: digital weights
         >>> bool(jnp.allclose(layer(x), x @ layer.kernel[...] + layer.bias[...]))
         True
+        >>> import jax
+        >>> free = fj.nnx.FusionLinear(3, 4, noise_stream=False, rngs=nnx.Rngs(0))
+        >>> sorted(nnx.state(free))             # no RNG state: nnx.Linear's state
+        ['bias', 'kernel']
+        >>> free(x, rngs=jax.random.key(1)).shape   # each training call brings its key
+        (2, 4)
     """
 
     _plain_call = staticmethod(nnx.Linear.__call__)
@@ -420,6 +451,7 @@ class FusionLinear(_FusionLayer, nnx.Linear):
         max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         deterministic: bool | None = False,
         rng_collection: str = "noise",
+        noise_stream: bool = True,
         rngs: nnx.Rngs,
         **linear_kwargs: Any,
     ) -> None:
@@ -434,6 +466,7 @@ class FusionLinear(_FusionLayer, nnx.Linear):
             max_output_size=max_output_size,
             deterministic=deterministic,
             rng_collection=rng_collection,
+            noise_stream=noise_stream,
             rngs=rngs,
         )
 
@@ -489,6 +522,9 @@ class FusionConv(_FusionLayer, nnx.Conv):
         deterministic: ``True`` for evaluation mode, ``False`` for training
             mode, ``None`` to require it at call time.
         rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
+        noise_stream: Keep a noise stream (``noise_key``) in the state, or
+            none (``False``: the state is ``nnx.Conv``'s and every training
+            call with noise needs ``rngs=``), as for :class:`FusionLinear`.
         rngs: ``nnx.Rngs`` for the parameters and the noise stream (as for
             :class:`FusionLinear`).
         **conv_kwargs: The other arguments of ``nnx.Conv`` (``padding``,
@@ -497,6 +533,7 @@ class FusionConv(_FusionLayer, nnx.Conv):
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``.
+        TypeError: if ``noise_stream`` is not a bool.
 
     Example:
         >>> import jax.numpy as jnp
@@ -529,6 +566,7 @@ class FusionConv(_FusionLayer, nnx.Conv):
         max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
         deterministic: bool | None = False,
         rng_collection: str = "noise",
+        noise_stream: bool = True,
         rngs: nnx.Rngs,
         **conv_kwargs: Any,
     ) -> None:
@@ -543,6 +581,7 @@ class FusionConv(_FusionLayer, nnx.Conv):
             max_output_size=max_output_size,
             deterministic=deterministic,
             rng_collection=rng_collection,
+            noise_stream=noise_stream,
             rngs=rngs,
         )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -12,11 +12,15 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from fusion_jax import _validation, tiles
 from fusion_jax._fusion import materialize_fn
 from fusion_jax.conversion import (
+    SCALE_EPS,
+    _clip_keep_boundary,
     _prepare_g_max,
     _prepare_weights,
     _reconstruct,
+    _row_scale,
     _signed_conductances,
 )
+from fusion_jax.regression import SlopeLinearization, _slope
 
 __all__ = ["DEFAULT_NOISE", "GradientMode", "NoiseModel", "program"]
 
@@ -32,9 +36,11 @@ class NoiseModel(Protocol):
     conductances read back ``t_inference`` seconds after programming.
     A model whose every read-back depends only on its own target (for a
     fixed key) may say so with a class attribute ``elementwise = True``:
-    :func:`program` then keeps one array for its derivative in the exact
-    gradient instead of every intermediate of ``sample`` (same gradient,
-    less memory). Both built-in models do.
+    the exact gradient of :func:`program` then uses its closed form, which
+    recomputes the model's derivative from the key in the backward pass
+    instead of storing every intermediate of ``sample`` (same gradient, a
+    fraction of the memory and of the compiled program). Both built-in
+    models do.
 
     Example:
         A noise model of your own: Gaussian noise of a fixed width in uS.
@@ -293,24 +299,247 @@ def _program_core(
     regressed on its own (:mod:`fusion_jax.tiles`). The noise model sees all
     devices in one call, in their order in ``w``: the whole array, or its
     reshape into equal tiles ``[..., tiles, size, out]`` (no copy).
+
+    Noise-free, or with a noise model that declares ``elementwise = True``
+    (each read-back depends only on its own target, for a fixed key: both
+    built-in models), the derivative with respect to the weights is written
+    out in closed form (:func:`_programmed_jvp`): the exact derivative of
+    the same computation, which keeps one weight-sized array between the
+    forward and the backward pass and recomputes the noise's derivative from
+    the key. Other noise models, and derivatives with respect to ``g_max``,
+    ``t_inference`` or the model's fields, are differentiated by autodiff of
+    :func:`_program_autodiff`.
     """
+    statics = _Statics(strict_aihwkit, axis, in_sizes)
+    if noise is not None and not getattr(noise, "elementwise", False):
+        return _program_autodiff(w, key, g_max, noise, t_inference, statics)
+    # Python numbers of the model stay Python numbers (constants that XLA
+    # can fold); its array fields are arguments of the custom derivative.
+    leaves, treedef = jax.tree_util.tree_flatten(noise)
+    is_array = tuple(not isinstance(leaf, int | float) for leaf in leaves)
+    numbers = tuple(None if a else leaf for a, leaf in zip(is_array, leaves, strict=True))
 
-    def split(a: jax.Array) -> list[jax.Array]:
-        return [a] if in_sizes is None else tiles._split_tiles(a, axis, in_sizes)
+    def rebuild(arrays: list[Any]) -> NoiseModel | None:
+        rest = iter(arrays)
+        full = [next(rest) if a else leaf for a, leaf in zip(is_array, numbers, strict=True)]
+        return jax.tree_util.tree_unflatten(treedef, full)
 
-    def join(blocks: list[jax.Array]) -> jax.Array:
-        return blocks[0] if in_sizes is None else tiles._join_tiles(blocks, axis)
+    @jax.custom_jvp
+    def programmed(
+        w: jax.Array, key: Any, g_max: jax.Array, t: jax.Array, arrays: list[Any]
+    ) -> jax.Array:
+        return _forward(w, key, g_max, rebuild(arrays), t, statics)[0]
 
-    blocks = split(w)
+    def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[jax.Array, jax.Array]:
+        w, key, g_max, t, arrays = primals
+        w_dot, _, *others = tangents
+        if any(map(_nonzero, jax.tree_util.tree_leaves(others, is_leaf=_is_zero))):
+            # g_max, t_inference or a field is differentiated: plain autodiff.
+            def plain(w: jax.Array, g_max: jax.Array, t: jax.Array, arrays: list[Any]):
+                return _program_autodiff(w, key, g_max, rebuild(arrays), t, statics)
+
+            instantiated = jax.tree_util.tree_map(_instantiate, (w_dot, *others), is_leaf=_is_zero)
+            return jax.jvp(plain, (w, g_max, t, arrays), tuple(instantiated))
+        w_hat, xs, lins = _forward(w, key, g_max, rebuild(arrays), t, statics)
+        if not _nonzero(w_dot):
+            return w_hat, jnp.zeros_like(w_hat)
+        # Each line's largest magnitude and how many elements reach it.
+        maxima = [_max_and_count(jnp.abs(b), statics.axis) for b in statics.split(w)]
+        # Recomputed in the backward pass from its inputs (the weights, the
+        # read-back ``xs`` and per-line values): nothing else is stored.
+        tangent = jax.checkpoint(
+            lambda w, key, g_max, t, arrays, xs, lins, maxima, w_dot: _programmed_jvp(
+                w, key, g_max, rebuild(arrays), t, xs, lins, maxima, w_dot, statics
+            ),
+            policy=jax.checkpoint_policies.nothing_saveable,
+        )(w, key, g_max, t, arrays, xs, lins, maxima, w_dot)
+        return w_hat, tangent
+
+    programmed.defjvp(jvp, symbolic_zeros=True)
+    arrays = [leaf for a, leaf in zip(is_array, leaves, strict=True) if a]
+    return programmed(w, key, g_max, t_inference, arrays)
+
+
+def _max_and_count(v: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+    """Each line's maximum and how many of its elements equal it, in one reduction (keepdims)."""
+
+    def combine(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        top = jnp.maximum(a[0], b[0])
+        count = jnp.where(a[0] == top, a[1], 0.0) + jnp.where(b[0] == top, b[1], 0.0)
+        return top, count
+
+    inits = (jnp.asarray(-jnp.inf, v.dtype), jnp.asarray(0.0, v.dtype))
+    top, count = jax.lax.reduce((v, jnp.ones_like(v)), inits, combine, (axis % v.ndim,))
+    return jnp.expand_dims(top, axis), jnp.expand_dims(count, axis)
+
+
+class _Statics(NamedTuple):
+    """The static settings of one programming: degenerate rows, line axis, input tiles."""
+
+    strict_aihwkit: bool
+    axis: int
+    in_sizes: tuple[int, ...] | None
+
+    def split(self, a: jax.Array) -> list[jax.Array]:
+        return [a] if self.in_sizes is None else tiles._split_tiles(a, self.axis, self.in_sizes)
+
+    def join(self, blocks: list[jax.Array]) -> jax.Array:
+        return blocks[0] if self.in_sizes is None else tiles._join_tiles(blocks, self.axis)
+
+
+def _read_back(
+    noise: NoiseModel,
+    xs: list[jax.Array],
+    blocks: list[jax.Array],
+    w: jax.Array,
+    key: PRNGKeyArray,
+    g_max: jax.Array,
+    t_inference: jax.Array,
+    statics: _Statics,
+) -> list[jax.Array]:
+    """Signed read-back conductances of the signed targets ``xs`` (one per block)."""
+    if len(xs) == 1:  # one block (equal tiles): the noise sees it as it is
+        g_read = noise.sample(jnp.abs(xs[0]), key, g_max=g_max, t_inference=t_inference)
+        return [g_read.astype(w.dtype) * jnp.sign(blocks[0])]
+    g_read = noise.sample(jnp.abs(statics.join(xs)), key, g_max=g_max, t_inference=t_inference)
+    return statics.split(g_read.astype(w.dtype) * jnp.sign(w))
+
+
+def _forward(
+    w: jax.Array,
+    key: PRNGKeyArray | None,
+    g_max: jax.Array,
+    noise: NoiseModel | None,
+    t_inference: jax.Array,
+    statics: _Statics,
+) -> tuple[jax.Array, list[jax.Array], list[tuple[jax.Array, SlopeLinearization]]]:
+    """The programmed weights, the signed read-back per block and the slopes' linearizations."""
+    axis = statics.axis
+    blocks = statics.split(w)
     converted = [_signed_conductances(b, g_max, axis) for b in blocks]
     xs = [x for x, _, _ in converted]
     if noise is not None:
-        if len(xs) == 1:  # one block (equal tiles): the noise sees it as it is
-            g_read = _sample(noise, jnp.abs(xs[0]), key, g_max, t_inference)
-            xs = [g_read.astype(w.dtype) * jnp.sign(blocks[0])]
-        else:
-            g_read = _sample(noise, jnp.abs(join(xs)), key, g_max, t_inference)
-            xs = split(g_read.astype(w.dtype) * jnp.sign(w))
+        scales = [scale for _, scale, _ in converted]
+
+        def read_back() -> list[jax.Array]:
+            # From the weights themselves (the branch's operands are stored).
+            blocks = statics.split(w)
+            targets = [
+                _clip_keep_boundary(b * s, -g_max, g_max)
+                for b, s in zip(blocks, scales, strict=True)
+            ]
+            return _read_back(noise, targets, blocks, w, key, g_max, t_inference, statics)
+
+        # Read by the regression's sums and by the final product: computed once.
+        xs = materialize_fn(read_back, w)
+    out, lins = [], []
+    for x, wb, (_, scale, row_max) in zip(xs, blocks, converted, strict=True):
+        row_max, scale = jnp.squeeze(row_max, axis), jnp.squeeze(scale, axis)
+        slope, lin = _slope(
+            x,
+            wb,
+            strict_aihwkit=statics.strict_aihwkit,
+            x_scale=jnp.broadcast_to(g_max, row_max.shape),
+            y_scale=row_max,
+            zero_default=1.0 / scale,
+            axis=axis,
+            linearize=True,
+        )
+        out.append(jnp.expand_dims(slope, axis) * x)
+        lins.append((slope, lin))
+    return statics.join(out), xs, lins
+
+
+def _programmed_jvp(
+    w: jax.Array,
+    key: PRNGKeyArray | None,
+    g_max: jax.Array,
+    noise: NoiseModel | None,
+    t_inference: jax.Array,
+    xs: list[jax.Array],
+    lins: list[tuple[jax.Array, SlopeLinearization]],
+    maxima: list[tuple[jax.Array, jax.Array]],
+    w_dot: jax.Array,
+    statics: _Statics,
+) -> jax.Array:
+    """The derivative of the programmed weights along ``w_dot``, in closed form.
+
+    Per line (tile row) with maximum magnitude ``m``, scale ``s = g_max /
+    m``, target ``c = w s``, signed read-back ``x = N(|c|) sign(w)`` and
+    slope ``a``: ``dm`` is the mean of ``sign(w) dw`` over the elements
+    where ``|w| = m`` (as ``jnp.max`` differentiates ties), ``ds = -s dm /
+    m``, ``dc = s dw + w ds`` (0 where the target was clipped), ``dx =
+    N'(|c|) dc`` (``dc`` noise-free), ``da`` from the slope's
+    :class:`~fusion_jax.regression.SlopeLinearization` and the result ``a dx
+    + x da``. ``N'`` is the noise model's derivative at each device, one
+    array computed from the key, as the elementwise model allows.
+    """
+    axis = statics.axis
+    blocks, dots = statics.split(w), statics.split(w_dot)
+    dcs, scales = [], []
+    for b, db, (row_max, count) in zip(blocks, dots, maxima, strict=True):
+        scale = _row_scale(row_max, g_max)
+        tie = jnp.abs(b) == row_max
+        dm = jnp.sum(jnp.where(tie, jnp.sign(b) * db, 0.0), axis=axis, keepdims=True) / count
+        # d max(row_max, SCALE_EPS): 1 above the floor, 1/2 on it (as jnp.maximum), 0 below.
+        floor = jnp.asarray(SCALE_EPS, b.dtype)
+        dm = dm * jnp.where(row_max > floor, 1.0, jnp.where(row_max == floor, 0.5, 0.0))
+        ds = -(scale / jnp.maximum(row_max, floor)) * dm
+        ds = materialize_fn(lambda ds=ds: ds, w)
+        c = b * scale
+        scales.append(scale)
+        dcs.append(jnp.where((c >= -g_max) & (c <= g_max), scale * db + b * ds, 0.0))
+    if noise is not None:
+
+        def derivative() -> jax.Array:
+            # From the weights themselves (the branch's operands are stored).
+            targets = statics.join(
+                [
+                    jnp.clip(b * s, -g_max, g_max)
+                    for b, s in zip(statics.split(w), scales, strict=True)
+                ]
+            )
+            magnitude = jnp.abs(targets)
+            _, slope = jax.jvp(
+                lambda g: noise.sample(g, key, g_max=g_max, t_inference=t_inference),
+                (magnitude,),
+                (jnp.ones_like(magnitude),),
+            )
+            # d|c|/dc (+1 at 0, as jnp.abs) and the sign of the weights.
+            return slope.astype(w.dtype) * jnp.where(targets >= 0, 1.0, -1.0) * jnp.sign(w)
+
+        d = statics.split(materialize_fn(derivative, w))
+        dxs = [di * dc for di, dc in zip(d, dcs, strict=True)]
+    else:
+        dxs = dcs
+    out = []
+    for x, b, db, dx, (slope, lin) in zip(xs, blocks, dots, dxs, lins, strict=True):
+        a = jnp.expand_dims(slope, axis)
+        xc = x - jnp.expand_dims(lin.x_center, axis)
+        yc = b - jnp.expand_dims(lin.y_center, axis)
+        da = jnp.expand_dims(lin.inv_den, axis) * jnp.sum(
+            (yc - 2.0 * a * xc) * dx + xc * db, axis=axis, keepdims=True
+        )
+        da = materialize_fn(lambda da=da: da, w)
+        out.append(a * dx + x * da)
+    return statics.join(out)
+
+
+def _program_autodiff(
+    w: jax.Array,
+    key: PRNGKeyArray | None,
+    g_max: jax.Array,
+    noise: NoiseModel | None,
+    t_inference: jax.Array,
+    statics: _Statics,
+) -> jax.Array:
+    """:func:`_program_core`, differentiated by autodiff through every step."""
+    axis = statics.axis
+    blocks = statics.split(w)
+    converted = [_signed_conductances(b, g_max, axis) for b in blocks]
+    xs = [x for x, _, _ in converted]
+    if noise is not None:
+        xs = _read_back(noise, xs, blocks, w, key, g_max, t_inference, statics)
     out = []
     for x, wb, (_, scale, row_max) in zip(xs, blocks, converted, strict=True):
         row_max, scale = jnp.squeeze(row_max, axis), jnp.squeeze(scale, axis)
@@ -318,82 +547,14 @@ def _program_core(
             _reconstruct(
                 x,
                 wb,
-                strict_aihwkit=strict_aihwkit,
+                strict_aihwkit=statics.strict_aihwkit,
                 x_scale=jnp.broadcast_to(g_max, row_max.shape),
                 y_scale=row_max,
                 zero_default=1.0 / scale,
                 axis=axis,
             )
         )
-    return join(out)
-
-
-def _sample(
-    noise: NoiseModel,
-    g: jax.Array,
-    key: PRNGKeyArray,
-    g_max: jax.Array,
-    t_inference: jax.Array,
-) -> jax.Array:
-    """``noise.sample(g, key, ...)``, with a one-array derivative for elementwise models.
-
-    A model that declares ``elementwise = True`` (each read-back depends only
-    on its own target, for a fixed key: both built-in models) has a diagonal
-    Jacobian in ``g``. Its derivative is then computed in the forward pass
-    (forward mode, with the sample itself, sharing its random draws and
-    transcendental functions) and reverse mode keeps that one array, instead
-    of every intermediate of the sample, and multiplies by it: a fraction of
-    the memory and of the compiled program. Derivatives with respect to the
-    model's fields, ``g_max`` or ``t_inference`` (when they are traced and
-    differentiated) go through the model's own code, as for other models.
-    """
-    if not getattr(noise, "elementwise", False):
-        return noise.sample(g, key, g_max=g_max, t_inference=t_inference)
-    # Python numbers of the model stay Python numbers (constants); only its
-    # array fields are arguments of the custom derivative.
-    leaves, treedef = jax.tree_util.tree_flatten(noise)
-    is_array = [not isinstance(leaf, int | float) for leaf in leaves]
-    numbers = [None if a else leaf for a, leaf in zip(is_array, leaves, strict=True)]
-
-    def sample(
-        g: jax.Array, arrays: list[Any], key: Any, g_max: jax.Array, t: jax.Array
-    ) -> jax.Array:
-        rest = iter(arrays)
-        full = [next(rest) if a else leaf for a, leaf in zip(is_array, numbers, strict=True)]
-        model = jax.tree_util.tree_unflatten(treedef, full)
-        return model.sample(g, key, g_max=g_max, t_inference=t)
-
-    @jax.custom_jvp
-    def diagonal(
-        g: jax.Array, arrays: list[Any], key: Any, g_max: jax.Array, t: jax.Array
-    ) -> jax.Array:
-        return sample(g, arrays, key, g_max, t)
-
-    def jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> tuple[jax.Array, jax.Array]:
-        g, arrays, key, g_max, t = primals
-        g_dot, *others = tangents
-        if any(map(_nonzero, jax.tree_util.tree_leaves(others, is_leaf=_is_zero))):
-            instantiated = jax.tree_util.tree_map(_instantiate, tangents, is_leaf=_is_zero)
-            return jax.jvp(sample, primals, instantiated)
-
-        # The value and the derivative come out of one pass, stacked, computed
-        # once on the CPU (materialize_fn): XLA would otherwise store every
-        # intermediate (exp, log, erf_inv) that both of them read.
-        def both() -> jax.Array:
-            out, slope = jax.jvp(
-                lambda g: sample(g, arrays, key, g_max, t), (g,), (jnp.ones_like(g),)
-            )
-            return jnp.stack([out, slope], axis=-1)
-
-        stacked = materialize_fn(both, g)
-        out, slope = stacked[..., 0], stacked[..., 1]
-        if not _nonzero(g_dot):
-            return out, jnp.zeros_like(out)
-        return out, slope * g_dot
-
-    diagonal.defjvp(jvp, symbolic_zeros=True)
-    arrays = [leaf for a, leaf in zip(is_array, leaves, strict=True) if a]
-    return diagonal(g, arrays, key, g_max, t_inference)
+    return statics.join(out)
 
 
 def _is_zero(tangent: Any) -> bool:

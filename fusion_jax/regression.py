@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,22 @@ def _safe_scale(scale: jax.Array) -> jax.Array:
 
 
 Terms = tuple[jax.Array, ...]
+
+
+class SlopeLinearization(NamedTuple):
+    """Per-line values that give the derivative of a fitted slope in closed form.
+
+    For a line with slope ``a``, ``da = inv_den * sum_j(((y_j - y_center) -
+    2 a (x_j - x_center)) dx_j + (x_j - x_center) dy_j)``: the derivative of
+    ``sum((x - x_mean)(y - y_mean)) / sum((x - x_mean)^2)`` for a centred
+    line, of ``sum(x y) / sum(x x)`` (centres 0) for a line fitted through
+    the origin, and 0 (``inv_den = 0``) for a line whose slope is a constant
+    (zeroed by ``strict_aihwkit``, or a line of zeros).
+    """
+
+    x_center: jax.Array
+    y_center: jax.Array
+    inv_den: jax.Array
 
 
 def _add(a: Terms, b: Terms) -> Terms:
@@ -99,7 +115,7 @@ def _row_shift(v: jax.Array, axis: int = 1) -> jax.Array:
     Returns ``[lines, 1]`` for ``axis=1``, ``[1, lines]`` for ``axis=0``.
 
     The mean of the row's first ``_SHIFT_SAMPLE`` elements (all of a shorter
-    row), or exactly the first element when those are all equal, so that a
+    row), or exactly their value when those are all equal, so that a
     constant row shifts to exact zeros. For rows whose leading elements look
     like the rest (weights, conductances), the shift lies within a few
     standard deviations of the mean, so sums of shifted values lose no
@@ -108,10 +124,19 @@ def _row_shift(v: jax.Array, axis: int = 1) -> jax.Array:
     is always within the range of the row). The sample is contiguous: cheap
     to read even for many short rows.
     """
-    sample = lax.slice_in_dim(v, 0, min(_SHIFT_SAMPLE, v.shape[axis]), axis=axis)
-    first = lax.slice_in_dim(sample, 0, 1, axis=axis)
-    constant = jnp.all(sample == first, axis=axis, keepdims=True)
-    return jnp.where(constant, first, jnp.mean(sample, axis=axis, keepdims=True))
+    count = min(_SHIFT_SAMPLE, v.shape[axis])
+    sample = lax.slice_in_dim(v, 0, count, axis=axis)
+    # Sum, minimum and maximum in one reduction: the sample is read once, in
+    # the reduction itself, instead of being written to memory for several.
+    inits = tuple(jnp.asarray(i, v.dtype) for i in (0.0, jnp.inf, -jnp.inf))
+    total, low, high = lax.reduce(
+        (sample, sample, sample),
+        inits,
+        lambda a, b: (a[0] + b[0], jnp.minimum(a[1], b[1]), jnp.maximum(a[2], b[2])),
+        (axis % v.ndim,),
+    )
+    shift = jnp.where(low == high, low, total / count)
+    return jnp.expand_dims(shift, axis)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
@@ -233,7 +258,8 @@ def _slope(
     y_scale: jax.Array | None = None,
     zero_default: jax.Array | None = None,
     axis: int = -1,
-) -> jax.Array:
+    linearize: bool = False,
+) -> jax.Array | tuple[jax.Array, SlopeLinearization]:
     """Per-line OLS slope of ``y`` on ``x`` (private core).
 
     ``axis=-1``: lines are rows ``[..., out, in]`` (the reference layout);
@@ -247,6 +273,10 @@ def _slope(
     in the through-origin fallback, for lines whose ``x`` is all zero
     (default 0); its value never changes ``slope * x`` there, only the
     derivative.
+
+    ``linearize=True`` returns ``(slope, SlopeLinearization)``: per-line
+    values that give the slope's derivative in closed form (see
+    :class:`SlopeLinearization`), from the same sums.
 
     Passes over the data: one for the moments (with known scales, or when no
     line is of extreme magnitude or all zero; otherwise two more, see
@@ -295,12 +325,14 @@ def _slope(
     degenerate = s_dxx == 0
     one = jnp.ones_like(sxx)
 
+    kx, ky = jnp.squeeze(kx, red), jnp.squeeze(ky, red)
     if strict_aihwkit:
         # scikit-learn's minimum-norm solution: the whole line becomes 0.
         num = jnp.where(degenerate, jnp.zeros_like(sxy), sxy)
         den = jnp.where(degenerate, one, sxx)
+        # Centred lines; a zeroed line's slope is the constant 0.
+        origin, fixed = jnp.zeros_like(degenerate), degenerate
     else:
-        kx, ky = jnp.squeeze(kx, red), jnp.squeeze(ky, red)
         oxy, oxx, _ = _origin_sums(moments, kx, ky, n)
         empty = oxx == 0
         if zero_default is None:
@@ -314,7 +346,23 @@ def _slope(
         origin = degenerate | (s_dyy == 0)
         num = jnp.where(origin, jnp.where(empty, default, oxy), sxy)
         den = jnp.where(origin, jnp.where(empty, one, oxx), sxx)
-    return ((num / den) * (sy / sx)).reshape(batch)
+        # A line of zeros keeps its default: ``slope * x`` does not depend on it.
+        fixed = origin & empty
+    slope = ((num / den) * (sy / sx)).reshape(batch)
+    if not linearize:
+        return slope
+    # Centres and the denominator in the data's own units (``sx`` is a power
+    # of two: exact); centred lines use the means, through-origin lines 0.
+    x_mean = (kx + s_dx / n) * sx
+    y_mean = (ky + s_dy / n) * sy
+    zero = jnp.zeros_like(x_mean)
+    inv_den = jnp.where(fixed, zero, 1.0 / (jnp.where(fixed, one, den) * sx * sx))
+    lin = SlopeLinearization(
+        x_center=jnp.where(origin, zero, x_mean).reshape(batch),
+        y_center=jnp.where(origin, zero, y_mean).reshape(batch),
+        inv_den=inv_den.reshape(batch),
+    )
+    return slope, lin
 
 
 def regression_slope(

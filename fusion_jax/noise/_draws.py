@@ -19,8 +19,8 @@ from fusion_jax._random import random_words
 #
 # Random words and the inverse normal CDF are most of the cost of a sample,
 # so each device draws one threefry block, two 32-bit words
-# (:func:`fusion_jax._random.random_words`: JAX's threefry hash, fused and
-# computed once), and the terms share its 64 bits: the normals that set most
+# (:func:`fusion_jax._random.random_words`: JAX's threefry hash, fused into
+# the code that reads it), and the terms share its 64 bits: the normals that set most
 # of the spread get 24 bits, the drift normal 16 and the stuck-device uniform
 # of FusionChipNoise 24. Disjoint bits of the hash's output are independent,
 # so the terms stay independent.
