@@ -52,13 +52,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 SLOW_FILES = (
     "tests/test_distributed.py",
     "tests/test_transformer.py",
-    "tests/test_notebooks.py",
-    "fusion_jax/transformer.py",
     "tests/test_readme.py",
     "tests/test_noise.py",
-    "tests/test_training.py",
     "tests/test_sweep.py",
     "tests/test_kernel_axes.py",
+    "fusion_jax/transformer.py",
+    "tests/test_training.py",
+    "tests/test_notebooks.py",
     "tests/test_tiles.py",
     "tests/test_speed_paths.py",
 )
@@ -72,8 +72,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     once) in this order, so the long files overlap and the short ones fill the
     end, instead of a long file starting last and running alone.
     """
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
     root = config.rootpath
+    for name in SLOW_FILES:
+        if not (root / name).is_file():
+            raise pytest.UsageError(f"tests/conftest.py: SLOW_FILES names {name}, no such file.")
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
 
     def file_rank(item: pytest.Item) -> int:
         name = item.path.relative_to(root).as_posix()
