@@ -485,6 +485,8 @@ def _programmed_jvp(
         floor = jnp.asarray(SCALE_EPS, b.dtype)
         dm = dm * jnp.where(row_max > floor, 1.0, jnp.where(row_max == floor, 0.5, 0.0))
         ds = -(scale / jnp.maximum(row_max, floor)) * dm
+        # Per-line values stored as they are: in the backward pass XLA's CPU
+        # reductions would otherwise store their broadcast, weight-sized.
         ds = materialize_fn(lambda ds=ds: ds, w)
         c = b * scale
         scales.append(scale)
@@ -520,7 +522,7 @@ def _programmed_jvp(
         da = jnp.expand_dims(lin.inv_den, axis) * jnp.sum(
             (yc - 2.0 * a * xc) * dx + xc * db, axis=axis, keepdims=True
         )
-        da = materialize_fn(lambda da=da: da, w)
+        da = materialize_fn(lambda da=da: da, w)  # stored per line, as ``ds``
         out.append(a * dx + x * da)
     return statics.join(out)
 
