@@ -16,7 +16,6 @@ from fusion_jax.conversion import (
     _clip_keep_boundary,
     _prepare_g_max,
     _prepare_weights,
-    _reconstruct,
     _row_scale,
     _signed_conductances,
 )
@@ -412,8 +411,13 @@ def _forward(
     noise: NoiseModel | None,
     t_inference: jax.Array,
     statics: _Statics,
-) -> tuple[jax.Array, list[jax.Array], list[tuple[jax.Array, SlopeLinearization]]]:
-    """The programmed weights, the signed read-back per block and the slopes' linearizations."""
+    linearize: bool = True,
+) -> tuple[jax.Array, list[jax.Array], list[tuple[jax.Array, SlopeLinearization | None]]]:
+    """The programmed weights, the signed read-back per block and each block's slopes.
+
+    With ``linearize``, each slope comes with its
+    :class:`~fusion_jax.regression.SlopeLinearization` (else ``None``).
+    """
     axis = statics.axis
     blocks = statics.split(w)
     converted = [_signed_conductances(b, g_max, axis) for b in blocks]
@@ -435,7 +439,7 @@ def _forward(
     out, lins = [], []
     for x, wb, (_, scale, row_max) in zip(xs, blocks, converted, strict=True):
         row_max, scale = jnp.squeeze(row_max, axis), jnp.squeeze(scale, axis)
-        slope, lin = _slope(
+        fitted = _slope(
             x,
             wb,
             strict_aihwkit=statics.strict_aihwkit,
@@ -443,8 +447,9 @@ def _forward(
             y_scale=row_max,
             zero_default=1.0 / scale,
             axis=axis,
-            linearize=True,
+            linearize=linearize,
         )
+        slope, lin = fitted if linearize else (fitted, None)
         out.append(jnp.expand_dims(slope, axis) * x)
         lins.append((slope, lin))
     return statics.join(out), xs, lins
@@ -485,6 +490,8 @@ def _programmed_jvp(
         floor = jnp.asarray(SCALE_EPS, b.dtype)
         dm = dm * jnp.where(row_max > floor, 1.0, jnp.where(row_max == floor, 0.5, 0.0))
         ds = -(scale / jnp.maximum(row_max, floor)) * dm
+        # Per-line values stored as they are: in the backward pass XLA's CPU
+        # reductions would otherwise store their broadcast, weight-sized.
         ds = materialize_fn(lambda ds=ds: ds, w)
         c = b * scale
         scales.append(scale)
@@ -520,7 +527,7 @@ def _programmed_jvp(
         da = jnp.expand_dims(lin.inv_den, axis) * jnp.sum(
             (yc - 2.0 * a * xc) * dx + xc * db, axis=axis, keepdims=True
         )
-        da = materialize_fn(lambda da=da: da, w)
+        da = materialize_fn(lambda da=da: da, w)  # stored per line, as ``ds``
         out.append(a * dx + x * da)
     return statics.join(out)
 
@@ -534,27 +541,7 @@ def _program_autodiff(
     statics: _Statics,
 ) -> jax.Array:
     """:func:`_program_core`, differentiated by autodiff through every step."""
-    axis = statics.axis
-    blocks = statics.split(w)
-    converted = [_signed_conductances(b, g_max, axis) for b in blocks]
-    xs = [x for x, _, _ in converted]
-    if noise is not None:
-        xs = _read_back(noise, xs, blocks, w, key, g_max, t_inference, statics)
-    out = []
-    for x, wb, (_, scale, row_max) in zip(xs, blocks, converted, strict=True):
-        row_max, scale = jnp.squeeze(row_max, axis), jnp.squeeze(scale, axis)
-        out.append(
-            _reconstruct(
-                x,
-                wb,
-                strict_aihwkit=statics.strict_aihwkit,
-                x_scale=jnp.broadcast_to(g_max, row_max.shape),
-                y_scale=row_max,
-                zero_default=1.0 / scale,
-                axis=axis,
-            )
-        )
-    return statics.join(out)
+    return _forward(w, key, g_max, noise, t_inference, statics, linearize=False)[0]
 
 
 def _is_zero(tangent: Any) -> bool:
