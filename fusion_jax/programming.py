@@ -360,16 +360,23 @@ def _program_core(
 
 
 def _max_and_count(v: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    """Each line's maximum and how many of its elements equal it, in one reduction (keepdims)."""
+    """Each line's maximum and how many of its elements equal it (keepdims).
+
+    The count, a constant as far as derivatives go, comes from one variadic
+    reduction of maxima and counts (a separate integer sum was a tree
+    reduction whose partial results XLA kept alive through the backward
+    pass); the maximum is ``jnp.max``, differentiable to any order.
+    """
 
     def combine(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
         top = jnp.maximum(a[0], b[0])
         count = jnp.where(a[0] == top, a[1], 0.0) + jnp.where(b[0] == top, b[1], 0.0)
         return top, count
 
+    fixed = jax.lax.stop_gradient(v)
     inits = (jnp.asarray(-jnp.inf, v.dtype), jnp.asarray(0.0, v.dtype))
-    top, count = jax.lax.reduce((v, jnp.ones_like(v)), inits, combine, (axis % v.ndim,))
-    return jnp.expand_dims(top, axis), jnp.expand_dims(count, axis)
+    _, count = jax.lax.reduce((fixed, jnp.ones_like(fixed)), inits, combine, (axis % v.ndim,))
+    return jnp.max(v, axis=axis, keepdims=True), jnp.expand_dims(count, axis)
 
 
 class _Statics(NamedTuple):

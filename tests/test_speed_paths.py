@@ -231,3 +231,25 @@ def test_closed_form_gradient_inside_vmap_of_scan_equals_autodiff():
     np.testing.assert_allclose(loss_fast, loss_plain, rtol=1e-5)
     np.testing.assert_allclose(w_fast, w_plain, rtol=1e-4, atol=1e-6)
     assert not np.allclose(w_fast, w)  # the steps moved the weights
+
+
+def test_second_derivatives_of_the_closed_form_equal_autodiff():
+    # jax.hessian (forward over reverse) differentiates the closed form's own
+    # rule: every per-line value it uses must itself be differentiable.
+    from fusion_jax.programming import _program_autodiff, _program_core, _Statics
+
+    w = W[:3, :5]
+    model = FusionChipNoise.lenet5_readback()
+    g_max, t = jnp.float32(25.0), jnp.float32(100.0)
+
+    def closed_form(w):
+        return jnp.sum(jnp.sin(_program_core(w, KEY, g_max, model, t, False, -1, None)))
+
+    def autodiff(w):
+        statics = _Statics(False, -1, None)
+        return jnp.sum(jnp.sin(_program_autodiff(w, KEY, g_max, model, t, statics)))
+
+    fast, plain = jax.jit(lambda w: (jax.hessian(closed_form)(w), jax.hessian(autodiff)(w)))(w)
+    scale = float(jnp.max(jnp.abs(plain)))
+    np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-5 * scale)
+    assert scale > 0
