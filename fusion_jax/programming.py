@@ -16,7 +16,6 @@ from fusion_jax.conversion import (
     _clip_keep_boundary,
     _prepare_g_max,
     _prepare_weights,
-    _row_scale,
     _signed_conductances,
 )
 from fusion_jax.regression import SlopeLinearization, _slope
@@ -339,19 +338,19 @@ def _program_core(
 
             instantiated = jax.tree_util.tree_map(_instantiate, (w_dot, *others), is_leaf=_is_zero)
             return jax.jvp(plain, (w, g_max, t, arrays), tuple(instantiated))
-        w_hat, xs, lins = _forward(w, key, g_max, rebuild(arrays), t, statics)
+        w_hat, xs, fits = _forward(w, key, g_max, rebuild(arrays), t, statics)
         if not _nonzero(w_dot):
             return w_hat, jnp.zeros_like(w_hat)
-        # Each line's largest magnitude and how many elements reach it.
-        maxima = [_max_and_count(jnp.abs(b), statics.axis) for b in statics.split(w)]
+        # How many elements of each line reach its largest magnitude.
+        counts = [_tie_count(jnp.abs(b), statics.axis) for b in statics.split(w)]
         # Recomputed in the backward pass from its inputs (the weights, the
         # read-back ``xs`` and per-line values): nothing else is stored.
         tangent = jax.checkpoint(
-            lambda w, key, g_max, t, arrays, xs, lins, maxima, w_dot: _programmed_jvp(
-                w, key, g_max, rebuild(arrays), t, xs, lins, maxima, w_dot, statics
+            lambda w, key, g_max, t, arrays, xs, fits, counts, w_dot: _programmed_jvp(
+                w, key, g_max, rebuild(arrays), t, xs, fits, counts, w_dot, statics
             ),
             policy=jax.checkpoint_policies.nothing_saveable,
-        )(w, key, g_max, t, arrays, xs, lins, maxima, w_dot)
+        )(w, key, g_max, t, arrays, xs, fits, counts, w_dot)
         return w_hat, tangent
 
     programmed.defjvp(jvp, symbolic_zeros=True)
@@ -359,13 +358,12 @@ def _program_core(
     return programmed(w, key, g_max, t_inference, arrays)
 
 
-def _max_and_count(v: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
-    """Each line's maximum and how many of its elements equal it (keepdims).
+def _tie_count(v: jax.Array, axis: int) -> jax.Array:
+    """How many elements of each line of ``v`` (along ``axis``) equal its maximum (keepdims).
 
-    The count, a constant as far as derivatives go, comes from one variadic
-    reduction of maxima and counts (a separate integer sum was a tree
-    reduction whose partial results XLA kept alive through the backward
-    pass); the maximum is ``jnp.max``, differentiable to any order.
+    One variadic reduction of maxima and counts, a constant as far as
+    derivatives go (an integer sum of ``v == top`` was a tree reduction
+    whose partial results XLA kept alive through the backward pass).
     """
 
     def combine(a: tuple[jax.Array, ...], b: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
@@ -376,7 +374,16 @@ def _max_and_count(v: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
     fixed = jax.lax.stop_gradient(v)
     inits = (jnp.asarray(-jnp.inf, v.dtype), jnp.asarray(0.0, v.dtype))
     _, count = jax.lax.reduce((fixed, jnp.ones_like(fixed)), inits, combine, (axis % v.ndim,))
-    return jnp.max(v, axis=axis, keepdims=True), jnp.expand_dims(count, axis)
+    return jnp.expand_dims(count, axis)
+
+
+class _LineFit(NamedTuple):
+    """Per-line values of one block (all with the line axis kept, size 1)."""
+
+    slope: jax.Array
+    lin: SlopeLinearization | None
+    row_max: jax.Array
+    scale: jax.Array
 
 
 class _Statics(NamedTuple):
@@ -419,10 +426,10 @@ def _forward(
     t_inference: jax.Array,
     statics: _Statics,
     linearize: bool = True,
-) -> tuple[jax.Array, list[jax.Array], list[tuple[jax.Array, SlopeLinearization | None]]]:
-    """The programmed weights, the signed read-back per block and each block's slopes.
+) -> tuple[jax.Array, list[jax.Array], list[_LineFit]]:
+    """The programmed weights, the signed read-back and the per-line values of each block.
 
-    With ``linearize``, each slope comes with its
+    With ``linearize``, each block's slopes come with their
     :class:`~fusion_jax.regression.SlopeLinearization` (else ``None``).
     """
     axis = statics.axis
@@ -443,9 +450,9 @@ def _forward(
 
         # Read by the regression's sums and by the final product: computed once.
         xs = materialize_fn(read_back, w)
-    out, lins = [], []
-    for x, wb, (_, scale, row_max) in zip(xs, blocks, converted, strict=True):
-        row_max, scale = jnp.squeeze(row_max, axis), jnp.squeeze(scale, axis)
+    out, fits = [], []
+    for x, wb, (_, line_scale, line_max) in zip(xs, blocks, converted, strict=True):
+        row_max, scale = jnp.squeeze(line_max, axis), jnp.squeeze(line_scale, axis)
         fitted = _slope(
             x,
             wb,
@@ -457,9 +464,10 @@ def _forward(
             linearize=linearize,
         )
         slope, lin = fitted if linearize else (fitted, None)
-        out.append(jnp.expand_dims(slope, axis) * x)
-        lins.append((slope, lin))
-    return statics.join(out), xs, lins
+        slope = jnp.expand_dims(slope, axis)
+        out.append(slope * x)
+        fits.append(_LineFit(slope, lin, line_max, line_scale))
+    return statics.join(out), xs, fits
 
 
 def _programmed_jvp(
@@ -469,8 +477,8 @@ def _programmed_jvp(
     noise: NoiseModel | None,
     t_inference: jax.Array,
     xs: list[jax.Array],
-    lins: list[tuple[jax.Array, SlopeLinearization]],
-    maxima: list[tuple[jax.Array, jax.Array]],
+    fits: list[_LineFit],
+    counts: list[jax.Array],
     w_dot: jax.Array,
     statics: _Statics,
 ) -> jax.Array:
@@ -488,9 +496,9 @@ def _programmed_jvp(
     """
     axis = statics.axis
     blocks, dots = statics.split(w), statics.split(w_dot)
-    dcs, scales = [], []
-    for b, db, (row_max, count) in zip(blocks, dots, maxima, strict=True):
-        scale = _row_scale(row_max, g_max)
+    dcs = []
+    for b, db, fit, count in zip(blocks, dots, fits, counts, strict=True):
+        row_max, scale = fit.row_max, fit.scale
         tie = jnp.abs(b) == row_max
         dm = jnp.sum(jnp.where(tie, jnp.sign(b) * db, 0.0), axis=axis, keepdims=True) / count
         # d max(row_max, SCALE_EPS): 1 above the floor, 1/2 on it (as jnp.maximum), 0 below.
@@ -501,7 +509,6 @@ def _programmed_jvp(
         # reductions would otherwise store their broadcast, weight-sized.
         ds = materialize_fn(lambda ds=ds: ds, w)
         c = b * scale
-        scales.append(scale)
         dcs.append(jnp.where((c >= -g_max) & (c <= g_max), scale * db + b * ds, 0.0))
     if noise is not None:
 
@@ -510,7 +517,7 @@ def _programmed_jvp(
             targets = statics.join(
                 [
                     jnp.clip(b * s, -g_max, g_max)
-                    for b, s in zip(statics.split(w), scales, strict=True)
+                    for b, s in zip(statics.split(w), [f.scale for f in fits], strict=True)
                 ]
             )
             magnitude = jnp.abs(targets)
@@ -527,8 +534,8 @@ def _programmed_jvp(
     else:
         dxs = dcs
     out = []
-    for x, b, db, dx, (slope, lin) in zip(xs, blocks, dots, dxs, lins, strict=True):
-        a = jnp.expand_dims(slope, axis)
+    for x, b, db, dx, fit in zip(xs, blocks, dots, dxs, fits, strict=True):
+        a, lin = fit.slope, fit.lin
         xc = x - jnp.expand_dims(lin.x_center, axis)
         yc = b - jnp.expand_dims(lin.y_center, axis)
         da = jnp.expand_dims(lin.inv_den, axis) * jnp.sum(
