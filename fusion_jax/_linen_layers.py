@@ -179,7 +179,7 @@ class _Settings:
         tiles.check_max_size(self.max_input_size, "max_input_size")
         tiles.check_max_size(self.max_output_size, "max_output_size")
         _validation.check_g_max(self.g_max)
-        _check_gradient_mode(self.gradient)
+        _check_gradient_mode(self.gradient, type(self).__qualname__)
         resolve_noise(self.noise)
 
 

@@ -148,7 +148,7 @@ class _FusionLayer(nnx.Module):
             raise TypeError(
                 f"{type(self).__name__}: noise_stream must be True or False, got {noise_stream!r}."
             )
-        _check_gradient_mode(gradient)
+        _check_gradient_mode(gradient, type(self).__name__)
         model = resolve_noise(noise)
         _validation.check_t_inference(t_inference, where=type(self).__name__)
         # Concrete settings are static (compile-time constants of a jitted

@@ -94,9 +94,13 @@ def resolve_noise(noise: Any) -> NoiseModel | None:
     return noise
 
 
-def _check_gradient_mode(gradient: str) -> None:
+def _check_gradient_mode(gradient: str, where: str = "") -> None:
+    """Refuse a ``gradient`` other than ``"exact"`` or ``"ste"`` (``where``: who was given it)."""
     if gradient not in ("exact", "ste"):
-        raise ValueError(f"gradient must be 'exact' or 'ste' (straight-through), got {gradient!r}.")
+        prefix = f"{where}: " if where else ""
+        raise ValueError(
+            f"{prefix}gradient must be 'exact' or 'ste' (straight-through), got {gradient!r}."
+        )
 
 
 def program(

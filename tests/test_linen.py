@@ -135,7 +135,7 @@ def test_bad_settings_are_refused():
     _, variables = dense_and_vars()
     with pytest.raises(fj.ArgumentError):
         flinen.FusionDense(4, noise=NOISE, g_max=5.0).apply(variables, X, rng=K1)
-    with pytest.raises(ValueError, match="gradient"):
+    with pytest.raises(ValueError, match="FusionDense: gradient"):  # names the layer
         flinen.FusionDense(4, noise=NOISE, gradient="nope").apply(variables, X, rng=K1)
     with pytest.raises(ValueError, match="feature_group_count"):
         flinen.FusionConv(4, (3, 3), feature_group_count=3, noise=None).init(K0, XC)

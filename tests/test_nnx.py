@@ -204,7 +204,7 @@ def test_masked_conv_programs_the_masked_kernel():
 def test_bad_settings_are_refused():
     with pytest.raises(fj.ArgumentError):
         linear(g_max=50.0)
-    with pytest.raises(ValueError, match="gradient"):
+    with pytest.raises(ValueError, match="FusionLinear: gradient"):  # names the layer
         linear(gradient="straight")
     with pytest.raises(ValueError, match="deterministic"):
         linear(deterministic=None)(X)
