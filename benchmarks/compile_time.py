@@ -6,7 +6,10 @@ as of that git revision, measured the same way in the same run):
 * **step**: a jitted gradient step (loss, ``jax.value_and_grad``, the new
   RNG state) of 16 layers 64 wide with ReLUs, batch 8: ``nnx.Linear``
   against ``fj.nnx.FusionLinear`` with the default chip noise (exact
-  gradient), straight-through, and noise-free. Lowering (tracing to
+  gradient), straight-through, and noise-free; and ``program_params``: the
+  ``nnx.Linear`` model whose kernels the step programs with
+  ``fj.program_params`` (default chip noise, exact gradient), where kernels
+  of one shape are programmed by one batched call. Lowering (tracing to
   StableHLO) and XLA compilation are timed apart; the optimised HLO's
   instruction and fusion counts show the program size per layer.
 * **pieces**: XLA compile time and fusion count of one 64x64 kernel's
@@ -41,7 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 N_LAYERS, WIDTH, BATCH = 16, 64, 8
-STEP_KINDS = ("nnx.Linear", "exact", "ste", "noise-free")
+STEP_KINDS = ("nnx.Linear", "exact", "ste", "noise-free", "program_params")
 
 
 class _CompileCounter:
@@ -83,7 +86,7 @@ def _step_model(kind: str):
     rngs = nnx.Rngs(params=0, noise=1)
     layers = []
     for _ in range(N_LAYERS):
-        if kind == "nnx.Linear":
+        if kind in ("nnx.Linear", "program_params"):
             layers.append(nnx.Linear(WIDTH, WIDTH, rngs=rngs))
         elif kind == "exact":
             layers.append(FusionLinear(WIDTH, WIDTH, rngs=rngs))
@@ -101,11 +104,15 @@ def measure_step(kind: str) -> dict[str, float]:
     import jax.numpy as jnp
     from flax import nnx
 
+    import fusion_jax as fj
+
     graphdef, params, rest = nnx.split(_step_model(kind), nnx.Param, ...)
 
-    def step(params, rest, x):
+    def step(params, rest, x, key):
         def loss_fn(params, rest):
             model = nnx.merge(graphdef, params, rest, copy=True)
+            if kind == "program_params":  # plain layers, all kernels programmed in the step
+                model = fj.program_params(model, key)
             return jnp.mean(model(x) ** 2), nnx.split(model, nnx.Param, ...)[2]
 
         (loss, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest)
@@ -113,7 +120,7 @@ def measure_step(kind: str) -> dict[str, float]:
 
     x = jnp.ones((BATCH, WIDTH))
     start = time.perf_counter()
-    lowered = jax.jit(step).lower(params, rest, x)
+    lowered = jax.jit(step).lower(params, rest, x, jax.random.key(1))
     lowering = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()

@@ -51,7 +51,8 @@ def _opaque_true_vmap(
 ) -> tuple[jax.Array, bool]:
     # One condition for the whole batch: the branch stays a branch under
     # jax.vmap (a batched condition would turn it into a select of both).
-    return _true_from(value), False
+    # Through this function again, so that enclosing vmaps do the same.
+    return _opaque_true_unbatched(value), False
 
 
 def _opaque_true(value: jax.Array) -> jax.Array:

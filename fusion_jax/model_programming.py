@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -148,6 +148,69 @@ def program_kernel(
                [  -1.5 ,   60.  ],
                [   0.75, -120.  ]], dtype=float32)
     """
+    return _checked_kernel_call(
+        kernel,
+        key,
+        axes=axes,
+        g_max=g_max,
+        noise=noise,
+        t_inference=t_inference,
+        strict_aihwkit=strict_aihwkit,
+        gradient=gradient,
+        max_input_size=max_input_size,
+        max_output_size=max_output_size,
+    ).run()
+
+
+class _KernelCall(NamedTuple):
+    """One checked :func:`program_kernel` call, ready to run (alone or batched)."""
+
+    kernel: jax.Array
+    key: PRNGKeyArray | None
+    g_max: Any
+    model: NoiseModel | None
+    t_inference: Any
+    statics: dict[str, Any]
+    fold: int | None = None  # the kernel's key is fold_in(key, fold) (program_params' leaf key)
+
+    def leaf_key(self) -> PRNGKeyArray | None:
+        if self.key is None or self.fold is None:
+            return self.key
+        return jax.random.fold_in(self.key, self.fold)
+
+    def run(self) -> jax.Array:
+        return _program_kernel_jit(
+            self.kernel, self.leaf_key(), self.g_max, self.model, self.t_inference, **self.statics
+        )
+
+    def group_token(self) -> tuple[Any, ...]:
+        """Calls with equal tokens differ only in kernel values and key: one batched program."""
+        return (
+            self.kernel.shape,
+            self.kernel.dtype,
+            self.key is None,
+            None if self.key is None else id(self.key),
+            _value_token(self.g_max),
+            _value_token(self.t_inference),
+            _model_token(self.model),
+            tuple(sorted(self.statics.items())),
+        )
+
+
+def _checked_kernel_call(
+    kernel: ArrayLike,
+    key: PRNGKeyArray | None,
+    *,
+    axes: KernelAxes | None,
+    g_max: Any,
+    noise: Any,
+    t_inference: Any,
+    strict_aihwkit: bool,
+    gradient: GradientMode,
+    max_input_size: int,
+    max_output_size: int,
+) -> _KernelCall:
+    """program_kernel's checks (each error raised here, eagerly where values are concrete)."""
     kernel = _validation.as_array(kernel, "kernel")
     axes = layout._as_axes(axes, kernel.ndim)
     axes.check(kernel.shape)
@@ -166,17 +229,55 @@ def program_kernel(
         _prepare_weights(np.swapaxes(host_columns, -1, -2), "kernel")
     _prepare_g_max(g_max, jnp.float32)  # checked here: inside the jit it is traced
     sizes = tiles._kernel_input_sizes(kernel.shape, axes, max_input_size, max_output_size)
-    return _program_kernel_jit(
-        kernel,
-        key,
-        g_max,
-        model,
-        t_inference,
-        axes=axes,
-        strict_aihwkit=bool(strict_aihwkit),
-        gradient=gradient,
-        in_sizes=sizes,
-    )
+    statics = {
+        "axes": axes,
+        "strict_aihwkit": bool(strict_aihwkit),
+        "gradient": gradient,
+        "in_sizes": sizes,
+    }
+    return _KernelCall(kernel, key, g_max, model, t_inference, statics)
+
+
+def _value_token(value: Any) -> tuple[Any, ...]:
+    """Equal tokens: the same setting value (a concrete value, or the same traced array)."""
+    concrete = _validation.concrete_value(value)
+    if concrete is None:
+        return ("traced", id(value))
+    array = np.asarray(concrete)
+    return ("value", array.shape, array.dtype.str, array.tobytes())
+
+
+def _model_token(model: NoiseModel | None) -> Any:
+    if model is None:
+        return None
+    leaves, treedef = jax.tree_util.tree_flatten(model)
+    return (treedef, tuple(_value_token(leaf) for leaf in leaves))
+
+
+def _run_grouped(calls: Sequence[_KernelCall]) -> list[jax.Array]:
+    """Run calls that differ only in kernel values and keys as one batched program.
+
+    Same-shaped kernels of a model (the projections of every transformer
+    block, a stack of equal layers) then compile to one program instead of
+    one per kernel. Each kernel's result is that of its own call.
+    """
+    if len(calls) == 1:
+        return [calls[0].run()]
+    first = calls[0]
+    kernels = jnp.stack([call.kernel for call in calls])
+    if first.key is None:
+        keys = None
+    elif first.fold is None:
+        keys = jnp.stack([call.key for call in calls])
+    else:  # the leaf keys in one batched fold_in (one hash, not one per kernel)
+        folds = jnp.asarray([call.fold for call in calls], dtype=jnp.uint32)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(first.key, folds)
+
+    def one(kernel: jax.Array, key: PRNGKeyArray | None) -> jax.Array:
+        return first._replace(kernel=kernel, key=key, fold=None).run()
+
+    programmed = jax.vmap(one, in_axes=(0, None if keys is None else 0))(kernels, keys)
+    return [programmed[i] for i in range(len(calls))]
 
 
 @functools.partial(
@@ -556,7 +657,14 @@ def program_params(
       :func:`fusion_jax.nnx.kernel_layouts`), otherwise an error names it.
 
     Jittable, differentiable, and vmappable over ``key`` and ``g_max``
-    (a sweep compiles once).
+    (a sweep compiles once). Kernels of the same shape, dtype, axes and
+    settings are programmed by one batched call (their leaf keys folded in
+    one batch), so the programming compiles once per kind of kernel, not
+    once per kernel: the projections of all transformer blocks, a stack of
+    equal layers. Each kernel's result is that of its own
+    :func:`program_kernel` call with its :func:`leaf_key`. Inside a training
+    step, ``program_params`` of a model of plain layers is therefore the
+    fastest-compiling way to program every kernel on each step.
 
     Args:
         params: An ``nnx.Module`` or a parameter pytree.
@@ -698,7 +806,9 @@ def _program_tree(
     paths = [_plain_path(keypath) for keypath, _ in flat]
     lookup = _layout_lookup(layouts, paths)
     default_model = resolve_noise(DEFAULT_NOISE) if "noise" not in given else None
-    out = []
+    out: list[Any] = []
+    # Kernels that differ only in values and keys are programmed as one batched call.
+    groups: dict[tuple[Any, ...], list[tuple[int, _KernelCall]]] = {}
     n_selected = 0
     for path, (_, leaf) in zip(paths, flat, strict=True):
         if not select(path, leaf):
@@ -738,11 +848,10 @@ def _program_tree(
             key=key,
             t_inference=settings["t_inference"],
         )
-        leaf_k = None if model is None else leaf_key(key, path)
         try:
-            programmed = program_kernel(
+            call = _checked_kernel_call(
                 leaf,
-                leaf_k,
+                None if model is None else key,
                 axes=axes,
                 g_max=settings["g_max"],
                 noise=model,
@@ -759,7 +868,10 @@ def _program_tree(
                 raise type(err)(f"program_params: leaf {name!r}: {err}") from err
             err.add_note(f"(while programming the leaf {name!r} in program_params)")
             raise
-        out.append(programmed)
+        if call.key is not None:
+            call = call._replace(fold=_path_hash(path))  # its key: leaf_key(key, path)
+        groups.setdefault(call.group_token(), []).append((len(out), call))
+        out.append(None)  # filled in below
     if n_selected == 0:
         shown = ", ".join(repr(_path_text(p)) for p in paths[:8]) + (
             " ..." if len(paths) > 8 else ""
@@ -768,4 +880,8 @@ def _program_tree(
             "program_params selected no leaf to program; the default selects leaves named "
             f"'kernel' with at least 2 dimensions. Leaves seen: [{shown}]."
         )
+    for members in groups.values():
+        programmed = _run_grouped([call for _, call in members])
+        for (index, _), kernel in zip(members, programmed, strict=True):
+            out[index] = kernel
     return jax.tree_util.tree_unflatten(treedef, out)

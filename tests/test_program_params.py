@@ -218,3 +218,71 @@ def test_default_noise():
     np.testing.assert_array_equal(
         out["a"]["kernel"], program_kernel(params["a"]["kernel"], leaf_key(KEY, ("a", "kernel")))
     )
+
+
+def _programming_calls(fn, *args) -> int:
+    """How many programming calls the traced program holds: the closed-form derivative's
+    custom_jvp (the only one with symbolic zeros), not those nested inside it."""
+
+    def count(jaxpr) -> int:
+        n = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "custom_jvp_call" and eqn.params["symbolic_zeros"]:
+                n += 1
+                continue
+            for value in eqn.params.values():
+                for sub in value if isinstance(value, tuple | list) else (value,):
+                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                        n += count(sub.jaxpr)
+                    elif isinstance(sub, jax.extend.core.Jaxpr):
+                        n += count(sub)
+        return n
+
+    return count(jax.make_jaxpr(fn)(*args).jaxpr)
+
+
+def test_same_shaped_kernels_are_programmed_by_one_batched_call():
+    """Kernels of one shape and settings compile to one batched program; each result
+    is still exactly that of its own program_kernel call with its leaf key."""
+    r = np.random.default_rng(3)
+    params = {
+        name: {"kernel": jnp.asarray(r.standard_normal(shape), jnp.float32)}
+        for name, shape in (("a", (6, 4)), ("b", (6, 4)), ("c", (4, 6)), ("d", (6, 4)))
+    }
+    chip = program_params(params, KEY, g_max=25.0)
+    for name, layer in params.items():
+        alone = program_kernel(layer["kernel"], leaf_key(KEY, (name, "kernel")), g_max=25.0)
+        np.testing.assert_array_equal(chip[name]["kernel"], alone, err_msg=name)
+    assert _programming_calls(lambda p: program_params(p, KEY, g_max=25.0), params) == 2
+
+    # Gradients through the batched call are those of the separate calls.
+    def separate(p):
+        return sum(
+            jnp.sum(jnp.sin(program_kernel(p[n]["kernel"], leaf_key(KEY, (n, "kernel")))))
+            for n in p
+        )
+
+    def grouped(p):
+        return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(program_params(p, KEY)))
+
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        jax.grad(grouped)(params),
+        jax.grad(separate)(params),
+    )
+
+
+def test_layers_with_other_settings_are_not_batched_together():
+    """Same-shaped Fusion layers with another g_max or t_inference each keep their own
+    settings (a call of their own); those with equal settings share one."""
+    settings = ({"g_max": 10.0}, {"g_max": 40.0}, {"g_max": 40.0, "t_inference": 100.0}, {})
+    net = nnx.Sequential(
+        *(fj.nnx.FusionLinear(4, 4, **s, rngs=nnx.Rngs(i)) for i, s in enumerate(settings))
+    )
+    chip = program_params(net, KEY)
+    for i, s in enumerate(settings):
+        k = leaf_key(KEY, ("layers", i, "kernel"))
+        np.testing.assert_array_equal(
+            chip.layers[i].kernel[...], program_kernel(net.layers[i].kernel[...], k, **s)
+        )
+    assert _programming_calls(lambda: program_params(net, KEY)) == 3

@@ -205,13 +205,15 @@ def test_layer_g_max_and_t_inference_as_step_arguments_do_not_recompile():
 def test_closed_form_gradient_inside_vmap_of_scan_equals_autodiff():
     # A training loop vmapped over models (the transformer's recipes): the
     # gradient is taken inside lax.scan inside jax.vmap, over stacked kernels
-    # programmed under an inner vmap, with a traced g_max. The stored
-    # per-line cotangents stay branches there (an unbatched condition);
-    # a batched one could not be transposed.
+    # programmed under two inner vmaps (program_params batches same-shaped
+    # stacked kernels so), with a traced g_max. The stored per-line
+    # cotangents stay branches at every level (an unbatched condition); a
+    # batched one could not be transposed.
     def train(noise):
         def loss(w, key):
             g_max = jax.random.uniform(key, (), minval=10.0, maxval=40.0)
-            out = jax.vmap(lambda w: fj.program(w, KEY, g_max=g_max, noise=noise))(w)
+            one_kernel = lambda w: fj.program(w, KEY, g_max=g_max, noise=noise)  # noqa: E731
+            out = jax.vmap(jax.vmap(one_kernel))(w)
             return jnp.sum(jnp.sin(out))
 
         def one(w, key):
@@ -223,7 +225,7 @@ def test_closed_form_gradient_inside_vmap_of_scan_equals_autodiff():
 
         return jax.jit(jax.vmap(one))
 
-    w = jnp.stack([W.reshape(2, 3, 16), -W.reshape(2, 3, 16)])
+    w = jnp.stack([W.reshape(2, 1, 3, 16), -W.reshape(2, 1, 3, 16)])
     keys = jax.random.split(jax.random.key(1), 2)
     model = FusionChipNoise.lenet5_readback()
     w_fast, loss_fast = train(model)(w, keys)
