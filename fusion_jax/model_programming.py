@@ -255,34 +255,36 @@ def _model_token(model: NoiseModel | None) -> Any:
 
 
 def _run_grouped(calls: Sequence[_KernelCall]) -> list[jax.Array]:
-    """Run calls that differ only in kernel values and keys as one batched program.
+    """Run calls that differ only in kernel values and keys as one program.
 
     Same-shaped kernels of a model (the projections of every transformer
     block, a stack of equal layers) then compile to one program instead of
-    one per kernel. Each kernel's result is that of its own call.
+    one per kernel: their layers are programmed as the layers of one stacked
+    kernel (no further ``jax.vmap`` level), each with the key of its own
+    call. Each kernel's result is that of its own call.
     """
     if len(calls) == 1:
         return [calls[0].run()]
     first = calls[0]
-    kernels = jnp.stack([call.kernel for call in calls])
-    if first.key is None:
-        keys = None
-    elif first.fold is None:
-        keys = jnp.stack([call.key for call in calls])
-    else:  # the leaf keys in one batched fold_in (one hash, not one per kernel)
-        folds = jnp.asarray([call.fold for call in calls], dtype=jnp.uint32)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(first.key, folds)
+    assert first.key is None or all(call.fold is not None for call in calls)
+    folds = None if first.key is None else np.asarray([c.fold for c in calls], np.uint32)
+    return list(
+        _program_kernels_jit(
+            tuple(call.kernel for call in calls),
+            first.key,
+            folds,
+            first.g_max,
+            first.model,
+            first.t_inference,
+            **first.statics,
+        )
+    )
 
-    def one(kernel: jax.Array, key: PRNGKeyArray | None) -> jax.Array:
-        return first._replace(kernel=kernel, key=key, fold=None).run()
 
-    programmed = jax.vmap(one, in_axes=(0, None if keys is None else 0))(kernels, keys)
-    return [programmed[i] for i in range(len(calls))]
+_STATICS = ("axes", "strict_aihwkit", "gradient", "in_sizes")
 
 
-@functools.partial(
-    jax.jit, static_argnames=("axes", "strict_aihwkit", "gradient", "in_sizes"), inline=True
-)
+@functools.partial(jax.jit, static_argnames=_STATICS, inline=True)
 def _program_kernel_jit(
     kernel: jax.Array,
     key: PRNGKeyArray | None,
@@ -322,6 +324,54 @@ def _program_kernel_jit(
     return layout._from_columns(programmed, axes, kernel.shape, export_order=export_order)
 
 
+@functools.partial(jax.jit, static_argnames=_STATICS, inline=True)
+def _program_kernels_jit(
+    kernels: tuple[jax.Array, ...],
+    key: PRNGKeyArray | None,
+    folds: jax.Array | None,
+    g_max: Any,
+    model: NoiseModel | None,
+    t_inference: Any,
+    *,
+    axes: KernelAxes,
+    strict_aihwkit: bool,
+    gradient: str,
+    in_sizes: tuple[int, ...],
+) -> tuple[jax.Array, ...]:
+    """_program_kernel_jit of same-shaped kernels at once, kernel ``i`` keyed
+    ``fold_in(key, folds[i])``: their layers programmed as one stack."""
+    export_order = len(in_sizes) > 1
+    columns = [layout._to_columns(k, axes, export_order=export_order) for k in kernels]
+    for c in columns:
+        _prepare_weights(jnp.swapaxes(c, -1, -2), "kernel")  # traced: only inspected
+    shape = columns[0].shape
+    n_layers = int(np.prod(shape[:-2], dtype=int))  # per kernel; 1 when not stacked
+    layers = jnp.concatenate([c.reshape(-1, *shape[-2:]) for c in columns])
+    layer_keys = None
+    if model is not None and key is not None:
+        # The leaf keys in one batched fold_in (one hash, not one per kernel);
+        # a stacked kernel's layer j then draws with split(leaf key)[j].
+        leaf_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, folds)
+        if shape[:-2]:
+            leaf_keys = jax.vmap(lambda k: jax.random.split(k, n_layers))(leaf_keys)
+        layer_keys = leaf_keys.reshape(-1)
+    programmed = _program_columns(
+        layers,
+        None,
+        g_max,
+        model,
+        t_inference,
+        strict_aihwkit=strict_aihwkit,
+        gradient=gradient,
+        in_sizes=in_sizes,
+        layer_keys=layer_keys,
+    ).reshape(len(kernels), *shape)
+    return tuple(
+        layout._from_columns(programmed[i], axes, k.shape, export_order=export_order)
+        for i, k in enumerate(kernels)
+    )
+
+
 def _program_columns(
     columns: jax.Array,
     key: PRNGKeyArray | None,
@@ -332,13 +382,15 @@ def _program_columns(
     strict_aihwkit: bool,
     gradient: str,
     in_sizes: tuple[int, ...] | None = None,
+    layer_keys: PRNGKeyArray | None = None,
 ) -> jax.Array:
     """Program validated columns ``[*stack, in, out]``, each stacked layer on its own.
 
     The matrix-level entry for every kernel shape: a kernel mapped to
     columns (:func:`fusion_jax.layout.kernel_to_columns`, inputs in export
     order when tiled) is programmed here. Layer ``i`` (the flattened stack
-    index) draws its noise with ``jax.random.split(key, n_layers)[i]``.
+    index) draws its noise with ``jax.random.split(key, n_layers)[i]``, or
+    with ``layer_keys[i]`` when given (then ``key`` is unused).
     ``in_sizes``: the input tile sizes along axis -2
     (:func:`fusion_jax.tiles.split_sizes`); ``None`` or one size: one tile.
     """
@@ -359,10 +411,12 @@ def _program_columns(
     if columns.ndim == 2:
         return one(columns, key)
     flat = columns.reshape(-1, *columns.shape[-2:])
-    if model is None or key is None:
+    if layer_keys is None and model is not None and key is not None:
+        layer_keys = jax.random.split(key, flat.shape[0])
+    if model is None or layer_keys is None:
         programmed = jax.vmap(lambda c: one(c, None))(flat)
     else:
-        programmed = jax.vmap(one)(flat, jax.random.split(key, flat.shape[0]))
+        programmed = jax.vmap(one)(flat, layer_keys)
     return programmed.reshape(columns.shape)
 
 

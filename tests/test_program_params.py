@@ -242,34 +242,45 @@ def _programming_calls(fn, *args) -> int:
 
 
 def test_same_shaped_kernels_are_programmed_by_one_batched_call():
-    """Kernels of one shape and settings compile to one batched program; each result
-    is still exactly that of its own program_kernel call with its leaf key."""
+    """Kernels of one shape and settings compile to one program (stacked kernels too,
+    their layers keyed as each kernel's own); each result is exactly that of its own
+    program_kernel call with its leaf key, and so are the gradients."""
     r = np.random.default_rng(3)
+    shapes = {"a": (6, 4), "b": (6, 4), "c": (4, 6), "d": (6, 4), "s": (3, 6, 4), "t": (3, 6, 4)}
     params = {
         name: {"kernel": jnp.asarray(r.standard_normal(shape), jnp.float32)}
-        for name, shape in (("a", (6, 4)), ("b", (6, 4)), ("c", (4, 6)), ("d", (6, 4)))
+        for name, shape in shapes.items()
     }
-    chip = program_params(params, KEY, g_max=25.0)
-    for name, layer in params.items():
-        alone = program_kernel(layer["kernel"], leaf_key(KEY, (name, "kernel")), g_max=25.0)
-        np.testing.assert_array_equal(chip[name]["kernel"], alone, err_msg=name)
-    assert _programming_calls(lambda p: program_params(p, KEY, g_max=25.0), params) == 2
-
-    # Gradients through the batched call are those of the separate calls.
-    def separate(p):
-        return sum(
-            jnp.sum(jnp.sin(program_kernel(p[n]["kernel"], leaf_key(KEY, (n, "kernel")))))
-            for n in p
-        )
+    stacked = fj.layout.KernelAxes.dense().stacked()
+    axes = {f"{n}/kernel": stacked for n in "st"}
 
     def grouped(p):
-        return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(program_params(p, KEY)))
+        return program_params(p, KEY, g_max=25.0, layouts=axes)
 
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-        jax.grad(grouped)(params),
-        jax.grad(separate)(params),
-    )
+    def separate(p):
+        return {
+            n: {
+                "kernel": program_kernel(
+                    p[n]["kernel"],
+                    leaf_key(KEY, (n, "kernel")),
+                    g_max=25.0,
+                    axes=stacked if n in "st" else None,
+                )
+            }
+            for n in p
+        }
+
+    chip, alone = grouped(params), separate(params)
+    for name in params:
+        np.testing.assert_array_equal(chip[name]["kernel"], alone[name]["kernel"], err_msg=name)
+    assert _programming_calls(grouped, params) == 3  # [6, 4], [4, 6], [3, 6, 4]
+
+    def loss(program):
+        return lambda p: sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(program(p)))
+
+    some = {n: params[n] for n in "abst"}  # a batched 2-D group and a stacked one
+    grads = jax.jit(lambda p: (jax.grad(loss(grouped))(p), jax.grad(loss(separate))(p)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads(some))
 
 
 def test_layers_with_other_settings_are_not_batched_together():
