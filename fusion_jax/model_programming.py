@@ -282,9 +282,14 @@ def _run_grouped(calls: Sequence[_KernelCall]) -> list[jax.Array]:
 
 
 _STATICS = ("axes", "strict_aihwkit", "gradient", "in_sizes")
+# Not inlined (nor _program_jit): each call is one equation of the caller's
+# jaxpr, so the layers of a model that share a shape and settings share one
+# traced, differentiated and lowered body; XLA inlines it afterwards. A/B:
+# ``python benchmarks/compile_time.py --before ecbe485`` (lowering and compile
+# of the 16-layer step).
 
 
-@functools.partial(jax.jit, static_argnames=_STATICS, inline=True)
+@functools.partial(jax.jit, static_argnames=_STATICS)
 def _program_kernel_jit(
     kernel: jax.Array,
     key: PRNGKeyArray | None,
@@ -324,7 +329,7 @@ def _program_kernel_jit(
     return layout._from_columns(programmed, axes, kernel.shape, export_order=export_order)
 
 
-@functools.partial(jax.jit, static_argnames=_STATICS, inline=True)
+@functools.partial(jax.jit, static_argnames=_STATICS)
 def _program_kernels_jit(
     kernels: tuple[jax.Array, ...],
     key: PRNGKeyArray | None,

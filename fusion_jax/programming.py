@@ -247,7 +247,6 @@ def _program_prepared(
 @functools.partial(
     jax.jit,
     static_argnames=("strict_aihwkit", "gradient", "dtype", "out_dtype", "axis", "in_sizes"),
-    inline=True,
 )
 def _program_jit(
     w: jax.Array,
