@@ -702,7 +702,10 @@ def program_params(
     ``params`` may be:
 
     * an ``nnx.Module``: the result is its programmed copy (the input is left
-      unchanged). The axes of every ``nnx.Linear``, ``Conv``,
+      unchanged), whose Fusion layers are in evaluation mode
+      (``deterministic``): calling the copy uses the kernels as programmed
+      and never programs them again, whatever the input's mode (other
+      layers, such as dropout, keep theirs). The axes of every ``nnx.Linear``, ``Conv``,
       ``LinearGeneral`` and ``Einsum`` kernel (and of their Fusion
       counterparts) are known from the layer, including stacked layers
       made by ``nnx.vmap``/``nnx.scan`` (leading layer axes) and attention
@@ -790,9 +793,10 @@ def program_params(
         ...     nnx.MultiHeadAttention(2, 8, decode=False, rngs=nnx.Rngs(1)),
         ... )
         >>> chip_net = fj.program_params(net, jax.random.key(1))   # layer 0 at 10 uS, rest 40 uS
-        >>> chip_net.eval()
-        >>> chip_net(jnp.ones((1, 5, 4))).shape
+        >>> chip_net(jnp.ones((1, 5, 4))).shape   # the kernels as programmed, not again
         (1, 5, 8)
+        >>> chip_net.layers[0].deterministic, net.layers[0].deterministic
+        (True, False)
         >>> bool((chip_net.layers[1].query.kernel[...] != net.layers[1].query.kernel[...]).any())
         True
 
@@ -846,7 +850,13 @@ def program_params(
         module_axes, module_settings = _module_specs(params, strict=False)
         graphdef, state = nnx.split(params)
         programmed = _program_tree(state, key, given, where, layouts, module_axes, module_settings)
-        return nnx.merge(graphdef, programmed)
+        chip = nnx.merge(graphdef, programmed)
+        # The copy is the chip: its Fusion layers use their kernels as programmed
+        # (deterministic), also where the input was in training mode.
+        from fusion_jax.nnx import _FusionLayer
+
+        chip.set_attributes(_FusionLayer, deterministic=True, raise_if_not_found=False)
+        return chip
     return _program_tree(params, key, given, where, layouts, {}, {})
 
 
