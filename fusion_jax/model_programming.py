@@ -188,6 +188,7 @@ class _KernelCall(NamedTuple):
         return (
             self.kernel.shape,
             self.kernel.dtype,
+            _sharding_token(self.kernel),
             self.key is None,
             None if self.key is None else id(self.key),
             _value_token(self.g_max),
@@ -240,11 +241,21 @@ def _checked_kernel_call(
 
 def _value_token(value: Any) -> tuple[Any, ...]:
     """Equal tokens: the same setting value (a concrete value, or the same traced array)."""
-    concrete = _validation.concrete_value(value)
-    if concrete is None:
-        return ("traced", id(value))
-    array = np.asarray(concrete)
+    try:
+        concrete = _validation.concrete_value(value)
+        array = None if concrete is None else np.asarray(concrete)
+    except (TypeError, ValueError):  # not convertible to NumPy (a key, an object)
+        array = None
+    if array is None or array.dtype == object:
+        return ("same object", id(value))
     return ("value", array.shape, array.dtype.str, array.tobytes())
+
+
+def _sharding_token(kernel: jax.Array) -> str:
+    """Kernels batched together are concatenated: only those placed alike."""
+    if isinstance(kernel, jax.Array) and not isinstance(kernel, jax.core.Tracer):
+        return str(kernel.sharding)  # concrete: where its shards are
+    return str(getattr(jax.typeof(kernel), "sharding", None))  # traced: its type's sharding
 
 
 def _model_token(model: NoiseModel | None) -> Any:

@@ -178,8 +178,25 @@ _SHARDED_SCRIPT = textwrap.dedent(
     kw = dict(g_max=np.linspace(10, 40, 5), seeds=3, t_inference=[1.0, 86400.0])
     one = fj.sweep(_apply, params, (x, y), devices=jax.devices()[:1], chunk_size=8, **kw)
     four = fj.sweep(_apply, params, (x, y), chunk_size=8, **kw)
+    # program_params batches same-shaped kernels only where they are placed alike:
+    # each result keeps its kernel's placement and equals its own call.
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    mesh = jax.make_mesh((4,), ("model",))
+    split, whole = NamedSharding(mesh, P(None, "model")), NamedSharding(mesh, P())
+    r, key = np.random.default_rng(0), jax.random.key(3)
+    w = lambda: jnp.asarray(r.standard_normal((8, 8)), jnp.float32)
+    kernels = {{n: {{"kernel": jax.device_put(w(), s)}}
+               for n, s in (("a", split), ("b", split), ("c", whole))}}
+    chip = fj.program_params(kernels, key, g_max=20.0)
+    placed = []
+    for n, leaf in kernels.items():
+        alone = fj.program_kernel(leaf["kernel"], fj.leaf_key(key, (n, "kernel")), g_max=20.0)
+        got = chip[n]["kernel"]
+        placed.append(got.sharding.is_equivalent_to(leaf["kernel"].sharding, 2)
+                      and bool((got == alone).all()))
     print(json.dumps({{"one": one.accuracy.tolist(), "four": four.accuracy.tolist(),
-                      "loss_one": one.loss.tolist(), "loss_four": four.loss.tolist()}}))
+                      "loss_one": one.loss.tolist(), "loss_four": four.loss.tolist(),
+                      "placed": placed}}))
     """
 )
 
@@ -196,6 +213,7 @@ def test_sharded_over_four_cpu_devices_equals_single_device():
     np.testing.assert_allclose(res["four"], res["one"], atol=1e-6)
     np.testing.assert_allclose(res["loss_four"], res["loss_one"], rtol=1e-5)
     assert np.asarray(res["one"]).shape == (5, 3, 2)
+    assert res["placed"] == [True, True, True]
 
 
 def test_labels_per_token_are_averaged_over_every_label():
