@@ -365,6 +365,8 @@ def _program_kernels_jit(
     layers = jnp.concatenate([c.reshape(-1, *shape[-2:]) for c in columns])
     layer_keys = None
     if model is not None and key is not None:
+        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw key: its typed form
+            key = jax.random.wrap_key_data(key)
         # The leaf keys in one batched fold_in (one hash, not one per kernel);
         # a stacked kernel's layer j then draws with split(leaf key)[j].
         leaf_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, folds)

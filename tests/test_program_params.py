@@ -273,6 +273,10 @@ def test_same_shaped_kernels_are_programmed_by_one_batched_call():
     chip, alone = grouped(params), separate(params)
     for name in params:
         np.testing.assert_array_equal(chip[name]["kernel"], alone[name]["kernel"], err_msg=name)
+    # A raw uint32 key (jax.random.PRNGKey) draws as its typed form does.
+    raw = jax.random.key_data(KEY)
+    chip_raw = program_params(params, raw, g_max=25.0, layouts=axes)
+    jax.tree.map(np.testing.assert_array_equal, chip_raw, chip)
     assert _programming_calls(grouped, params) == 3  # [6, 4], [4, 6], [3, 6, 4]
 
     def loss(program):
