@@ -28,6 +28,7 @@ from fusion_jax import _validation, layout, tiles
 from fusion_jax._paths import LeafPath, is_kernel
 from fusion_jax._paths import path_text as _path_text
 from fusion_jax._paths import plain_path as _plain_path
+from fusion_jax._random import _threefry_key_data
 from fusion_jax.conversion import _prepare_g_max, _prepare_weights
 from fusion_jax.errors import ArgumentError
 from fusion_jax.layout import KernelAxes
@@ -715,10 +716,11 @@ def program_params(
     ``params`` may be:
 
     * an ``nnx.Module``: the result is its programmed copy (the input is left
-      unchanged), whose Fusion layers are in evaluation mode
-      (``deterministic``): calling the copy uses the kernels as programmed
-      and never programs them again, whatever the input's mode (other
-      layers, such as dropout, keep theirs). The axes of every ``nnx.Linear``, ``Conv``,
+      unchanged), whose Fusion layers with a programmed kernel are in
+      evaluation mode (``deterministic``): calling the copy uses the kernels
+      as programmed and never programs them again, whatever the input's
+      mode (layers ``where`` left out, and others such as dropout, keep
+      theirs). The axes of every ``nnx.Linear``, ``Conv``,
       ``LinearGeneral`` and ``Einsum`` kernel (and of their Fusion
       counterparts) are known from the layer, including stacked layers
       made by ``nnx.vmap``/``nnx.scan`` (leading layer axes) and attention
@@ -732,13 +734,15 @@ def program_params(
       :func:`fusion_jax.nnx.kernel_layouts`), otherwise an error names it.
 
     Jittable, differentiable, and vmappable over ``key`` and ``g_max``
-    (a sweep compiles once). Kernels of the same shape, dtype, axes and
-    settings are programmed by one batched call (their leaf keys folded in
-    one batch), so the programming compiles once per kind of kernel, not
-    once per kernel: the projections of all transformer blocks, a stack of
-    equal layers. Each kernel's result is that of its own
-    :func:`program_kernel` call with its :func:`leaf_key`. Inside a training
-    step, ``program_params`` of a model of plain layers is therefore the
+    (a sweep compiles once). Kernels of the same shape, dtype, placement,
+    axes and settings are programmed by one batched call (their leaf keys
+    folded in one batch; groups above 2**24 elements in chunks), so the
+    programming compiles once per kind of kernel, not once per kernel: the
+    projections of all transformer blocks, a stack of equal layers. Each
+    kernel's result is that of its own :func:`program_kernel` call with its
+    :func:`leaf_key`; where batching would change it (keys of a PRNG other
+    than threefry, tiled convolutions) kernels are programmed one by one.
+    Inside a training step, ``program_params`` of a model is therefore the
     fastest-compiling way to program every kernel on each step.
 
     Args:
@@ -862,15 +866,19 @@ def program_params(
     if isinstance(params, nnx.Module):
         module_axes, module_settings = _module_specs(params, strict=False)
         graphdef, state = nnx.split(params)
-        programmed = _program_tree(state, key, given, where, layouts, module_axes, module_settings)
+        programmed, done = _program_tree(
+            state, key, given, where, layouts, module_axes, module_settings
+        )
         chip = nnx.merge(graphdef, programmed)
-        # The copy is the chip: its Fusion layers use their kernels as programmed
-        # (deterministic), also where the input was in training mode.
+        # The copy is the chip: its Fusion layers whose kernel was programmed use it
+        # as programmed (deterministic), also where the input was in training mode.
         from fusion_jax.nnx import _FusionLayer
 
-        chip.set_attributes(_FusionLayer, deterministic=True, raise_if_not_found=False)
+        for module_path, module in nnx.iter_graph(chip):
+            if isinstance(module, _FusionLayer) and (*module_path, "kernel") in done:
+                module.deterministic = True
         return chip
-    return _program_tree(params, key, given, where, layouts, {}, {})
+    return _program_tree(params, key, given, where, layouts, {}, {})[0]
 
 
 def _program_tree(
@@ -881,8 +889,11 @@ def _program_tree(
     layouts: Layouts | None,
     module_axes: Mapping[LeafPath, KernelAxes | ValueError],
     module_settings: Mapping[LeafPath, Mapping[str, Any]],
-) -> Any:
-    """program_params on a pytree, with per-leaf axes and settings read from a module."""
+) -> tuple[Any, set[LeafPath]]:
+    """program_params on a pytree, with per-leaf axes and settings read from a module.
+
+    Returns the programmed pytree and the paths of the leaves it programmed.
+    """
     select = is_kernel if where is None else where
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths = [_plain_path(keypath) for keypath, _ in flat]
@@ -890,7 +901,8 @@ def _program_tree(
     default_model = resolve_noise(DEFAULT_NOISE) if "noise" not in given else None
     out: list[Any] = []
     # Kernels that differ only in values and keys are programmed as one batched call.
-    groups: dict[tuple[Any, ...], list[tuple[int, _KernelCall]]] = {}
+    groups: dict[tuple[Any, ...], list[tuple[int, _KernelCall, str]]] = {}
+    programmed_paths: set[LeafPath] = set()
     n_selected = 0
     for path, (_, leaf) in zip(paths, flat, strict=True):
         if not select(path, leaf):
@@ -943,16 +955,14 @@ def _program_tree(
                 max_input_size=settings["max_input_size"],
                 max_output_size=settings["max_output_size"],
             )
-        except ArgumentError:
-            raise
         except (TypeError, ValueError) as err:
-            if type(err) in (TypeError, ValueError):  # ours: restate with the leaf's path
-                raise type(err)(f"program_params: leaf {name!r}: {err}") from err
-            err.add_note(f"(while programming the leaf {name!r} in program_params)")
+            _restate(err, name)
             raise
         if call.key is not None:
             call = call._replace(fold=_path_hash(path))  # its key: leaf_key(key, path)
-        groups.setdefault(call.group_token(), []).append((len(out), call))
+        token = call.group_token() if _groupable(call) else ("alone", len(out))
+        groups.setdefault(token, []).append((len(out), call, name))
+        programmed_paths.add(path)
         out.append(None)  # filled in below
     if n_selected == 0:
         shown = ", ".join(repr(_path_text(p)) for p in paths[:8]) + (
@@ -963,7 +973,46 @@ def _program_tree(
             f"'kernel' with at least 2 dimensions. Leaves seen: [{shown}]."
         )
     for members in groups.values():
-        programmed = _run_grouped([call for _, call in members])
-        for (index, _), kernel in zip(members, programmed, strict=True):
-            out[index] = kernel
-    return jax.tree_util.tree_unflatten(treedef, out)
+        for chunk in _chunks(members):
+            try:
+                programmed = _run_grouped([call for _, call, _ in chunk])
+            except (TypeError, ValueError) as err:
+                _restate(err, ", ".join(name for _, _, name in chunk))
+                raise
+            for (index, _, _), kernel in zip(chunk, programmed, strict=True):
+                out[index] = kernel
+    return jax.tree_util.tree_unflatten(treedef, out), programmed_paths
+
+
+#: Most kernel elements programmed by one batched call: a group of same-shaped
+#: kernels larger than this is programmed in chunks (at most two compiled sizes),
+#: so that the memory of one call stays bounded.
+_MAX_GROUP_ELEMENTS = 1 << 24
+
+
+def _chunks(members: list[Any]) -> list[list[Any]]:
+    size = max(1, _MAX_GROUP_ELEMENTS // max(1, members[0][1].kernel.size))
+    return [members[i : i + size] for i in range(0, len(members), size)]
+
+
+def _groupable(call: _KernelCall) -> bool:
+    """Whether this kernel may be programmed batched with others and give its own result.
+
+    Not with keys of other PRNG implementations than threefry (their draws under
+    ``jax.vmap`` depend on the position in the batch), nor for tiled kernels
+    whose inputs are rearranged into export order (a convolution's: XLA then
+    compiles the batched body with another summation order).
+    """
+    if call.key is not None and _threefry_key_data(call.key) is None:
+        return False
+    axes = call.statics["axes"]
+    return len(call.statics["in_sizes"]) <= 1 or len(axes.inputs) == 1
+
+
+def _restate(err: Exception, names: str) -> None:
+    """Name the leaf (or leaves) in an error raised while programming them."""
+    if isinstance(err, ArgumentError):
+        return
+    if type(err) in (TypeError, ValueError):  # ours: restate with the leaf's path
+        raise type(err)(f"program_params: leaf {names!r}: {err}") from err
+    err.add_note(f"(while programming the leaf {names!r} in program_params)")

@@ -1,5 +1,7 @@
 """program_kernel / program_params: whole parameter pytrees onto the simulated chip."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -351,3 +353,60 @@ def test_a_training_step_through_the_programmed_copy():
     assert not np.allclose(
         noisy["layers"][0]["kernel"], nnx.to_pure_dict(chip_grads)["layers"][0]["kernel"]
     )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _PickyNoise:
+    """A noise model that refuses rows of more than 5 inputs (raised while programming)."""
+
+    scale: float = 1.0
+
+    def sample(self, conductances, key, *, g_max, t_inference):
+        if conductances.shape[-2] > 5:
+            raise ValueError("too many inputs for this noise model")
+        return conductances
+
+
+def test_batching_never_changes_a_result_nor_hides_a_name(monkeypatch):
+    """Where batching would change a draw or a rounding it is not done: keys of another
+    PRNG (rbg: draws depend on the batch position), tiled convolutions (inputs in export
+    order); large groups are programmed in chunks; errors still name the leaves."""
+    r = np.random.default_rng(5)
+
+    def kernels(shape, names="abc"):
+        return {n: {"kernel": jnp.asarray(r.standard_normal(shape), jnp.float32)} for n in names}
+
+    def assert_alone(params, key, **kw):
+        chip = program_params(params, key, **kw)
+        layouts = kw.pop("layouts", {})
+        for n, leaf in params.items():
+            k = None if key is None else leaf_key(key, (n, "kernel"))
+            alone = program_kernel(leaf["kernel"], k, axes=layouts.get(f"{n}/kernel"), **kw)
+            np.testing.assert_array_equal(chip[n]["kernel"], alone, err_msg=n)
+
+    assert_alone(kernels((6, 4)), jax.random.key(3, impl="rbg"))
+    conv = fj.layout.KernelAxes.conv(2)
+    assert_alone(
+        kernels((3, 3, 64, 8), "ab"),
+        None,
+        noise=None,
+        max_input_size=256,
+        layouts={"a/kernel": conv, "b/kernel": conv},
+    )
+    monkeypatch.setattr(fj.model_programming, "_MAX_GROUP_ELEMENTS", 48)  # 2 kernels of 24
+    params = kernels((6, 4))
+    assert_alone(params, KEY)
+    assert _programming_calls(lambda p: program_params(p, KEY), params) == 2  # [a, b], [c]
+    with pytest.raises(ValueError, match=r"leaf 'a/kernel, b/kernel': too many inputs"):
+        program_params(params, KEY, noise=_PickyNoise())
+
+
+def test_fusion_layers_left_unprogrammed_keep_their_mode():
+    net = nnx.Sequential(
+        fj.nnx.FusionLinear(4, 4, rngs=nnx.Rngs(0)), fj.nnx.FusionLinear(4, 4, rngs=nnx.Rngs(1))
+    )
+    chip = program_params(net, KEY, where=lambda path, leaf: path == ("layers", 0, "kernel"))
+    assert chip.layers[0].deterministic  # programmed: the chip
+    assert not chip.layers[1].deterministic  # not programmed: still programs itself
+    np.testing.assert_array_equal(chip.layers[1].kernel[...], net.layers[1].kernel[...])
