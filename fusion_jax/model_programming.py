@@ -174,15 +174,8 @@ class _KernelCall(NamedTuple):
     statics: dict[str, Any]
     fold: int | None = None  # the kernel's key is fold_in(key, fold) (program_params' leaf key)
 
-    def leaf_key(self) -> PRNGKeyArray | None:
-        if self.key is None or self.fold is None:
-            return self.key
-        return jax.random.fold_in(self.key, self.fold)
-
     def run(self) -> jax.Array:
-        return _program_kernel_jit(
-            self.kernel, self.leaf_key(), self.g_max, self.model, self.t_inference, **self.statics
-        )
+        return _run_grouped([self])[0]
 
     def group_token(self) -> tuple[Any, ...]:
         """Calls with equal tokens differ only in kernel values and key: one batched program."""
@@ -275,11 +268,11 @@ def _run_grouped(calls: Sequence[_KernelCall]) -> list[jax.Array]:
     kernel (no further ``jax.vmap`` level), each with the key of its own
     call. Each kernel's result is that of its own call.
     """
-    if len(calls) == 1:
-        return [calls[0].run()]
     first = calls[0]
-    assert first.key is None or all(call.fold is not None for call in calls)
-    folds = None if first.key is None else np.asarray([c.fold for c in calls], np.uint32)
+    assert len(calls) == 1 or first.key is None or all(c.fold is not None for c in calls)
+    folds = None
+    if first.key is not None and first.fold is not None:
+        folds = np.asarray([call.fold for call in calls], np.uint32)
     return list(
         _program_kernels_jit(
             tuple(call.kernel for call in calls),
@@ -294,51 +287,11 @@ def _run_grouped(calls: Sequence[_KernelCall]) -> list[jax.Array]:
 
 
 _STATICS = ("axes", "strict_aihwkit", "gradient", "in_sizes")
-# Not inlined (nor _program_jit): each call is one equation of the caller's
+# Not inlined (nor programming._program_jit): each call is one equation of the caller's
 # jaxpr, so the layers of a model that share a shape and settings share one
 # traced, differentiated and lowered body; XLA inlines it afterwards. A/B:
 # ``python benchmarks/compile_time.py --before ecbe485`` (lowering and compile
 # of the 16-layer step).
-
-
-@functools.partial(jax.jit, static_argnames=_STATICS)
-def _program_kernel_jit(
-    kernel: jax.Array,
-    key: PRNGKeyArray | None,
-    g_max: Any,
-    model: NoiseModel | None,
-    t_inference: Any,
-    *,
-    axes: KernelAxes,
-    strict_aihwkit: bool,
-    gradient: str,
-    in_sizes: tuple[int, ...],
-) -> jax.Array:
-    """program_kernel of a checked kernel: one compiled program per shape and settings.
-
-    Rearranging, programming and putting back are one jitted computation, so
-    an eager call compiles once, and new values of ``g_max``,
-    ``t_inference`` or the noise model's fields do not recompile.
-    """
-    # Computed as columns [*stack, in, out], one per output feature, with the
-    # inputs in the kernel's own axis order: for Dense, conv and stacked
-    # kernels that is a reshape, no transpose (transposes cost more than the
-    # rest of the conversion on a CPU). Without tiles a row's result does not
-    # depend on the order of its inputs; with tiles they are in export order.
-    export_order = len(in_sizes) > 1
-    columns = layout._to_columns(kernel, axes, export_order=export_order)
-    _prepare_weights(jnp.swapaxes(columns, -1, -2), "kernel")  # traced: only inspected
-    programmed = _program_columns(
-        columns,
-        key,
-        g_max,
-        model,
-        t_inference,
-        strict_aihwkit=strict_aihwkit,
-        gradient=gradient,
-        in_sizes=in_sizes,
-    )
-    return layout._from_columns(programmed, axes, kernel.shape, export_order=export_order)
 
 
 @functools.partial(jax.jit, static_argnames=_STATICS)
@@ -355,12 +308,31 @@ def _program_kernels_jit(
     gradient: str,
     in_sizes: tuple[int, ...],
 ) -> tuple[jax.Array, ...]:
-    """_program_kernel_jit of same-shaped kernels at once, kernel ``i`` keyed
-    ``fold_in(key, folds[i])``: their layers programmed as one stack."""
+    """program_kernel of checked kernels of one shape and settings, in one program.
+
+    Rearranging, programming and putting back are one jitted computation, so
+    an eager call compiles once, and new values of ``g_max``,
+    ``t_inference`` or the noise model's fields do not recompile. Kernel
+    ``i`` is keyed ``fold_in(key, folds[i])``, or ``key`` itself without
+    ``folds`` (one kernel). Several kernels are programmed as the layers of
+    one stack (a stacked kernel's layer ``j`` with ``split(its key)[j]``).
+    """
+    # Computed as columns [*stack, in, out], one per output feature, with the
+    # inputs in the kernel's own axis order: for Dense, conv and stacked
+    # kernels that is a reshape, no transpose (transposes cost more than the
+    # rest of the conversion on a CPU). Without tiles a row's result does not
+    # depend on the order of its inputs; with tiles they are in export order.
     export_order = len(in_sizes) > 1
     columns = [layout._to_columns(k, axes, export_order=export_order) for k in kernels]
     for c in columns:
         _prepare_weights(jnp.swapaxes(c, -1, -2), "kernel")  # traced: only inspected
+    settings = {"strict_aihwkit": strict_aihwkit, "gradient": gradient, "in_sizes": in_sizes}
+    if len(kernels) == 1:
+        if key is not None and folds is not None:
+            key = jax.random.fold_in(key, folds[0])
+        programmed = _program_columns(columns[0], key, g_max, model, t_inference, **settings)
+        shape = kernels[0].shape
+        return (layout._from_columns(programmed, axes, shape, export_order=export_order),)
     shape = columns[0].shape
     n_layers = int(np.prod(shape[:-2], dtype=int))  # per kernel; 1 when not stacked
     layers = jnp.concatenate([c.reshape(-1, *shape[-2:]) for c in columns])
@@ -375,15 +347,7 @@ def _program_kernels_jit(
             leaf_keys = jax.vmap(lambda k: jax.random.split(k, n_layers))(leaf_keys)
         layer_keys = leaf_keys.reshape(-1)
     programmed = _program_columns(
-        layers,
-        None,
-        g_max,
-        model,
-        t_inference,
-        strict_aihwkit=strict_aihwkit,
-        gradient=gradient,
-        in_sizes=in_sizes,
-        layer_keys=layer_keys,
+        layers, None, g_max, model, t_inference, layer_keys=layer_keys, **settings
     ).reshape(len(kernels), *shape)
     return tuple(
         layout._from_columns(programmed[i], axes, k.shape, export_order=export_order)

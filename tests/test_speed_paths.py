@@ -161,7 +161,7 @@ def test_literal_and_traced_zero_read_noise_give_the_same_programming():
 def test_program_params_compiles_one_program_per_kernel_and_none_for_new_settings():
     from flax import nnx
 
-    from fusion_jax.model_programming import _program_kernel_jit
+    from fusion_jax.model_programming import _program_kernels_jit
 
     class CNN(nnx.Module):
         def __init__(self, rngs):
@@ -170,11 +170,11 @@ def test_program_params_compiles_one_program_per_kernel_and_none_for_new_setting
 
     model = CNN(nnx.Rngs(0))
     jax.clear_caches()
-    before = _program_kernel_jit._cache_size()
+    before = _program_kernels_jit._cache_size()
     first = fj.program_params(model, jax.random.key(0), g_max=25.0)
-    assert _program_kernel_jit._cache_size() == before + 2  # one per kernel
+    assert _program_kernels_jit._cache_size() == before + 2  # one per kernel
     second = fj.program_params(model, jax.random.key(1), g_max=31.0, t_inference=60.0)
-    assert _program_kernel_jit._cache_size() == before + 2  # new values: nothing compiled
+    assert _program_kernels_jit._cache_size() == before + 2  # new values: nothing compiled
     assert not np.allclose(first.dense.kernel[...], second.dense.kernel[...])
     with pytest.raises(ValueError, match="NaN or Inf"):  # checked before the jit
         bad = {"kernel": jnp.full((3, 2), jnp.nan)}
