@@ -9,7 +9,9 @@ as of that git revision, measured the same way in the same run):
   gradient), straight-through, and noise-free; and ``program_params``: the
   ``nnx.Linear`` model whose kernels the step programs with
   ``fj.program_params`` (default chip noise, exact gradient), where kernels
-  of one shape are programmed by one batched call. Lowering (tracing to
+  of one shape are programmed by one batched call; and
+  ``Fusion+program_params``: the ``FusionLinear`` model programmed so (its
+  programmed copy's layers use the kernels as programmed). Lowering (tracing to
   StableHLO) and XLA compilation are timed apart; the optimised HLO's
   instruction and fusion counts show the program size per layer.
 * **pieces**: XLA compile time and fusion count of one 64x64 kernel's
@@ -44,7 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 N_LAYERS, WIDTH, BATCH = 16, 64, 8
-STEP_KINDS = ("nnx.Linear", "exact", "ste", "noise-free", "program_params")
+STEP_KINDS = ("nnx.Linear", "exact", "ste", "noise-free", "program_params", "Fusion+program_params")
 
 
 class _CompileCounter:
@@ -88,7 +90,7 @@ def _step_model(kind: str):
     for _ in range(N_LAYERS):
         if kind in ("nnx.Linear", "program_params"):
             layers.append(nnx.Linear(WIDTH, WIDTH, rngs=rngs))
-        elif kind == "exact":
+        elif kind in ("exact", "Fusion+program_params"):
             layers.append(FusionLinear(WIDTH, WIDTH, rngs=rngs))
         elif kind == "ste":
             layers.append(FusionLinear(WIDTH, WIDTH, gradient="ste", rngs=rngs))
@@ -111,7 +113,7 @@ def measure_step(kind: str) -> dict[str, float]:
     def step(params, rest, x, key):
         def loss_fn(params, rest):
             model = nnx.merge(graphdef, params, rest, copy=True)
-            if kind == "program_params":  # plain layers, all kernels programmed in the step
+            if kind.endswith("program_params"):  # all kernels programmed in the step at once
                 model = fj.program_params(model, key)
             return jnp.mean(model(x) ** 2), nnx.split(model, nnx.Param, ...)[2]
 
