@@ -276,17 +276,18 @@ def test_same_shaped_kernels_are_programmed_by_one_batched_call():
     for name in params:
         np.testing.assert_array_equal(chip[name]["kernel"], alone[name]["kernel"], err_msg=name)
     # A raw uint32 key (jax.random.PRNGKey) draws as its typed form does.
-    raw = jax.random.key_data(KEY)
-    chip_raw = program_params(params, raw, g_max=25.0, layouts=axes)
-    jax.tree.map(np.testing.assert_array_equal, chip_raw, chip)
+    stacks = {n: params[n] for n in "st"}  # batched stacked kernels: keys split per layer
+    chip_raw = program_params(stacks, jax.random.key_data(KEY), g_max=25.0, layouts=axes)
+    jax.tree.map(np.testing.assert_array_equal, chip_raw, {n: chip[n] for n in "st"})
     assert _programming_calls(grouped, params) == 3  # [6, 4], [4, 6], [3, 6, 4]
 
     def loss(program):
         return lambda p: sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(program(p)))
 
-    some = {n: params[n] for n in "abst"}  # a batched 2-D group and a stacked one
     grads = jax.jit(lambda p: (jax.grad(loss(grouped))(p), jax.grad(loss(separate))(p)))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads(some))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads(stacks)
+    )
 
 
 def test_layers_with_other_settings_are_not_batched_together():
