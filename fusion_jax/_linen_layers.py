@@ -58,7 +58,10 @@ def layer_kernel_axes(module: nn.Module, einsum_str: str | None = None) -> Kerne
         return KernelAxes.dense()
     if isinstance(module, nn.Conv | nn.ConvTranspose):
         size = module.kernel_size
-        return KernelAxes.conv(1 if isinstance(size, int) else len(size))
+        spatial = 1 if isinstance(size, int) else len(size)
+        # nn.ConvTranspose(transpose_kernel=True) stores [*window, out, in].
+        transposed = isinstance(module, nn.ConvTranspose) and module.transpose_kernel
+        return KernelAxes.conv(spatial, transpose_kernel=transposed)
     if isinstance(module, nn.DenseGeneral):
         n_out = 1 if isinstance(module.features, int) else len(module.features)
         n_in = 1 if isinstance(module.axis, int) else len(module.axis)
@@ -527,7 +530,7 @@ def _settings_of(module: nn.Module) -> _Settings:
 
 #: The plain Linen layers fusionize programs (exactly these classes: Fusion layers
 #: program themselves).
-_PLAIN_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.Einsum)
+_PLAIN_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.Einsum)
 
 
 @contextlib.contextmanager
@@ -543,16 +546,17 @@ def fusion_interceptor(
     max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
     max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
 ) -> Iterator[None]:
-    """Within this context every plain Linen Dense/DenseGeneral/Conv/Einsum call is programmed.
+    """Within this context every call of a plain Linen layer the chip holds is programmed.
 
     The Linen counterpart of :func:`fusion_jax.nnx.fusionize`, as a
     ``flax.linen.intercept_methods`` interceptor: every ``__call__`` of an
-    ``nn.Dense``, ``nn.DenseGeneral``, ``nn.Conv`` or ``nn.Einsum`` (exactly
-    those classes, wherever they sit: inside ``nn.MultiHeadDotProductAttention``,
-    ``nn.scan``, ``nn.remat``) runs on its kernel as programmed onto the
-    chip, with a key from the ``rng_collection`` RNGs. Parameters, their
-    names and ``init`` are untouched (``init`` never programs). Active while
-    tracing, so it may wrap a jitted function's body. :func:`fusionize`
+    ``nn.Dense``, ``nn.DenseGeneral``, ``nn.Conv``, ``nn.ConvTranspose`` or
+    ``nn.Einsum`` (exactly those classes, wherever they sit: inside
+    ``nn.MultiHeadDotProductAttention``, ``nn.scan``, ``nn.remat``) runs on
+    its kernel as programmed onto the chip, with a key from the
+    ``rng_collection`` RNGs. Parameters, their names and ``init`` are
+    untouched (``init`` never programs). Active while tracing, so it may wrap
+    a jitted function's body. :func:`fusionize`
     wraps a model's ``init``/``apply`` in it.
 
     Args:
@@ -678,7 +682,8 @@ def fusionize(
     Linen modules are defined by code (``@nn.compact``), so their layers
     cannot be swapped after the fact as NNX's can. Instead the result's
     ``apply`` runs ``model.apply`` under :func:`fusion_interceptor`: every
-    ``nn.Dense``, ``nn.DenseGeneral``, ``nn.Conv`` and ``nn.Einsum`` call,
+    ``nn.Dense``, ``nn.DenseGeneral``, ``nn.Conv``, ``nn.ConvTranspose`` and
+    ``nn.Einsum`` call,
     including those inside attention and ``nn.scan``, computes with its
     kernel programmed onto the chip (one chip row per output feature), a new
     draw per apply from the ``rng_collection`` RNGs. The variables are the

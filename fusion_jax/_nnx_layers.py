@@ -13,7 +13,7 @@ from jaxtyping import Array, ArrayLike, Float
 from fusion_jax import tiles
 from fusion_jax.layout import KernelAxes
 from fusion_jax.model_programming import _expected_kernel, _path_text, module_kernel_axes
-from fusion_jax.nnx import FusionConv, FusionLinear, RngsLike, _FusionLayer
+from fusion_jax.nnx import FusionConv, FusionConvTranspose, FusionLinear, RngsLike, _FusionLayer
 from fusion_jax.programming import DEFAULT_NOISE, GradientMode, NoiseModel
 
 __all__ = ["FusionEinsum", "FusionLinearGeneral", "fusionize"]
@@ -259,6 +259,7 @@ class FusionEinsum(_FusionLayer, nnx.Einsum):
 _COUNTERPARTS: tuple[tuple[type[nnx.Module], type[_FusionLayer]], ...] = (
     (nnx.Linear, FusionLinear),
     (nnx.Conv, FusionConv),
+    (nnx.ConvTranspose, FusionConvTranspose),
     (nnx.LinearGeneral, FusionLinearGeneral),
     (nnx.Einsum, FusionEinsum),
 )
@@ -311,11 +312,12 @@ def fusionize(
     """A copy of ``module`` with every NNX layer the chip holds made a Fusion layer.
 
     Like aihwkit's ``convert_to_analog``: every ``nnx.Linear``,
-    ``nnx.Conv``, ``nnx.LinearGeneral`` and ``nnx.Einsum`` (exactly those
-    classes, wherever they sit: in lists, inside ``nnx.MultiHeadAttention``,
-    inside layers stacked by ``nnx.vmap`` / ``nnx.scan``) is replaced by
-    :class:`FusionLinear`, :class:`FusionConv`, :class:`FusionLinearGeneral`
-    or :class:`FusionEinsum` with the same constructor arguments and the same
+    ``nnx.Conv``, ``nnx.ConvTranspose``, ``nnx.LinearGeneral`` and
+    ``nnx.Einsum`` (exactly those classes, wherever they sit: in lists,
+    inside ``nnx.MultiHeadAttention``, inside layers stacked by ``nnx.vmap`` /
+    ``nnx.scan``) is replaced by :class:`FusionLinear`, :class:`FusionConv`,
+    :class:`FusionConvTranspose`, :class:`FusionLinearGeneral` or
+    :class:`FusionEinsum` with the same constructor arguments and the same
     parameter values (the same ``nnx.Param`` variables, copied), so the
     state keeps its structure and a checkpoint of either loads into the
     other. Every other module is kept as it is; ``module`` itself is not

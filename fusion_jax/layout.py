@@ -125,14 +125,25 @@ class KernelAxes:
         return cls(inputs=(0,), outputs=(1,))
 
     @classmethod
-    def conv(cls, spatial: int) -> KernelAxes:
+    def conv(cls, spatial: int, *, transpose_kernel: bool = False) -> KernelAxes:
         """A convolution with ``spatial`` window axes: ``[*window, in, out]``.
 
-        The inputs flatten as PyTorch flattens ``[out, in, *window]``.
+        The inputs flatten as PyTorch flattens ``[out, in, *window]``. A
+        transposed convolution (``nnx.ConvTranspose`` / ``nn.ConvTranspose``)
+        stores its kernel so too, unless built with ``transpose_kernel=True``:
+        then the kernel is ``[*window, out, in]`` (the output channels are
+        the second-to-last axis), which ``transpose_kernel=True`` gives here.
+
+        Example:
+            >>> import fusion_jax as fj
+            >>> fj.layout.KernelAxes.conv(2, transpose_kernel=True)  # [kh, kw, out, in]
+            KernelAxes(inputs=(3, 0, 1), outputs=(2,), stack=())
         """
         spatial = int(spatial)
         if spatial < 0:
             raise ValueError(f"spatial must be >= 0, got {spatial}.")
+        if transpose_kernel:
+            return cls(inputs=(spatial + 1, *range(spatial)), outputs=(spatial,))
         return cls(inputs=(spatial, *range(spatial)), outputs=(spatial + 1,))
 
     @classmethod

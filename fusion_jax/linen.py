@@ -1,9 +1,10 @@
 """Flax Linen layers whose forward pass programs the kernel onto the simulated chip.
 
-:class:`FusionDense` and :class:`FusionConv` are drop-in replacements for
-``nn.Dense`` and ``nn.Conv``: subclasses with the same attributes, the same
-default submodule names (``Dense_0``, ``Conv_0``, counted together with the
-plain layers), hence the same parameter tree and the same initial values for
+:class:`FusionDense`, :class:`FusionConv` and :class:`FusionConvTranspose`
+are drop-in replacements for ``nn.Dense``, ``nn.Conv`` and
+``nn.ConvTranspose``: subclasses with the same attributes, the same default
+submodule names (``Dense_0``, ``Conv_0``, ``ConvTranspose_0``, counted
+together with the plain layers), hence the same parameter tree and the same initial values for
 the same ``params`` key. A digital checkpoint loads into the hardware-aware
 model and back. The kernel goes through :func:`fusion_jax.program_kernel`
 before the plain layer uses it (with the public ``nn.map_variables``), for
@@ -44,11 +45,13 @@ from fusion_jax._linen_layers import (
     kernel_layouts,
     layer_kernel_axes,
 )
+from fusion_jax.layout import KernelAxes
 from fusion_jax.model_programming import program_kernel
 from fusion_jax.programming import DEFAULT_NOISE, _check_gradient_mode, resolve_noise
 
 __all__ = [
     "FusionConv",
+    "FusionConvTranspose",
     "FusionDense",
     "FusionDenseGeneral",
     "FusionDotGeneral",
@@ -74,6 +77,7 @@ def _fusion_apply(
     inputs: jax.Array,
     deterministic: bool | None,
     rng: PRNGKeyArray | None,
+    axes: KernelAxes | None = None,
 ) -> jax.Array:
     """Run the plain layer's ``__call__`` on ``layer``, its kernel programmed in training mode.
 
@@ -113,6 +117,7 @@ def _fusion_apply(
         params["kernel"] = program_kernel(
             kernel,
             key,
+            axes=axes,
             g_max=layer.g_max,
             noise=noise,
             t_inference=layer.t_inference,
@@ -276,9 +281,82 @@ class FusionConv(nn.Conv):
         return _fusion_apply(self, nn.Conv.__call__, inputs, deterministic, rng)
 
 
+class FusionConvTranspose(nn.ConvTranspose):
+    """``nn.ConvTranspose`` whose kernel is programmed onto the simulated chip on each apply.
+
+    All of ``nn.ConvTranspose``'s attributes are accepted and mean the same;
+    an unnamed ``FusionConvTranspose`` is named as an ``nn.ConvTranspose``
+    would be (``ConvTranspose_0``, ...), so the parameter tree and its
+    initial values are the same. Each output channel is one row on the chip:
+    the kernel's last axis (``[*kernel_size, in, out]``), or its
+    second-to-last with ``transpose_kernel=True`` (Flax then stores
+    ``[*kernel_size, out, in]``; :meth:`fusion_jax.layout.KernelAxes.conv`).
+    A ``mask`` is applied before programming. Modes, attributes and the
+    digital bias are as for :class:`FusionDense`.
+
+    Attributes:
+        g_max: Largest conductance in uS, in [10, 40] (checked when concrete).
+        noise: A noise model, the default chip model, or ``None``.
+        t_inference: Seconds since programming at which the chip is read.
+        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
+        deterministic: ``True`` for evaluation mode, ``False`` for training
+            mode, ``None`` to require it at call time.
+        rng_collection: The RNG collection the noise keys come from.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import flax.linen as nn
+        >>> import fusion_jax as fj
+        >>> up = fj.linen.FusionConvTranspose(4, (2, 2), strides=(2, 2))
+        >>> x = jnp.ones((1, 4, 4, 2))
+        >>> variables = up.init(jax.random.key(0), x)
+        >>> up.apply(variables, x, rngs={"noise": jax.random.key(1)}).shape
+        (1, 8, 8, 4)
+        >>> plain = nn.ConvTranspose(4, (2, 2), strides=(2, 2)).apply(variables, x)
+        >>> bool(jnp.allclose(up.apply(variables, x, deterministic=True), plain))
+        True
+    """
+
+    g_max: float = 40.0
+    noise: Any = DEFAULT_NOISE
+    t_inference: float = 0.0
+    gradient: str = "exact"
+    strict_aihwkit: bool = False
+    deterministic: bool | None = False
+    rng_collection: str = "noise"
+    max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
+    max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
+
+    def __call__(
+        self,
+        inputs: Float[ArrayLike, "*batch ..."],
+        deterministic: bool | None = None,
+        rng: PRNGKeyArray | None = None,
+    ) -> Float[Array, "*batch ..."]:
+        """Apply the transposed convolution with the kernel as programmed or digital.
+
+        Args:
+            inputs: Inputs ``[*batch, *spatial, in]`` (channels last).
+            deterministic: Overrides the ``deterministic`` attribute for this call.
+            rng: A PRNG key to program with, instead of one from ``rng_collection``.
+
+        Returns:
+            The upsampled outputs, channels last.
+        """
+        axes = layer_kernel_axes(self)
+        inputs = jax.numpy.asarray(inputs)
+        return _fusion_apply(self, nn.ConvTranspose.__call__, inputs, deterministic, rng, axes)
+
+
 # Flax names an unnamed submodule after its class (``Dense_0``, ``Conv_1``, ...)
 # and derives its parameters' initial keys from that name. Taking the plain
 # layers' class names makes a Fusion layer's parameters those the plain layer
 # would have in its place (the Python names stay FusionDense / FusionConv).
 FusionDense.__name__ = nn.Dense.__name__
 FusionConv.__name__ = nn.Conv.__name__
+FusionConvTranspose.__name__ = nn.ConvTranspose.__name__

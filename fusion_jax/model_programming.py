@@ -464,6 +464,11 @@ def _expected_kernel(module: Any) -> tuple[KernelAxes, tuple[int | None, ...]] |
 
     if isinstance(module, nnx.Linear):
         return KernelAxes.dense(), (module.in_features, module.out_features)
+    if isinstance(module, nnx.ConvTranspose) and module.transpose_kernel:
+        # Flax stores this kernel [*window, out, in]: the output channels are axis -2.
+        spatial = len(module.kernel_size)
+        axes = KernelAxes.conv(spatial, transpose_kernel=True)
+        return axes, (*module.kernel_size, module.out_features, None)
     if isinstance(module, nnx.Conv | nnx.ConvTranspose):
         spatial = len(module.kernel_size)
         return KernelAxes.conv(spatial), (*module.kernel_size, None, module.out_features)

@@ -64,6 +64,7 @@ from fusion_jax.programming import (
 
 __all__ = [
     "FusionConv",
+    "FusionConvTranspose",
     "FusionEinsum",
     "FusionLinear",
     "FusionLinearGeneral",
@@ -606,6 +607,123 @@ class FusionConv(_FusionLayer, nnx.Conv):
             The convolved outputs, channels last.
         """
         return self._fusion_call(jax.numpy.asarray(inputs), out_sharding, deterministic, rngs)
+
+
+class FusionConvTranspose(_FusionLayer, nnx.ConvTranspose):
+    """``nnx.ConvTranspose`` whose kernel is programmed onto the simulated chip on each call.
+
+    Every argument of ``nnx.ConvTranspose`` is accepted and means the same;
+    the parameters are the same. Each output channel is one row on the chip
+    over its window of input channels: the kernel's last axis
+    (``[*kernel_size, in, out]``), or its second-to-last with
+    ``transpose_kernel=True`` (Flax then stores ``[*kernel_size, out, in]``;
+    :meth:`fusion_jax.layout.KernelAxes.conv`). A ``mask`` is applied before
+    programming, as for :class:`FusionConv`. Modes, RNG stream and the
+    digital bias are as for :class:`FusionLinear`.
+
+    Args:
+        in_features: Number of input channels.
+        out_features: Number of output channels.
+        kernel_size: Shape of the convolution window.
+        strides: Inter-window strides (the upsampling factor).
+        g_max: Largest conductance in uS, in [10, 40] (checked when concrete).
+        noise: A noise model, the default chip model, or ``None``.
+        t_inference: Seconds since programming at which the chip is read.
+        gradient: ``"exact"`` or ``"ste"``; see :func:`fusion_jax.program`.
+        strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
+        max_input_size: Most inputs per chip tile (aihwkit's mapping; 0: no
+            split); a longer layer is programmed tile by tile, as exported
+            (see :mod:`fusion_jax.tiles`).
+        max_output_size: Most outputs per chip tile (0: no split).
+        deterministic: ``True`` for evaluation mode, ``False`` for training
+            mode, ``None`` to require it at call time.
+        rng_collection: Name of the ``nnx.Rngs`` stream for the noise keys.
+        noise_stream: Keep a noise stream (``noise_key``) in the state, or
+            none (``False``: the state is ``nnx.ConvTranspose``'s and every
+            training call with noise needs ``rngs=``), as for :class:`FusionLinear`.
+        rngs: ``nnx.Rngs`` for the parameters and the noise stream (as for
+            :class:`FusionLinear`).
+        **conv_kwargs: The other arguments of ``nnx.ConvTranspose``
+            (``padding``, ``transpose_kernel``, ``use_bias``, ``mask``, ...).
+
+    Raises:
+        ArgumentError: if ``g_max`` is outside [10, 40].
+        ValueError: for an unknown ``gradient``.
+        TypeError: if ``noise_stream`` is not a bool.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import fusion_jax as fj
+        >>> up = fj.nnx.FusionConvTranspose(2, 4, (2, 2), strides=2,
+        ...                                 rngs=nnx.Rngs(params=0, noise=1))
+        >>> x = jnp.ones((1, 4, 4, 2))
+        >>> up(x).shape
+        (1, 8, 8, 4)
+        >>> plain = nnx.ConvTranspose(2, 4, (2, 2), strides=2, rngs=nnx.Rngs(params=0))
+        >>> bool(jnp.allclose(up(x, deterministic=True), plain(x)))
+        True
+    """
+
+    @staticmethod
+    def _plain_call(layer: nnx.Module, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
+        del out_sharding  # nnx.ConvTranspose's call takes none
+        return nnx.ConvTranspose.__call__(layer, inputs)
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | tuple[int, ...],
+        strides: int | tuple[int, ...] | None = None,
+        *,
+        g_max: float = 40.0,
+        noise: NoiseModel | None = DEFAULT_NOISE,
+        t_inference: float = 0.0,
+        gradient: GradientMode = "exact",
+        strict_aihwkit: bool = False,
+        max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
+        max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
+        deterministic: bool | None = False,
+        rng_collection: str = "noise",
+        noise_stream: bool = True,
+        rngs: nnx.Rngs,
+        **conv_kwargs: Any,
+    ) -> None:
+        super().__init__(in_features, out_features, kernel_size, strides, rngs=rngs, **conv_kwargs)
+        self._init_fusion(
+            g_max=g_max,
+            noise=noise,
+            t_inference=t_inference,
+            gradient=gradient,
+            strict_aihwkit=strict_aihwkit,
+            max_input_size=max_input_size,
+            max_output_size=max_output_size,
+            deterministic=deterministic,
+            rng_collection=rng_collection,
+            noise_stream=noise_stream,
+            rngs=rngs,
+        )
+
+    def __call__(
+        self,
+        inputs: Float[ArrayLike, "*batch ..."],
+        *,
+        deterministic: bool | None = None,
+        rngs: RngsLike | None = None,
+    ) -> Float[Array, "*batch ..."]:
+        """Apply the transposed convolution with the kernel as programmed or digital.
+
+        Args:
+            inputs: Inputs ``[*batch, *spatial, in_features]`` (channels last).
+            deterministic: Overrides the layer's mode for this call.
+            rngs: Overrides the layer's RNG stream for this call: an
+                ``nnx.Rngs``, an ``nnx.RngStream`` or a PRNG key (used as is).
+
+        Returns:
+            The upsampled outputs, channels last.
+        """
+        return self._fusion_call(jax.numpy.asarray(inputs), None, deterministic, rngs)
 
 
 # The layers of any kernel shape and fusionize build on the classes above.

@@ -498,3 +498,83 @@ def test_fusionize_replaces_a_shared_layer_everywhere_once():
     assert net.layers[0] is shared and type(shared) is nnx.Linear
     with pytest.raises(TypeError, match="inside a model"):
         fj.nnx.fusionize(shared)
+
+
+@pytest.mark.parametrize("transpose_kernel", [False, True])
+def test_transposed_convolutions_one_row_per_output_channel(transpose_kernel):
+    """nnx/nn.ConvTranspose: one chip row per output channel, wherever Flax stores it.
+
+    With ``transpose_kernel=True`` Flax stores ``[*window, out, in]``: reading the
+    last axis as the output would program rows across output channels (3 in, 3 out:
+    the shapes fit either way, so only the scale check tells). fusionize converts
+    the layer in both APIs, and its training call is the plain layer on the kernel
+    as program_params programs it.
+    """
+    x = normal((2, 5, 3), 3)
+    plain = nnx.Sequential(
+        nnx.ConvTranspose(
+            3, 3, (2,), strides=2, transpose_kernel=transpose_kernel, rngs=nnx.Rngs(0)
+        )
+    )
+    axes = KernelAxes.conv(1, transpose_kernel=transpose_kernel)
+    assert fj.nnx.kernel_layouts(plain) == {("layers", 0, "kernel"): axes}
+    assert axes.outputs == ((1,) if transpose_kernel else (2,))
+    # Scaling one output channel scales its programmed weights only (absolute noise).
+    index = (slice(None), 1, slice(None)) if transpose_kernel else (slice(None), slice(None), 1)
+    scaled = nnx.clone(plain)
+    scaled.layers[0].kernel[...] = scaled.layers[0].kernel[...].at[index].multiply(4.0)
+    base = program_params(plain, KEY, noise=NOISE, g_max=20.0).layers[0].kernel[...]
+    got = program_params(scaled, KEY, noise=NOISE, g_max=20.0).layers[0].kernel[...]
+    assert_only_row_scaled(base, got, index, 4.0)
+
+    fused = fj.nnx.fusionize(plain, noise=OffsetNoise(), rngs=nnx.Rngs(noise=0))
+    assert type(fused.layers[0]) is fj.nnx.FusionConvTranspose
+    expected = program_params(plain, KEY, noise=OffsetNoise())(x)
+    np.testing.assert_allclose(fused(x), expected, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(fused(x), plain(x), atol=1e-3)
+    fused.eval()
+    np.testing.assert_array_equal(fused(x), plain(x))
+
+    # Linen: the layer's axes, the interceptor, and the drop-in layer (same names, values).
+    layer = functools.partial(nn.ConvTranspose, 3, (2,), (2,), transpose_kernel=transpose_kernel)
+    linen_model = nn.Sequential([layer()])
+    variables = linen_model.init(jax.random.key(0), x)
+    layouts = fj.linen.kernel_layouts(linen_model, x)
+    assert layouts == {("params", "layers_0", "kernel"): axes}
+    chip = program_params(variables, KEY, noise=OffsetNoise(), layouts=layouts)
+    expected = linen_model.apply(chip, x)
+    got = fj.linen.fusionize(linen_model, noise=OffsetNoise()).apply(
+        variables, x, rngs={"noise": KEY}
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    drop_in = fj.linen.FusionConvTranspose(
+        3, (2,), (2,), transpose_kernel=transpose_kernel, noise=OffsetNoise()
+    )
+    single = nn.ConvTranspose(3, (2,), (2,), transpose_kernel=transpose_kernel)
+    own = drop_in.init(jax.random.key(0), x)
+    jax.tree.map(np.testing.assert_array_equal, own, single.init(jax.random.key(0), x))
+    layer_chip = program_params(own, KEY, noise=OffsetNoise(), layouts={("params", "kernel"): axes})
+    np.testing.assert_allclose(
+        drop_in.apply(own, x, rngs={"noise": KEY}),
+        single.apply(layer_chip, x),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+def test_transposed_kernel_layout_of_unequal_channels():
+    # 3 in, 5 out, transpose_kernel=True: [window, out, in] = (2, 5, 3). Read as
+    # [window, in, out] this shape was refused; it is the layer's own shape.
+    up = nnx.ConvTranspose(3, 5, (2,), transpose_kernel=True, rngs=nnx.Rngs(0))
+    assert up.kernel.shape == (2, 5, 3)
+    layouts = fj.nnx.kernel_layouts(nnx.Sequential(up))
+    assert layouts[("layers", 0, "kernel")] == KernelAxes.conv(1, transpose_kernel=True)
+    up = fj.nnx.FusionConvTranspose(
+        3, 5, (2,), transpose_kernel=True, noise=OffsetNoise(), rngs=nnx.Rngs(0)
+    )
+    np.testing.assert_array_equal(
+        up.programmed_kernel(KEY),
+        program_kernel(
+            up.kernel[...], KEY, axes=layouts[("layers", 0, "kernel")], noise=OffsetNoise()
+        ),
+    )
