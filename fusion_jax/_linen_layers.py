@@ -533,6 +533,36 @@ def _settings_of(module: nn.Module) -> _Settings:
 _PLAIN_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.Einsum)
 
 
+def _is_fusion_layer(module: nn.Module) -> bool:
+    """A Fusion layer (fusion_jax.linen's or this module's): it programs its own kernel."""
+    fields = {f.name for f in dataclasses.fields(module)}
+    return {"g_max", "noise", "rng_collection"} <= fields
+
+
+def _holds_own_kernel(module: nn.Module) -> bool:
+    """Whether ``module`` (bound, not a Fusion layer) has a ``params`` variable named ``kernel``."""
+    return not _is_fusion_layer(module) and module.has_variable("params", "kernel")
+
+
+def _unconvertible(module: nn.Module) -> str:
+    """The error for a called layer with a kernel that the interceptor cannot program."""
+    path = tuple(module.path)
+    name = "/".join(path) or type(module).__name__
+    known = [plain for plain in _PLAIN_LAYERS if isinstance(module, plain)]
+    if known:
+        why = (
+            f"a subclass of nn.{known[0].__name__}; fusionize programs exactly "
+            f"nn.{known[0].__name__} (a subclass may compute differently)"
+        )
+    else:
+        why = "a layer fusionize cannot program"
+    return (
+        f"fusionize: {name} is a {type(module).__name__} with a kernel, {why}. Use a Fusion "
+        "layer there, or keep it digital: fusionize(..., where=lambda path, layer: "
+        f"path != {path!r})."
+    )
+
+
 @contextlib.contextmanager
 def fusion_interceptor(
     *,
@@ -545,6 +575,7 @@ def fusion_interceptor(
     rng_collection: str = "noise",
     max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
     max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
+    where: Callable[[tuple[str, ...], nn.Module], bool] | None = None,
 ) -> Iterator[None]:
     """Within this context every call of a plain Linen layer the chip holds is programmed.
 
@@ -559,6 +590,11 @@ def fusion_interceptor(
     a jitted function's body. :func:`fusionize`
     wraps a model's ``init``/``apply`` in it.
 
+    It never leaves a layer digital silently: a call of a module that holds
+    a ``kernel`` parameter and is none of those classes (a subclass of one,
+    or a layer of your own; Fusion layers program themselves) is refused
+    with an error naming it, unless ``where`` keeps it digital.
+
     Args:
         g_max: Largest conductance in uS, in [10, 40].
         noise: A noise model, the default chip model, or ``None``.
@@ -571,6 +607,10 @@ def fusion_interceptor(
         max_output_size: Most outputs per chip tile (0: no split).
         deterministic: ``True`` passes every call through unchanged.
         rng_collection: The RNG collection the noise keys come from.
+        where: Which layers holding a kernel go on the chip: a predicate
+            ``where(path, layer)``, ``path`` the layer's ``module.path``
+            (e.g. ``("Dense_0",)``); ``False`` keeps the layer digital.
+            ``None``: all of them.
 
     Yields:
         Nothing; the interceptor is active inside the ``with`` block.
@@ -578,6 +618,9 @@ def fusion_interceptor(
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``.
+        TypeError: naming the layer, when a layer with a kernel that the
+            interceptor cannot program is called and ``where`` does not keep
+            it digital.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -608,11 +651,14 @@ def fusion_interceptor(
         if (
             deterministic
             or context.method_name != "__call__"
-            or type(module) not in _PLAIN_LAYERS
             or _RUNNING_PROGRAMMED.get()
             or module.is_initializing()
+            or not (type(module) in _PLAIN_LAYERS or _holds_own_kernel(module))
+            or (where is not None and not where(tuple(module.path), module))
         ):
             return next_fun(*args, **kwargs)
+        if type(module) not in _PLAIN_LAYERS:
+            raise TypeError(_unconvertible(module))
         einsum_str = None
         if isinstance(module, nn.Einsum):
             einsum_str = kwargs.get("einsum_str", args[1] if len(args) > 1 else None)
@@ -676,6 +722,7 @@ def fusionize(
     rng_collection: str = "noise",
     max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE,
     max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE,
+    where: Callable[[tuple[str, ...], nn.Module], bool] | None = None,
 ) -> Fusionized:
     """Linen's one-call conversion: ``model`` with every layer the chip holds programmed.
 
@@ -690,7 +737,9 @@ def fusionize(
     plain model's: same names, same values; a digital checkpoint is used
     as is. ``init`` is the plain model's. Inside ``nn.scan``/``nn.vmap``,
     list the noise collection in ``split_rngs`` (as for dropout), so that
-    each layer draws its own noise.
+    each layer draws its own noise. A layer with a kernel that cannot be
+    programmed (a subclass of those classes, a layer of your own) is refused
+    when called, naming it, unless ``where`` keeps it digital.
 
     Args:
         model: The plain Linen model.
@@ -706,6 +755,9 @@ def fusionize(
         deterministic: The default mode (``apply(..., deterministic=)``
             overrides it): ``True`` runs the plain model.
         rng_collection: The RNG collection the noise keys come from.
+        where: Which layers holding a kernel go on the chip: a predicate
+            ``where(path, layer)`` on the layer's ``module.path``; ``False``
+            keeps it digital. ``None``: all of them.
 
     Returns:
         A :class:`Fusionized` with ``init``, ``apply`` and ``kernel_layouts``.
@@ -739,6 +791,7 @@ def fusionize(
         "rng_collection": rng_collection,
         "max_input_size": max_input_size,
         "max_output_size": max_output_size,
+        "where": where,
     }
     _Settings(
         g_max,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -308,6 +308,7 @@ def fusionize(
     rng_collection: str = "noise",
     noise_stream: bool = True,
     rngs: nnx.Rngs | nnx.RngStream | None = None,
+    where: Callable[[tuple[Any, ...], nnx.Module], bool] | None = None,
 ) -> nnx.Module:
     """A copy of ``module`` with every NNX layer the chip holds made a Fusion layer.
 
@@ -322,6 +323,13 @@ def fusionize(
     state keeps its structure and a checkpoint of either loads into the
     other. Every other module is kept as it is; ``module`` itself is not
     changed.
+
+    It never leaves a layer digital silently: a module that holds a
+    ``kernel`` parameter and is none of those classes (a subclass of one,
+    which may compute differently, or a layer of your own) is refused with
+    an error naming it, unless ``where`` keeps it digital. ``where(path,
+    layer)`` chooses: ``False`` keeps the layer as it is (digital),
+    ``True`` converts it (an error for a layer fusionize cannot convert).
 
     A stacked layer gets a stacked noise stream (a :class:`NoiseKey` with one
     key per layer, split from ``rngs``), so ``nnx.scan``/``nnx.vmap`` over
@@ -350,6 +358,9 @@ def fusionize(
         rngs: Where each new layer's noise stream is forked from; ``None``
             leaves the layers without one (pass ``rngs`` to each call, or
             use ``noise=None``).
+        where: Which layers holding a kernel go on the chip: a predicate
+            ``where(path, layer)``, ``path`` the layer's path in the model
+            (e.g. ``("blocks", "mlp")``); ``None``: all of them.
 
     Returns:
         The converted copy of ``module``.
@@ -358,6 +369,8 @@ def fusionize(
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``, or ``rngs`` without the
             noise stream.
+        TypeError: naming the layer, for a layer with a kernel that
+            fusionize cannot convert and ``where`` does not keep digital.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -381,6 +394,18 @@ def fusionize(
             f"fusionize converts the layers inside a model; for a single "
             f"{type(copy).__name__} build its Fusion counterpart directly."
         )
+
+    def convert(path: tuple[Any, ...], layer: Any) -> bool:
+        """Whether to convert ``layer``: a known layer that ``where`` keeps on the chip."""
+        if _counterpart(layer) is None and not _holds_own_kernel(layer):
+            return False
+        if where is not None and not where(path, layer):
+            return False
+        if _counterpart(layer) is None:
+            raise TypeError(_unconvertible(path, layer))
+        return True
+
+    convert((), copy)  # a model that is itself a layer with a kernel fusionize cannot convert
     # Every node once, with its first path (a layer shared by several parents
     # is visited once: it is converted once and replaced at every reference).
     first_path: dict[int, tuple[Any, ...]] = {}
@@ -393,7 +418,7 @@ def fusionize(
     replaced: dict[int, nnx.Module] = {}
     for parent in parents:
         for key, child in list(nnx.iter_children(parent)):
-            if _counterpart(child) is None:
+            if id(child) not in replaced and not convert(first_path[id(child)], child):
                 continue
             new = replaced.get(id(child))
             if new is None:
@@ -415,6 +440,34 @@ def fusionize(
                 replaced[id(child)] = new
             _set_child(parent, key, new)
     return copy
+
+
+def _holds_own_kernel(node: Any) -> bool:
+    """Whether ``node`` is a plain (not Fusion) module with an ``nnx.Param`` named ``kernel``."""
+    return (
+        isinstance(node, nnx.Module)
+        and not isinstance(node, _FusionLayer)
+        and isinstance(vars(node).get("kernel"), nnx.Param)
+    )
+
+
+def _unconvertible(path: tuple[Any, ...], layer: nnx.Module) -> str:
+    """The error for a layer with a kernel that fusionize has no Fusion counterpart for."""
+    name = _path_text(path) or "the model"
+    kind = type(layer).__name__
+    known = [plain for plain, _ in _COUNTERPARTS if isinstance(layer, plain)]
+    if known:
+        why = (
+            f"a subclass of nnx.{known[0].__name__}; fusionize converts exactly "
+            f"nnx.{known[0].__name__} (a subclass may compute differently)"
+        )
+    else:
+        why = "a layer fusionize has no Fusion counterpart for"
+    return (
+        f"fusionize: {name} is a {kind} with a kernel, {why}. Build it from a Fusion layer "
+        "yourself, or keep it digital: fusionize(..., where=lambda path, layer: "
+        f"path != {tuple(path)!r})."
+    )
 
 
 def _convert(

@@ -578,3 +578,77 @@ def test_transposed_kernel_layout_of_unequal_channels():
             up.kernel[...], KEY, axes=layouts[("layers", 0, "kernel")], noise=OffsetNoise()
         ),
     )
+
+
+class _OwnLinear(nnx.Linear):
+    """A subclass of a known layer: it may compute differently (here: it does not)."""
+
+
+class _OwnKernel(nnx.Module):
+    def __init__(self):
+        self.kernel = nnx.Param(jnp.eye(3))
+
+    def __call__(self, x):
+        return x @ self.kernel
+
+
+def test_fusionize_never_leaves_a_layer_with_a_kernel_digital_silently():
+    """A layer with a kernel fusionize cannot convert is refused by name; `where` keeps
+    any layer digital on purpose, also a convertible one."""
+    net = nnx.Sequential(nnx.Linear(3, 3, rngs=nnx.Rngs(0)), _OwnLinear(3, 3, rngs=nnx.Rngs(1)))
+    with pytest.raises(TypeError, match=r"layers/1 is a _OwnLinear .* subclass of nnx.Linear"):
+        fj.nnx.fusionize(net, noise=None)
+    own = nnx.Sequential(nnx.Linear(3, 3, rngs=nnx.Rngs(0)), _OwnKernel())
+    with pytest.raises(TypeError, match=r"layers/1 is a _OwnKernel .* no Fusion counterpart"):
+        fj.nnx.fusionize(own, noise=None)
+    with pytest.raises(TypeError, match=r"the model is a _OwnKernel"):
+        fj.nnx.fusionize(_OwnKernel(), noise=None)
+    kept = fj.nnx.fusionize(net, noise=None, where=lambda path, layer: path != ("layers", 1))
+    assert [type(layer) for layer in kept.layers] == [fj.nnx.FusionLinear, _OwnLinear]
+    digital = fj.nnx.fusionize(own, noise=None, where=lambda path, layer: False)
+    assert [type(layer) for layer in digital.layers] == [nnx.Linear, _OwnKernel]
+    with pytest.raises(TypeError, match="layers/1 is a _OwnKernel"):
+        fj.nnx.fusionize(own, noise=None, where=lambda path, layer: True)
+
+
+def test_linen_fusionize_never_leaves_a_layer_with_a_kernel_digital_silently():
+    class OwnDense(nn.Dense):
+        pass
+
+    class OwnKernel(nn.Module):
+        features: int
+
+        @nn.compact
+        def __call__(self, x):
+            return x @ self.param("kernel", nn.initializers.ones, (x.shape[-1], self.features))
+
+    class Net(nn.Module):
+        own: type = OwnDense
+
+        @nn.compact
+        def __call__(self, x):
+            x = fj.linen.FusionDense(3, noise=None)(x)  # programs itself: not refused
+            return self.own(3)(nn.Dense(3)(x))
+
+    x = jnp.ones((2, 3))
+    for own, name in ((OwnDense, "OwnDense_0"), (OwnKernel, "OwnKernel_0")):
+        variables = Net(own).init(jax.random.key(0), x)
+        chip = fj.linen.fusionize(Net(own), noise=OffsetNoise())
+        with pytest.raises(TypeError, match=f"fusionize: {name} is a {own.__name__} with a kernel"):
+            chip.apply(variables, x, rngs={"noise": KEY})
+        kept = fj.linen.fusionize(
+            Net(own), noise=OffsetNoise(), where=lambda path, layer, name=name: path != (name,)
+        )
+        # The Dense between is programmed, the kept layer digital: as programming
+        # that one kernel (and the FusionDense's, noise-free) with program_params.
+        expected = program_params(
+            variables,
+            KEY,
+            noise=OffsetNoise(),
+            where=lambda path, leaf: path == ("params", "Dense_1", "kernel"),
+        )
+        mixed = Net(own).apply(expected, x)
+        np.testing.assert_allclose(
+            kept.apply(variables, x, rngs={"noise": KEY}), mixed, rtol=1e-5, atol=1e-6
+        )
+        assert not np.allclose(mixed, Net(own).apply(variables, x))
