@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -403,6 +404,8 @@ class FusionDenseGeneral(nn.DenseGeneral):
         True
     """
 
+    _programs_own_kernel = True  # fusionize's interceptor lets it program itself
+
     g_max: float = 40.0
     noise: Any = DEFAULT_NOISE
     t_inference: float = 0.0
@@ -469,6 +472,8 @@ class FusionEinsum(nn.Einsum):
         (1, 5, 2, 4)
     """
 
+    _programs_own_kernel = True  # fusionize's interceptor lets it program itself
+
     g_max: float = 40.0
     noise: Any = DEFAULT_NOISE
     t_inference: float = 0.0
@@ -533,15 +538,23 @@ def _settings_of(module: nn.Module) -> _Settings:
 _PLAIN_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Conv, nn.ConvTranspose, nn.Einsum)
 
 
-def _is_fusion_layer(module: nn.Module) -> bool:
-    """A Fusion layer (fusion_jax.linen's or this module's): it programs its own kernel."""
-    fields = {f.name for f in dataclasses.fields(module)}
-    return {"g_max", "noise", "rng_collection"} <= fields
+def _programs_through_dot_general(module: nn.Module) -> bool:
+    """Whether ``module`` computes with a :class:`FusionDotGeneral` (it programs the kernel)."""
+    cls = getattr(module, "dot_general_cls", None)
+    while isinstance(cls, functools.partial):
+        cls = cls.func
+    return isinstance(cls, type) and issubclass(cls, FusionDotGeneral)
 
 
 def _holds_own_kernel(module: nn.Module) -> bool:
-    """Whether ``module`` (bound, not a Fusion layer) has a ``params`` variable named ``kernel``."""
-    return not _is_fusion_layer(module) and module.has_variable("params", "kernel")
+    """Whether ``module`` (bound, not a Fusion layer) has a ``params`` variable named ``kernel``.
+
+    Fusion layers (``_programs_own_kernel``, set by each Fusion layer class)
+    program their kernels themselves.
+    """
+    return not getattr(module, "_programs_own_kernel", False) and module.has_variable(
+        "params", "kernel"
+    )
 
 
 def _unconvertible(module: nn.Module) -> str:
@@ -590,10 +603,12 @@ def fusion_interceptor(
     a jitted function's body. :func:`fusionize`
     wraps a model's ``init``/``apply`` in it.
 
-    It never leaves a layer digital silently: a call of a module that holds
-    a ``kernel`` parameter and is none of those classes (a subclass of one,
-    or a layer of your own; Fusion layers program themselves) is refused
-    with an error naming it, unless ``where`` keeps it digital.
+    It never leaves a layer digital silently: a ``__call__`` of a module that
+    holds a ``kernel`` parameter and is none of those classes (a subclass of
+    one, or a layer of your own) is refused with an error naming it, unless
+    ``where`` keeps it digital. Fusion layers, and layers computing with a
+    :class:`FusionDotGeneral`, program themselves and are left to it. (A
+    layer reached only through another method than ``__call__`` is not seen.)
 
     Args:
         g_max: Largest conductance in uS, in [10, 40].
@@ -609,8 +624,9 @@ def fusion_interceptor(
         rng_collection: The RNG collection the noise keys come from.
         where: Which layers holding a kernel go on the chip: a predicate
             ``where(path, layer)``, ``path`` the layer's ``module.path``
-            (e.g. ``("Dense_0",)``); ``False`` keeps the layer digital.
-            ``None``: all of them.
+            (e.g. ``("Dense_0",)``, without the ``params`` collection and
+            ``kernel`` leaf that :func:`fusion_jax.program_params`'s ``where``
+            gets); ``False`` keeps the layer digital. ``None``: all of them.
 
     Yields:
         Nothing; the interceptor is active inside the ``with`` block.
@@ -654,6 +670,7 @@ def fusion_interceptor(
             or _RUNNING_PROGRAMMED.get()
             or module.is_initializing()
             or not (type(module) in _PLAIN_LAYERS or _holds_own_kernel(module))
+            or _programs_through_dot_general(module)
             or (where is not None and not where(tuple(module.path), module))
         ):
             return next_fun(*args, **kwargs)

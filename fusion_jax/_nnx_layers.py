@@ -360,7 +360,9 @@ def fusionize(
             use ``noise=None``).
         where: Which layers holding a kernel go on the chip: a predicate
             ``where(path, layer)``, ``path`` the layer's path in the model
-            (e.g. ``("blocks", "mlp")``); ``None``: all of them.
+            (e.g. ``("blocks", "mlp")``: the module's, where
+            :func:`fusion_jax.program_params`'s ``where`` gets the kernel
+            leaf's, ``("blocks", "mlp", "kernel")``); ``None``: all of them.
 
     Returns:
         The converted copy of ``module``.
@@ -387,6 +389,18 @@ def fusionize(
         >>> chip_model.eval()                        # digital weights: the original model
         >>> bool(jnp.allclose(chip_model(x), model(x)))
         True
+        >>> class Scaled(nnx.Linear):                # a subclass: refused, or kept digital
+        ...     pass
+        >>> mixed = nnx.Sequential(nnx.Linear(8, 8, rngs=nnx.Rngs(0)),
+        ...                        Scaled(8, 8, rngs=nnx.Rngs(1)))
+        >>> fj.nnx.fusionize(mixed, noise=None)
+        Traceback (most recent call last):
+        ...
+        TypeError: fusionize cannot convert 1 layer(s) with a kernel ...
+        >>> kept = fj.nnx.fusionize(mixed, noise=None,
+        ...                         where=lambda path, layer: path != ("layers", 1))
+        >>> [type(layer).__name__ for layer in kept.layers]
+        ['FusionLinear', 'Scaled']
     """
     copy = nnx.clone(module)
     if _counterpart(copy) is not None:
@@ -395,6 +409,8 @@ def fusionize(
             f"{type(copy).__name__} build its Fusion counterpart directly."
         )
 
+    refused: dict[int, tuple[tuple[Any, ...], nnx.Module]] = {}
+
     def convert(path: tuple[Any, ...], layer: Any) -> bool:
         """Whether to convert ``layer``: a known layer that ``where`` keeps on the chip."""
         if _counterpart(layer) is None and not _holds_own_kernel(layer):
@@ -402,7 +418,8 @@ def fusionize(
         if where is not None and not where(path, layer):
             return False
         if _counterpart(layer) is None:
-            raise TypeError(_unconvertible(path, layer))
+            refused.setdefault(id(layer), (path, layer))  # all of them, in one error
+            return False
         return True
 
     convert((), copy)  # a model that is itself a layer with a kernel fusionize cannot convert
@@ -439,6 +456,8 @@ def fusionize(
                 )
                 replaced[id(child)] = new
             _set_child(parent, key, new)
+    if refused:
+        raise TypeError(_unconvertible(list(refused.values())))
     return copy
 
 
@@ -451,22 +470,24 @@ def _holds_own_kernel(node: Any) -> bool:
     )
 
 
-def _unconvertible(path: tuple[Any, ...], layer: nnx.Module) -> str:
-    """The error for a layer with a kernel that fusionize has no Fusion counterpart for."""
-    name = _path_text(path) or "the model"
-    kind = type(layer).__name__
-    known = [plain for plain, _ in _COUNTERPARTS if isinstance(layer, plain)]
-    if known:
+def _unconvertible(layers: list[tuple[tuple[Any, ...], nnx.Module]]) -> str:
+    """The error for layers with a kernel that fusionize has no Fusion counterpart for."""
+    lines = []
+    for path, layer in layers:
+        known = [plain for plain, _ in _COUNTERPARTS if isinstance(layer, plain)]
         why = (
-            f"a subclass of nnx.{known[0].__name__}; fusionize converts exactly "
-            f"nnx.{known[0].__name__} (a subclass may compute differently)"
+            f"a subclass of nnx.{known[0].__name__}, which may compute differently"
+            if known
+            else "no Fusion counterpart"
         )
-    else:
-        why = "a layer fusionize has no Fusion counterpart for"
+        lines.append(f"  {_path_text(path) or 'the model'}: {type(layer).__name__} ({why})")
+    paths = {tuple(path) for path, _ in layers}
     return (
-        f"fusionize: {name} is a {kind} with a kernel, {why}. Build it from a Fusion layer "
-        "yourself, or keep it digital: fusionize(..., where=lambda path, layer: "
-        f"path != {tuple(path)!r})."
+        f"fusionize cannot convert {len(layers)} layer(s) with a kernel (it converts exactly "
+        "nnx.Linear, Conv, ConvTranspose, LinearGeneral and Einsum):\n"
+        + "\n".join(lines)
+        + "\nBuild them from Fusion layers yourself, or keep them digital: fusionize(..., "
+        f"where=lambda path, layer: path not in {sorted(paths, key=str)!r})."
     )
 
 
@@ -491,9 +512,14 @@ def _convert(
             rngs=nnx.Rngs(0),
         )
     )
-    for name in ("kernel", "bias"):
-        if name in vars(layer):
-            setattr(new, name, getattr(layer, name))
+    # Everything the abstract build left abstract is the layer's own: the kernel,
+    # the bias, and arrays such as a convolution's mask.
+    for name, value in vars(layer).items():
+        built = vars(new).get(name)
+        if isinstance(built, nnx.Variable):
+            built = built.get_value()
+        if isinstance(built, jax.ShapeDtypeStruct):
+            setattr(new, name, value)
     shape = tuple(layer.kernel.shape)
     module_kernel_axes(layer, shape, _path_text((*path, "kernel")))  # checks the shape fits
     own = _expected_kernel(layer)

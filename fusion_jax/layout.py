@@ -134,6 +134,17 @@ class KernelAxes:
         then the kernel is ``[*window, out, in]`` (the output channels are
         the second-to-last axis), which ``transpose_kernel=True`` gives here.
 
+        Args:
+            spatial: Number of window axes (2 for a 2-D convolution).
+            transpose_kernel: The kernel is ``[*window, out, in]``, as Flax
+                stores a transposed convolution built with ``transpose_kernel=True``.
+
+        Returns:
+            The kernel's axes.
+
+        Raises:
+            ValueError: if ``spatial`` is negative.
+
         Example:
             >>> import fusion_jax as fj
             >>> fj.layout.KernelAxes.conv(2, transpose_kernel=True)  # [kh, kw, out, in]

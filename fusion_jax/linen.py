@@ -177,6 +177,8 @@ class FusionDense(nn.Dense):
         True
     """
 
+    _programs_own_kernel = True  # fusionize's interceptor lets it program itself
+
     g_max: float = 40.0
     noise: Any = DEFAULT_NOISE
     t_inference: float = 0.0
@@ -245,6 +247,8 @@ class FusionConv(nn.Conv):
         >>> bool(jnp.allclose(conv.apply(variables, x, deterministic=True), plain))
         True
     """
+
+    _programs_own_kernel = True  # fusionize's interceptor lets it program itself
 
     g_max: float = 40.0
     noise: Any = DEFAULT_NOISE
@@ -321,6 +325,8 @@ class FusionConvTranspose(nn.ConvTranspose):
         >>> bool(jnp.allclose(up.apply(variables, x, deterministic=True), plain))
         True
     """
+
+    _programs_own_kernel = True  # fusionize's interceptor lets it program itself
 
     g_max: float = 40.0
     noise: Any = DEFAULT_NOISE

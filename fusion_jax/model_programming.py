@@ -564,6 +564,18 @@ def _module_specs(
     return axes, settings
 
 
+def _masks(module: Any) -> dict[LeafPath, Any]:
+    """The ``mask`` of every masked layer (``nnx.Conv``'s, ...) of an NNX module, by kernel path."""
+    from flax import nnx
+
+    masks = {}
+    for path, node in nnx.iter_graph(module):
+        mask = getattr(node, "mask", None) if isinstance(node, nnx.Module) else None
+        if mask is not None and isinstance(getattr(node, "kernel", None), nnx.Variable):
+            masks[(*path, "kernel")] = mask
+    return masks
+
+
 def kernel_layouts(module: Any) -> dict[LeafPath, KernelAxes]:
     """The kernel axes of every known layer of an NNX module, by leaf path.
 
@@ -695,7 +707,9 @@ def program_params(
       made by ``nnx.vmap``/``nnx.scan`` (leading layer axes) and attention
       projections; each Fusion layer is programmed with its own settings
       (``g_max``, ``noise``, ``t_inference``, ``strict_aihwkit``,
-      ``gradient``) unless the call gives them.
+      ``gradient``) unless the call gives them, and a masked convolution's
+      kernel times its ``mask`` (masked-out weights are not on the chip), as
+      the layer itself programs it.
     * any pytree: a Linen ``variables``/``params`` dict, an ``nnx.State``,
       nested dicts. A kernel of rank 2 is ``[in, out]``; a kernel of higher
       rank needs its axes in ``layouts`` (for Linen,
@@ -836,7 +850,7 @@ def program_params(
         module_axes, module_settings = _module_specs(params, strict=False)
         graphdef, state = nnx.split(params)
         programmed, done = _program_tree(
-            state, key, given, where, layouts, module_axes, module_settings
+            state, key, given, where, layouts, module_axes, module_settings, _masks(params)
         )
         chip = nnx.merge(graphdef, programmed)
         # The copy is the chip: its Fusion layers whose kernel was programmed use it
@@ -858,9 +872,12 @@ def _program_tree(
     layouts: Layouts | None,
     module_axes: Mapping[LeafPath, KernelAxes | ValueError],
     module_settings: Mapping[LeafPath, Mapping[str, Any]],
+    masks: Mapping[LeafPath, Any] | None = None,
 ) -> tuple[Any, set[LeafPath]]:
-    """program_params on a pytree, with per-leaf axes and settings read from a module.
+    """program_params on a pytree, with per-leaf axes, settings and masks read from a module.
 
+    A kernel with a mask (a masked convolution's) is programmed times its
+    mask, as its layer programs it: masked-out weights are not on the chip.
     Returns the programmed pytree and the paths of the leaves it programmed.
     """
     select = is_kernel if where is None else where
@@ -902,6 +919,8 @@ def _program_tree(
                 )
             axes = KernelAxes.dense()
         settings = {**_SETTING_DEFAULTS, **module_settings.get(path, {}), **given}
+        if masks and path in masks:
+            leaf = leaf * masks[path]
         model = settings["noise"]
         model = default_model if model is DEFAULT_NOISE else resolve_noise(model)
         # The one check of the settings (a key when noise is on, ...), naming the kernel.

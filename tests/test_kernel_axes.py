@@ -534,6 +534,23 @@ def test_transposed_convolutions_one_row_per_output_channel(transpose_kernel):
     assert not np.allclose(fused(x), plain(x), atol=1e-3)
     fused.eval()
     np.testing.assert_array_equal(fused(x), plain(x))
+    # A masked layer: masked-out weights (made huge here) are not on the chip, neither in
+    # the converted layer nor in program_params' copy, so they set no row's scale.
+    mask = jnp.ones((2, 3, 3)).at[0].set(0.0)
+    masked = nnx.Sequential(
+        nnx.ConvTranspose(
+            3, 3, (2,), strides=2, transpose_kernel=transpose_kernel, mask=mask, rngs=nnx.Rngs(0)
+        )
+    )
+    masked.layers[0].kernel[...] = masked.layers[0].kernel[...].at[0].multiply(100.0)
+    fused = fj.nnx.fusionize(masked, noise=OffsetNoise(), rngs=nnx.Rngs(noise=0))
+    chip = program_params(masked, KEY, noise=OffsetNoise())
+    np.testing.assert_allclose(fused(x), chip(x), rtol=1e-4, atol=1e-5)
+    zeroed = nnx.clone(plain)  # the same layer with those weights 0 instead of masked
+    zeroed.layers[0].kernel[...] = zeroed.layers[0].kernel[...].at[0].set(0.0)
+    np.testing.assert_allclose(
+        chip(x), program_params(zeroed, KEY, noise=OffsetNoise())(x), rtol=1e-4, atol=1e-5
+    )
 
     # Linen: the layer's axes, the interceptor, and the drop-in layer (same names, values).
     layer = functools.partial(nn.ConvTranspose, 3, (2,), (2,), transpose_kernel=transpose_kernel)
@@ -595,20 +612,29 @@ class _OwnKernel(nnx.Module):
 def test_fusionize_never_leaves_a_layer_with_a_kernel_digital_silently():
     """A layer with a kernel fusionize cannot convert is refused by name; `where` keeps
     any layer digital on purpose, also a convertible one."""
-    net = nnx.Sequential(nnx.Linear(3, 3, rngs=nnx.Rngs(0)), _OwnLinear(3, 3, rngs=nnx.Rngs(1)))
-    with pytest.raises(TypeError, match=r"layers/1 is a _OwnLinear .* subclass of nnx.Linear"):
+    net = nnx.Sequential(
+        nnx.Linear(3, 3, rngs=nnx.Rngs(0)), _OwnLinear(3, 3, rngs=nnx.Rngs(1)), _OwnKernel()
+    )
+    # Every such layer in one error, each with its path and why.
+    with pytest.raises(
+        TypeError,
+        match=r"(?s)cannot convert 2 layer.*layers/1: _OwnLinear \(a subclass of nnx.Linear"
+        r".*layers/2: _OwnKernel \(no Fusion counterpart",
+    ):
         fj.nnx.fusionize(net, noise=None)
-    own = nnx.Sequential(nnx.Linear(3, 3, rngs=nnx.Rngs(0)), _OwnKernel())
-    with pytest.raises(TypeError, match=r"layers/1 is a _OwnKernel .* no Fusion counterpart"):
-        fj.nnx.fusionize(own, noise=None)
-    with pytest.raises(TypeError, match=r"the model is a _OwnKernel"):
+    with pytest.raises(TypeError, match=r"the model: _OwnKernel"):
         fj.nnx.fusionize(_OwnKernel(), noise=None)
-    kept = fj.nnx.fusionize(net, noise=None, where=lambda path, layer: path != ("layers", 1))
-    assert [type(layer) for layer in kept.layers] == [fj.nnx.FusionLinear, _OwnLinear]
-    digital = fj.nnx.fusionize(own, noise=None, where=lambda path, layer: False)
-    assert [type(layer) for layer in digital.layers] == [nnx.Linear, _OwnKernel]
-    with pytest.raises(TypeError, match="layers/1 is a _OwnKernel"):
-        fj.nnx.fusionize(own, noise=None, where=lambda path, layer: True)
+    paths = [("layers", 1), ("layers", 2)]
+    kept = fj.nnx.fusionize(net, noise=None, where=lambda path, layer: path not in paths)
+    assert [type(layer) for layer in kept.layers] == [fj.nnx.FusionLinear, _OwnLinear, _OwnKernel]
+    digital = fj.nnx.fusionize(net, noise=None, where=lambda path, layer: False)
+    assert [type(layer) for layer in digital.layers] == [nnx.Linear, _OwnLinear, _OwnKernel]
+    with pytest.raises(TypeError, match="layers/2: _OwnKernel"):
+        fj.nnx.fusionize(net, noise=None, where=lambda path, layer: path != ("layers", 1))
+    # A model that already holds Fusion layers: they stay as they are, nothing is refused.
+    again = fj.nnx.fusionize(kept, noise=None, where=lambda path, layer: path not in paths)
+    assert [type(layer) for layer in again.layers] == [type(layer) for layer in kept.layers]
+    assert again.layers[0].kernel[...] is kept.layers[0].kernel[...]
 
 
 def test_linen_fusionize_never_leaves_a_layer_with_a_kernel_digital_silently():
@@ -648,7 +674,39 @@ def test_linen_fusionize_never_leaves_a_layer_with_a_kernel_digital_silently():
             where=lambda path, leaf: path == ("params", "Dense_1", "kernel"),
         )
         mixed = Net(own).apply(expected, x)
+        # where keeps a plain layer digital too.
+        none = fj.linen.fusionize(Net(own), noise=OffsetNoise(), where=lambda path, layer: False)
+        np.testing.assert_array_equal(
+            none.apply(variables, x, rngs={"noise": KEY}), Net(own).apply(variables, x)
+        )
         np.testing.assert_allclose(
             kept.apply(variables, x, rngs={"noise": KEY}), mixed, rtol=1e-5, atol=1e-6
         )
         assert not np.allclose(mixed, Net(own).apply(variables, x))
+
+
+def test_linen_fusionize_leaves_fusion_dot_general_projections_to_themselves():
+    """README's attention recipe (FusionDotGeneral injected) under fusionize: those projections
+    program themselves (once), the plain Dense is programmed by the interceptor."""
+    chip_dot = functools.partial(fj.linen.FusionDotGeneral, noise=OffsetNoise())
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            attention = nn.MultiHeadDotProductAttention(
+                2, qkv_dot_general_cls=chip_dot, out_dot_general_cls=chip_dot
+            )
+            return nn.Dense(3)(attention(x))
+
+    x = normal((1, 5, 4), 2)
+    variables = Net().init(jax.random.key(0), x)
+    got = fj.linen.fusionize(Net(), noise=OffsetNoise()).apply(variables, x, rngs={"noise": KEY})
+    dense_only = program_params(
+        variables,
+        KEY,
+        noise=OffsetNoise(),
+        where=lambda path, leaf: path == ("params", "Dense_0", "kernel"),
+    )
+    expected = Net().apply(dense_only, x, rngs={"noise": KEY})
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected, Net().apply(variables, x, rngs={"noise": KEY}))
