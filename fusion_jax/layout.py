@@ -475,20 +475,71 @@ def _kernels(params: Any, paths: dict[str, Any] | None = None) -> dict[str, Any]
     return kernels
 
 
+#: ``layouts`` argument: per-leaf kernel axes, by path (tuple or "/"-joined text), or a function.
+Layouts = (
+    Mapping[_paths.LeafPath | str, KernelAxes]
+    | Callable[[_paths.LeafPath, Any], "KernelAxes | None"]
+)
+
+
+def _layout_lookup(
+    layouts: Layouts | None, flat_paths: Sequence[_paths.LeafPath]
+) -> Callable[[_paths.LeafPath, Any], KernelAxes | None]:
+    """``layouts`` as a function of (path, leaf), after checking every key names a leaf."""
+    if layouts is None:
+        return lambda path, leaf: None
+    if callable(layouts) and not isinstance(layouts, Mapping):
+        return layouts
+    if not isinstance(layouts, Mapping):
+        raise TypeError(
+            f"layouts must be a mapping leaf path -> KernelAxes or a function, got {type(layouts)}."
+        )
+    table: dict[str, KernelAxes] = {}
+    for k, v in layouts.items():
+        text = k if isinstance(k, str) else _paths.path_text(tuple(k))
+        if not isinstance(v, KernelAxes):
+            raise TypeError(
+                f"layouts[{text!r}] must be a fusion_jax.layout.KernelAxes, got {type(v)}."
+            )
+        table[text] = v
+    texts = {_paths.path_text(p) for p in flat_paths}
+    texts |= {_paths.path_text(p[1:]) for p in flat_paths if p and p[0] == "params"}
+    unknown = sorted(set(table) - texts)
+    if unknown:
+        raise ValueError(
+            f"layouts name leaves that params lack: {unknown}; leaves are named like "
+            f"{sorted(texts)[:4]}."
+        )
+
+    def lookup(path: _paths.LeafPath, leaf: Any) -> KernelAxes | None:
+        found = table.get(_paths.path_text(path))
+        if found is None and path and path[0] == "params":
+            found = table.get(_paths.path_text(path[1:]))
+        return found
+
+    return lookup
+
+
 def flax_to_layers(
     params: Any,
     *,
     where: Callable[[_paths.LeafPath, Any], bool] | Collection[str] | None = None,
     conv_window: bool = False,
+    layouts: Layouts | None = None,
 ) -> dict[str, Float[Array, "out fan_in"]]:
     """Every kernel of a Flax parameter pytree in the reference layout ``[out, in]``.
 
     Kernels are the leaves named ``kernel`` with at least 2 dimensions:
     ``linen.Dense``/``nnx.Linear`` ``[in, out]`` and ``linen.Conv``/``nnx.Conv``
     ``[*spatial, in, out]``, each flattened by :func:`kernel_to_rows`. Biases,
-    norms and embeddings are not analog layers and are left out. Only
-    kernels whose output is the last axis and input the one before it fit
-    (not, e.g., ``DenseGeneral`` with several output axes).
+    norms and embeddings are not analog layers and are left out. Without
+    ``layouts``, a kernel's output is its last axis and its input the one
+    before it; other kernels (a ``ConvTranspose`` with
+    ``transpose_kernel=True``, ``DenseGeneral`` with several output axes) need
+    their axes in ``layouts``, as :func:`fusion_jax.program_params` takes
+    them (:func:`fusion_jax.nnx.kernel_layouts`,
+    :func:`fusion_jax.linen.kernel_layouts`): one row per output feature,
+    the export's order of inputs.
 
     Args:
         params: A Linen params dict (``variables["params"]`` or the whole
@@ -503,7 +554,12 @@ def flax_to_layers(
             then splits a conv with more than ``max_input_size`` inputs into
             chip tiles on input-channel boundaries, as aihwkit does and as
             :func:`fusion_jax.program_kernel` simulates it (flattened, it
-            is split as a dense layer of ``in * prod(window)`` inputs).
+            is split as a dense layer of ``in * prod(window)`` inputs). With
+            a layout: ``[out, *input sizes]`` in the layout's input order.
+        layouts: Kernel axes by leaf path (tuple, or ``/``-joined text, with or
+            without the leading ``params``), or a function ``(path, leaf) ->
+            KernelAxes | None``; kernels without one are ``[*spatial, in, out]``.
+            A layout with stack axes (several layers in one kernel) is refused.
 
     Returns:
         Layer name -> matrix ``[out, in * prod(spatial)]`` (``[out, in,
@@ -515,8 +571,9 @@ def flax_to_layers(
 
     Raises:
         ValueError: if ``params`` holds no kernels, two kernels get the same
-            name, or ``where`` names layers that do not exist (listing the
-            existing ones).
+            name, ``where`` names layers that do not exist (listing the
+            existing ones), or ``layouts`` names a leaf that does not exist or
+            gives a kernel stack axes or axes that do not fit it (naming it).
 
     Example:
         >>> import jax
@@ -530,9 +587,15 @@ def flax_to_layers(
         {'layers_0': (4, 27), 'layers_1': (2, 4)}
         >>> {n: w.shape for n, w in fj.layout.flax_to_layers(variables, conv_window=True).items()}
         {'layers_0': (4, 3, 3, 3), 'layers_1': (2, 4)}
+        >>> up = nn.ConvTranspose(5, (2, 2), transpose_kernel=True)    # kernel [2, 2, 5, 3]
+        >>> variables = up.init(jax.random.key(0), jnp.ones((1, 4, 4, 3)))
+        >>> axes = fj.layout.KernelAxes.conv(2, transpose_kernel=True)
+        >>> fj.layout.flax_to_layers(variables, layouts={"kernel": axes})["kernel"].shape
+        (5, 12)
     """
     paths: dict[str, Any] = {}
     kernels = _kernels(params, paths)
+    axes_of = _export_axes(kernels, paths, layouts)
     if where is None:
         selected = list(kernels)
     elif callable(where):
@@ -545,15 +608,51 @@ def flax_to_layers(
                 f"where names unknown layer(s) {unknown}; the kernels are {list(kernels)}."
             )
         selected = [name for name in kernels if name in wanted]
-    layers = {name: kernel_to_rows(kernels[name]) for name in selected}
-    if conv_window:
-        for name in selected:
-            *window, n_in, n_out = np.shape(kernels[name])
-            layers[name] = layers[name].reshape(n_out, n_in, *window)
+    layers = {}
+    for name in selected:
+        kernel, axes = kernels[name], axes_of.get(name)
+        if axes is None:
+            layers[name] = kernel_to_rows(kernel)
+            if conv_window:
+                *window, n_in, n_out = np.shape(kernel)
+                layers[name] = layers[name].reshape(n_out, n_in, *window)
+            continue
+        layers[name] = kernel_to_columns(kernel, axes).T
+        if conv_window:
+            inputs = [np.shape(kernel)[a] for a in axes.inputs]
+            layers[name] = layers[name].reshape(-1, *inputs)
     return layers
 
 
-def layers_to_flax(layers: Mapping[str, Float[ArrayLike, "out fan_in"]], params: PyTree) -> PyTree:
+def _export_axes(
+    kernels: Mapping[str, Any], paths: Mapping[str, Any], layouts: Layouts | None
+) -> dict[str, KernelAxes]:
+    """The ``layouts`` entry of each named kernel that has one (checked: one layer, fits)."""
+    lookup = _layout_lookup(layouts, list(paths.values()))
+    found = {}
+    for name, kernel in kernels.items():
+        axes = lookup(paths[name], kernel)
+        if axes is None:
+            continue
+        if axes.stack:
+            raise ValueError(
+                f"layer {name!r}: its layout {axes} has stack axes (several layers in one "
+                "kernel); export each layer's kernel on its own."
+            )
+        try:
+            axes.check(np.shape(kernel))
+        except ValueError as err:
+            raise ValueError(f"layer {name!r}: {err}") from None
+        found[name] = axes
+    return found
+
+
+def layers_to_flax(
+    layers: Mapping[str, Float[ArrayLike, "out fan_in"]],
+    params: PyTree,
+    *,
+    layouts: Layouts | None = None,
+) -> PyTree:
     """Put ``[out, in]`` matrices back into a copy of a Flax parameter pytree.
 
     The inverse of :func:`flax_to_layers`: each matrix replaces the kernel of
@@ -568,6 +667,8 @@ def layers_to_flax(layers: Mapping[str, Float[ArrayLike, "out fan_in"]], params:
             the layers.
         params: The pytree the layers came from (Linen params dict, NNX
             ``State`` or pure dict).
+        layouts: The kernel axes :func:`flax_to_layers` was given, for
+            kernels that are not ``[*spatial, in, out]``.
 
     Returns:
         A pytree of the same structure and dtypes as ``params``. For NNX, load
@@ -590,7 +691,9 @@ def layers_to_flax(layers: Mapping[str, Float[ArrayLike, "out fan_in"]], params:
         >>> bool(jnp.allclose(new["kernel"], 2 * params["kernel"]))
         True
     """
-    kernels = _kernels(params)
+    paths: dict[str, Any] = {}
+    kernels = _kernels(params, paths)
+    axes_of = _export_axes(kernels, paths, layouts)
     if not isinstance(layers, Mapping):
         raise TypeError(f"layers must be a mapping layer name -> matrix, got {type(layers)}.")
     unknown = [name for name in layers if name not in kernels]
@@ -600,8 +703,14 @@ def layers_to_flax(layers: Mapping[str, Float[ArrayLike, "out fan_in"]], params:
         )
     for name, rows in layers.items():
         kernel_shape = tuple(np.shape(kernels[name]))
-        expected = (kernel_shape[-1], math.prod(kernel_shape[:-1]))
-        window = (kernel_shape[-1], kernel_shape[-2], *kernel_shape[:-2])
+        axes = axes_of.get(name)
+        if axes is None:
+            expected = (kernel_shape[-1], math.prod(kernel_shape[:-1]))
+            window = (kernel_shape[-1], kernel_shape[-2], *kernel_shape[:-2])
+        else:
+            inputs = tuple(kernel_shape[a] for a in axes.inputs)
+            outputs = math.prod(kernel_shape[a] for a in axes.outputs)
+            expected, window = (outputs, math.prod(inputs)), (outputs, *inputs)
         if tuple(np.shape(rows)) not in (expected, window):
             raise ValueError(
                 f"layer {name!r}: matrix of shape {tuple(np.shape(rows))} does not fit the "
@@ -615,6 +724,12 @@ def layers_to_flax(layers: Mapping[str, Float[ArrayLike, "out fan_in"]], params:
         name = _kernel_name(path, leaf)
         if name is None or name not in layers:
             return leaf
+        axes = axes_of.get(name)
+        if axes is not None:
+            rows = jnp.reshape(
+                layers[name], (math.prod(np.shape(leaf)[a] for a in axes.outputs), -1)
+            )
+            return columns_to_kernel(rows.T, axes, np.shape(leaf)).astype(leaf.dtype)
         rows = jnp.reshape(layers[name], (np.shape(leaf)[-1], -1))
         return rows_to_kernel(rows, np.shape(leaf)).astype(leaf.dtype)
 

@@ -31,7 +31,7 @@ from fusion_jax._paths import plain_path as _plain_path
 from fusion_jax._random import _threefry_key_data
 from fusion_jax.conversion import _prepare_g_max, _prepare_weights
 from fusion_jax.errors import ArgumentError
-from fusion_jax.layout import KernelAxes
+from fusion_jax.layout import KernelAxes, Layouts, _layout_lookup
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -454,9 +454,6 @@ _SETTING_DEFAULTS: dict[str, Any] = {
     "max_output_size": tiles.DEFAULT_MAX_OUTPUT_SIZE,
 }
 
-#: ``layouts`` argument: per-leaf kernel axes, by path (tuple or "/"-joined text), or a function.
-Layouts = Mapping[LeafPath | str, KernelAxes] | Callable[[LeafPath, Any], "KernelAxes | None"]
-
 
 def _expected_kernel(module: Any) -> tuple[KernelAxes, tuple[int | None, ...]] | None:
     """The axes and shape (``None``: any size) of a known Flax NNX layer's own kernel."""
@@ -630,44 +627,6 @@ def freeze_layouts(layouts: Layouts | None) -> Any:
     return tuple(
         sorted((k if isinstance(k, str) else _path_text(tuple(k)), v) for k, v in layouts.items())
     )
-
-
-def _layout_lookup(
-    layouts: Layouts | None, flat_paths: Sequence[LeafPath]
-) -> Callable[[LeafPath, Any], KernelAxes | None]:
-    """``layouts`` as a function of (path, leaf), after checking every key names a leaf."""
-    if layouts is None:
-        return lambda path, leaf: None
-    if callable(layouts) and not isinstance(layouts, Mapping):
-        return layouts
-    if not isinstance(layouts, Mapping):
-        raise TypeError(
-            f"layouts must be a mapping leaf path -> KernelAxes or a function, got {type(layouts)}."
-        )
-    table: dict[str, KernelAxes] = {}
-    for k, v in layouts.items():
-        text = k if isinstance(k, str) else _path_text(tuple(k))
-        if not isinstance(v, KernelAxes):
-            raise TypeError(
-                f"layouts[{text!r}] must be a fusion_jax.layout.KernelAxes, got {type(v)}."
-            )
-        table[text] = v
-    texts = {_path_text(p) for p in flat_paths}
-    texts |= {_path_text(p[1:]) for p in flat_paths if p and p[0] == "params"}
-    unknown = sorted(set(table) - texts)
-    if unknown:
-        raise ValueError(
-            f"layouts name leaves that params lack: {unknown}; leaves are named like "
-            f"{sorted(texts)[:4]}."
-        )
-
-    def lookup(path: LeafPath, leaf: Any) -> KernelAxes | None:
-        found = table.get(_path_text(path))
-        if found is None and path and path[0] == "params":
-            found = table.get(_path_text(path[1:]))
-        return found
-
-    return lookup
 
 
 def program_params(

@@ -200,3 +200,27 @@ def test_flax_layers_export_in_one_call(tmp_path):
         data.layers["fc"], [[8.0, 24.0, 40.0], [2 * 40 / 6, 4 * 40 / 6, 40.0]], rtol=1e-6
     )
     assert fj.chip_file.read_chip_file(tmp_path / "m.csv").names == ("fc",)
+
+
+def test_layouts_export_other_kernels_one_row_per_output_and_refuse_what_does_not_fit():
+    # nn.ConvTranspose(transpose_kernel=True) stores [*window, out, in] = (2, 4, 3).
+    kernel = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 3)), jnp.float32)
+    params = {"params": {"up": {"kernel": kernel}}}
+    axes = fj.layout.KernelAxes.conv(1, transpose_kernel=True)
+    for key in ("up/kernel", "params/up/kernel", ("params", "up", "kernel")):
+        rows = flax_to_layers(params, layouts={key: axes})["up"]
+        assert rows.shape == (4, 6)  # 4 output channels, each over 3 inputs x 2 taps
+    window = flax_to_layers(params, layouts={"up/kernel": axes}, conv_window=True)["up"]
+    np.testing.assert_array_equal(window[1], kernel[:, 1, :].T)  # [in, window] of channel 1
+    for layers in ({"up": rows}, {"up": window}):
+        back = layers_to_flax(layers, params, layouts={"up/kernel": axes})
+        np.testing.assert_array_equal(back["params"]["up"]["kernel"], kernel)
+    with pytest.raises(ValueError, match="layouts name leaves that params lack"):
+        flax_to_layers(params, layouts={"down/kernel": axes})
+    stacked = fj.layout.KernelAxes.dense().stacked()
+    with pytest.raises(ValueError, match="layer 'up': its layout .* stack axes"):
+        flax_to_layers(params, layouts={"up/kernel": stacked})
+    with pytest.raises(ValueError, match="layer 'up'"):
+        flax_to_layers(params, layouts={"up/kernel": fj.layout.KernelAxes.dense()})
+    with pytest.raises(ValueError, match=r"layer 'up': matrix of shape \(3, 8\) does not fit"):
+        layers_to_flax({"up": jnp.ones((3, 8))}, params, layouts={"up/kernel": axes})

@@ -443,11 +443,23 @@ def test_cli_export_and_import_of_aihwkit_files(capsys, tmp_path):
     assert "invalid tile size" in capsys.readouterr().err
 
 
-def test_flax_conv_export_and_simulation_share_tiles(tmp_path):
-    """A Flax conv of 57 channels x 3x3 = 513 inputs: 29 + 28 whole channels in both paths."""
-    kernel = rng_weights((3, 3, 57, 5), seed=11)
+@pytest.mark.parametrize("transpose_kernel", [False, True])
+def test_flax_conv_export_and_simulation_share_tiles(tmp_path, transpose_kernel):
+    """A Flax conv of 57 channels x 3x3 = 513 inputs: 29 + 28 whole channels in both paths.
+
+    Also for a transposed conv built with ``transpose_kernel=True`` (kernel
+    ``[*window, out, in]``): its layout, given to the export and the import, makes
+    the file's rows its output channels, as the simulation programs them.
+    """
+    if transpose_kernel:
+        kernel = rng_weights((3, 3, 5, 57), seed=11)
+        axes = layout.KernelAxes.conv(2, transpose_kernel=True)
+        layouts = {"conv/kernel": axes}
+    else:
+        kernel = rng_weights((3, 3, 57, 5), seed=11)
+        axes, layouts = None, None
     params = {"params": {"conv": {"kernel": kernel}}}
-    layers = layout.flax_to_layers(params, conv_window=True)
+    layers = layout.flax_to_layers(params, conv_window=True, layouts=layouts)
     assert layers["conv"].shape == (5, 57, 3, 3)
     path = tmp_path / "conv.csv"
     data, exported = fj.fusion_export(layers, path)
@@ -457,12 +469,13 @@ def test_flax_conv_export_and_simulation_share_tiles(tmp_path):
         for n, g in target.layers.items()
     }
     chip_file.write_chip_file(path, chip_file.ChipFile.from_layers(readback), max_input_size=0)
-    imported = layout.layers_to_flax(fj.fusion_import(path, layers, exported), params)
-    simulated = fj.program_kernel(kernel, K, noise=READBACK)
+    imported = fj.fusion_import(path, layers, exported)
+    imported = layout.layers_to_flax(imported, params, layouts=layouts)
+    simulated = fj.program_kernel(kernel, K, axes=axes, noise=READBACK)
     atol = 3e-6 * float(jnp.abs(kernel).max())
     np.testing.assert_allclose(imported["params"]["conv"]["kernel"], simulated, atol=atol)
     # Flattened, the same conv is split as 257 + 256 inputs: other tiles, other values.
-    flat = layout.flax_to_layers(params)
+    flat = layout.flax_to_layers(params, layouts=layouts)
     fj.fusion_export(flat, tmp_path / "flat.csv")
     g_flat = chip_file.read_chip_file(tmp_path / "flat.csv").layers["conv"]
     assert np.abs(g_flat - data.layers["conv"]).max() > 1.0
