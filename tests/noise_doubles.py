@@ -5,16 +5,31 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from fusion_jax._random import random_words
+
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class AbsoluteNoise:
-    """Test noise: i.i.d. Gaussian of a fixed ``sigma`` in uS, clamped at 0."""
+    """Test noise: i.i.d. Gaussian of a fixed ``sigma`` in uS, clamped at 0.
+
+    The normals come from the noise models' own words (``random_words``: the
+    threefry hash, unrolled) through the inverse error function, not from
+    ``jax.random.normal``: its rolled threefry loop, batched by the sweeps'
+    ``jax.vmap``, took XLA several times as long to compile.
+    """
 
     sigma: float = 1.0
 
+    @staticmethod
+    def normals(key, shape, dtype=jnp.float32):
+        """The standard normals ``sample`` draws with ``key`` for conductances of ``shape``."""
+        (word,) = random_words(key, 1, shape)
+        u = ((word >> 8).astype(jnp.float32) + 0.5) * 2.0**-24  # uniform in (0, 1)
+        return (jnp.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0)).astype(dtype)
+
     def sample(self, conductances, key, *, g_max, t_inference):
-        xi = jax.random.normal(key, conductances.shape, conductances.dtype)
+        xi = self.normals(key, conductances.shape, conductances.dtype)
         return jnp.maximum(conductances + self.sigma * xi, 0.0)
 
 

@@ -63,7 +63,7 @@ def test_program_kernel_draws_the_noise_in_the_kernels_own_order():
     """A random model sees the kernel's conductances as ``[in * spatial, out]``: its draws
     land on the devices in that order, and the rest is program() of the reference rows."""
     kernel = jax.random.normal(jax.random.key(1), (2, 2, 3, 4))
-    xi = jax.random.normal(KEY, (12, 4)) * NOISE.sigma  # AbsoluteNoise's draws for this kernel
+    xi = NOISE.normals(KEY, (12, 4)) * NOISE.sigma  # AbsoluteNoise's draws for this kernel
     got = program_kernel(kernel, KEY, noise=NOISE, g_max=15.0)
     rows_noise = GivenNoise(fj.layout.kernel_to_rows(xi.reshape(kernel.shape)))
     expected = fj.layout.rows_to_kernel(

@@ -223,8 +223,10 @@ def test_train_checks_its_arguments(data):
 
 def test_noise_free_chip_accuracy_is_the_clean_accuracy(data, trained):
     models = trained["digital"]
+    # Noise of zero spread: the noise-free chip, with the compile of the noisy calls below
+    # (noise=None would be a program of its own; fj.sweep tests it).
     acc = programmed_accuracy(
-        models, data.x_test, data.y_test, [0, 1], g_max=(10.0, 40.0), noise=None
+        models, data.x_test, data.y_test, [0, 1], g_max=(10.0, 40.0), noise=AbsoluteNoise(0.0)
     )
     clean = [float(jnp.mean(m(data.x_test).argmax(-1) == data.y_test)) for m in models]
     assert acc.shape == (2, 2)
