@@ -703,22 +703,27 @@ class Fusionized:
         return self.model.init(*args, **kwargs)
 
     def apply(
-        self, variables: Any, *args: Any, deterministic: bool | None = None, **kwargs: Any
+        self, variables: Any, *args: Any, chip_deterministic: bool | None = None, **kwargs: Any
     ) -> Any:
-        """``model.apply`` with every layer's kernel programmed (unless ``deterministic``).
+        """``model.apply`` with every layer's kernel programmed (unless ``chip_deterministic``).
+
+        Every keyword argument but ``chip_deterministic`` is the model's: a
+        model's own ``deterministic`` (its dropout, say) reaches it unchanged.
 
         Args:
             variables: The model's variables.
             *args: The model's inputs.
-            deterministic: Overrides the mode given to :func:`fusionize`.
-            **kwargs: Passed to ``model.apply`` (``rngs={"noise": key}``, ...).
+            chip_deterministic: Overrides the mode given to :func:`fusionize`
+                (``True``: the digital weights).
+            **kwargs: Passed to ``model.apply`` (``rngs={"noise": key}``, the
+                model's own arguments, ...).
 
         Returns:
             What ``model.apply`` returns.
         """
         settings = dict(self.settings)
-        if deterministic is not None:
-            settings["deterministic"] = bool(deterministic)
+        if chip_deterministic is not None:
+            settings["deterministic"] = bool(chip_deterministic)
         with fusion_interceptor(**settings):
             return self.model.apply(variables, *args, **kwargs)
 
@@ -769,7 +774,7 @@ def fusionize(
             split); a longer layer is programmed tile by tile, as exported
             (see :mod:`fusion_jax.tiles`).
         max_output_size: Most outputs per chip tile (0: no split).
-        deterministic: The default mode (``apply(..., deterministic=)``
+        deterministic: The default mode (``apply(..., chip_deterministic=)``
             overrides it): ``True`` runs the plain model.
         rng_collection: The RNG collection the noise keys come from.
         where: Which layers holding a kernel go on the chip: a predicate
@@ -794,7 +799,7 @@ def fusionize(
         >>> y = chip_model.apply(variables, x, rngs={"noise": jax.random.key(1)})
         >>> y.shape
         (1, 5, 8)
-        >>> bool(jnp.allclose(chip_model.apply(variables, x, deterministic=True),
+        >>> bool(jnp.allclose(chip_model.apply(variables, x, chip_deterministic=True),
         ...                   model.apply(variables, x)))
         True
     """

@@ -502,8 +502,11 @@ def _layout_lookup(
                 f"layouts[{text!r}] must be a fusion_jax.layout.KernelAxes, got {type(v)}."
             )
         table[text] = v
+    # A path matches with or without a leading "params" collection, on either side:
+    # layouts of a whole Linen `variables` dict serve its `variables["params"]`.
     texts = {_paths.path_text(p) for p in flat_paths}
     texts |= {_paths.path_text(p[1:]) for p in flat_paths if p and p[0] == "params"}
+    texts |= {"params/" + text for text in texts}
     unknown = sorted(set(table) - texts)
     if unknown:
         raise ValueError(
@@ -515,6 +518,8 @@ def _layout_lookup(
         found = table.get(_paths.path_text(path))
         if found is None and path and path[0] == "params":
             found = table.get(_paths.path_text(path[1:]))
+        if found is None:
+            found = table.get("params/" + _paths.path_text(path))
         return found
 
     return lookup

@@ -391,7 +391,7 @@ def test_linen_fusionize_scanned_attention_programs_as_program_params(linen_stac
     fused = fj.linen.fusionize(model, noise=OffsetNoise(), g_max=15.0)
     jax.tree.map(np.testing.assert_array_equal, fused.init(jax.random.key(0), x), variables)
     np.testing.assert_array_equal(
-        fused.apply(variables, x, deterministic=True), model.apply(variables, x)
+        fused.apply(variables, x, chip_deterministic=True), model.apply(variables, x)
     )
     got = fused.apply(variables, x, rngs={"noise": KEY})
     chip = program_params(
@@ -710,3 +710,21 @@ def test_linen_fusionize_leaves_fusion_dot_general_projections_to_themselves():
     expected = Net().apply(dense_only, x, rngs={"noise": KEY})
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(expected, Net().apply(variables, x, rngs={"noise": KEY}))
+
+
+def test_linen_fusionize_passes_the_models_own_deterministic_through():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, deterministic):
+            return nn.Dense(3)(nn.Dropout(0.5)(nn.Dense(8)(x), deterministic=deterministic))
+
+    x = jnp.ones((2, 4))
+    variables = Net().init(jax.random.key(0), x, True)
+    fused = fj.linen.fusionize(Net(), noise=None)
+    rngs = {"dropout": jax.random.key(1)}
+    dropped = fused.apply(variables, x, deterministic=False, rngs=rngs)
+    plain_dropped = Net().apply(variables, x, deterministic=False, rngs=rngs)
+    np.testing.assert_allclose(dropped, plain_dropped, rtol=1e-4, atol=1e-5)  # noise-free chip
+    assert not np.allclose(dropped, fused.apply(variables, x, deterministic=True), atol=1e-3)
+    digital = fused.apply(variables, x, deterministic=False, rngs=rngs, chip_deterministic=True)
+    np.testing.assert_array_equal(digital, plain_dropped)

@@ -210,6 +210,12 @@ def test_layouts_export_other_kernels_one_row_per_output_and_refuse_what_does_no
     for key in ("up/kernel", "params/up/kernel", ("params", "up", "kernel")):
         rows = flax_to_layers(params, layouts={key: axes})["up"]
         assert rows.shape == (4, 6)  # 4 output channels, each over 3 inputs x 2 taps
+        # Layouts of the whole variables (fj.linen.kernel_layouts) serve variables["params"].
+        np.testing.assert_array_equal(
+            flax_to_layers(params["params"], layouts={key: axes})["up"], rows
+        )
+    chip = fj.program_params(params["params"], None, noise=None, layouts={"params/up/kernel": axes})
+    np.testing.assert_allclose(chip["up"]["kernel"], kernel, rtol=1e-5, atol=1e-6)
     window = flax_to_layers(params, layouts={"up/kernel": axes}, conv_window=True)["up"]
     np.testing.assert_array_equal(window[1], kernel[:, 1, :].T)  # [in, window] of channel 1
     for layers in ({"up": rows}, {"up": window}):
