@@ -207,18 +207,31 @@ def _programmed(
     key = None
     if noise is not None:
         key = rng if rng is not None else module.make_rng(settings.rng_collection)
-    return program_kernel(
-        kernel,
-        key,
-        axes=axes,
-        g_max=settings.g_max,
-        noise=noise,
-        t_inference=settings.t_inference,
-        strict_aihwkit=settings.strict_aihwkit,
-        gradient=settings.gradient,
-        max_input_size=settings.max_input_size,
-        max_output_size=settings.max_output_size,
-    )
+    with _naming(module):
+        return program_kernel(
+            kernel,
+            key,
+            axes=axes,
+            g_max=settings.g_max,
+            noise=noise,
+            t_inference=settings.t_inference,
+            strict_aihwkit=settings.strict_aihwkit,
+            gradient=settings.gradient,
+            max_input_size=settings.max_input_size,
+            max_output_size=settings.max_output_size,
+        )
+
+
+@contextlib.contextmanager
+def _naming(module: nn.Module) -> Iterator[None]:
+    """Restate an error raised while programming ``module``'s kernel with its path."""
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        if type(err) not in (TypeError, ValueError):  # ArgumentError names its argument
+            raise
+        name = "/".join(module.path) or type(module).__name__
+        raise type(err)(f"{name} ({type(module).__name__}): {err}") from err
 
 
 def _run_programmed(

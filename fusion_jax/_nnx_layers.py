@@ -321,7 +321,9 @@ def fusionize(
     :class:`FusionEinsum` with the same constructor arguments and the same
     parameter values (the same ``nnx.Param`` variables, copied), so the
     state keeps its structure and a checkpoint of either loads into the
-    other. Every other module is kept as it is; ``module`` itself is not
+    other. Every other module is kept as it is, Fusion layers already in the
+    model too, with their own settings (change those with ``nnx.view`` or
+    :func:`fusion_jax.program_params`' arguments); ``module`` itself is not
     changed.
 
     It never leaves a layer digital silently: a module that holds a

@@ -117,6 +117,11 @@ def _is_real_numeric(dtype: Any) -> bool:
     )
 
 
+def _contain(name: str) -> str:
+    """The verb for ``name``: "weights contain", "kernel contains"."""
+    return "contain" if name.endswith("s") else "contains"
+
+
 def check_finite(x: jax.Array, name: str) -> None:
     """Refuse NaN or Inf in ``x``, naming how many and in which rows.
 
@@ -128,7 +133,7 @@ def check_finite(x: jax.Array, name: str) -> None:
         bad = ~jnp.isfinite(x)
         checkify.debug_check(
             ~jnp.any(bad),
-            f"{name} contain {{count}} NaN or Inf values",
+            f"{name} {_contain(name)} {{count}} NaN or Inf values",
             count=jnp.sum(bad),
         )
         return
@@ -142,7 +147,7 @@ def check_finite(x: jax.Array, name: str) -> None:
     ]
     more = f" and {len(rows) - _MAX_LISTED_ROWS} more" if len(rows) > _MAX_LISTED_ROWS else ""
     raise ValueError(
-        f"{name} contain {count} NaN or Inf value{'s' if count != 1 else ''} "
+        f"{name} {_contain(name)} {count} NaN or Inf value{'s' if count != 1 else ''} "
         f"in row{'s' if len(rows) != 1 else ''} {listed}{more} "
         f"(shape {tuple(value.shape)}, rows indexed [..., out])."
     )
@@ -388,7 +393,7 @@ def check_non_negative(x: jax.Array, name: str) -> None:
     if value is None:
         bad = x < 0
         checkify.debug_check(
-            ~jnp.any(bad), f"{name} contain {{count}} negative values", count=jnp.sum(bad)
+            ~jnp.any(bad), f"{name} {_contain(name)} {{count}} negative values", count=jnp.sum(bad)
         )
         return
     bad = value < 0

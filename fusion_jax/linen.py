@@ -40,6 +40,7 @@ from fusion_jax._linen_layers import (
     FusionDotGeneral,
     FusionEinsum,
     Fusionized,
+    _naming,
     fusion_interceptor,
     fusionize,
     kernel_layouts,
@@ -114,7 +115,12 @@ def _fusion_apply(
             # Masked-out weights are neither programmed nor counted in a row's scale;
             # the plain call multiplies by the mask again, which keeps them at zero.
             kernel = kernel * mask
-        params["kernel"] = program_kernel(
+        with _naming(layer):
+            params["kernel"] = _program(kernel, key)
+        return {**variables, "params": params}
+
+    def _program(kernel: jax.Array, key: PRNGKeyArray | None) -> jax.Array:
+        return program_kernel(
             kernel,
             key,
             axes=axes,
@@ -126,7 +132,6 @@ def _fusion_apply(
             max_input_size=layer.max_input_size,
             max_output_size=layer.max_output_size,
         )
-        return {**variables, "params": params}
 
     return nn.map_variables(plain_call, "params", trans_in_fn=program)(layer, inputs)
 

@@ -53,7 +53,12 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from fusion_jax import _validation, tiles
 from fusion_jax._static import has_array_leaves
 from fusion_jax.layout import KernelAxes
-from fusion_jax.model_programming import kernel_layouts, module_kernel_axes, program_kernel
+from fusion_jax.model_programming import (
+    _expected_kernel,
+    kernel_layouts,
+    module_kernel_axes,
+    program_kernel,
+)
 from fusion_jax.programming import (
     DEFAULT_NOISE,
     GradientMode,
@@ -242,18 +247,24 @@ class _FusionLayer(nnx.Module):
             kernel = kernel * mask
         if axes is None:
             axes = module_kernel_axes(self, kernel.shape, type(self).__name__)
-        return program_kernel(
-            kernel,
-            key,
-            axes=axes,
-            g_max=self.g_max,
-            noise=self.noise,
-            t_inference=self.t_inference,
-            strict_aihwkit=self.strict_aihwkit,
-            gradient=self.gradient,
-            max_input_size=self.max_input_size,
-            max_output_size=self.max_output_size,
-        )
+        try:
+            return program_kernel(
+                kernel,
+                key,
+                axes=axes,
+                g_max=self.g_max,
+                noise=self.noise,
+                t_inference=self.t_inference,
+                strict_aihwkit=self.strict_aihwkit,
+                gradient=self.gradient,
+                max_input_size=self.max_input_size,
+                max_output_size=self.max_output_size,
+            )
+        except (TypeError, ValueError) as err:
+            if type(err) not in (TypeError, ValueError):  # ArgumentError names its argument
+                raise
+            # The layer does not know its path in the model: name its class and shape.
+            raise type(err)(f"{type(self).__name__} (kernel {tuple(kernel.shape)}): {err}") from err
 
     def _noise_key(self, rngs: RngsLike | None) -> PRNGKeyArray | None:
         if self.noise is None:
@@ -360,9 +371,29 @@ class _FusionLayer(nnx.Module):
             self.deterministic = deterministic
         if g_max is not None:
             _validation.check_g_max(g_max)
-            self.g_max = _setting(g_max, "g_max")
+            self.g_max = self._view_setting(g_max, "g_max")
         if t_inference is not None:
-            self.t_inference = _setting(t_inference, "t_inference")
+            self.t_inference = self._view_setting(t_inference, "t_inference")
+
+    def _view_setting(self, value: Any, name: str) -> Any:
+        """A setting for :meth:`set_view`; a traced one is refused on a stacked layer.
+
+        ``nnx.scan`` / ``nnx.vmap`` over a stack of layers map every array of
+        their state over the layer axis; a traced scalar setting has none.
+        """
+        stored = _setting(value, name)
+        found = _expected_kernel(self)
+        extra = self.kernel[...].ndim - len(found[1]) if found is not None else 0
+        if not isinstance(stored, float) and extra > 0:
+            raise ValueError(
+                f"nnx.view: a traced {name} cannot be set on a {type(self).__name__} stacked "
+                f"by nnx.vmap / nnx.scan (kernel {tuple(self.kernel[...].shape)}): the stack's "
+                "transforms would map it over the layer axis. Sweep such a model with "
+                f"fj.sweep(model, None, data, {name}=...), or program it with "
+                f"fj.program_params(model, key, {name}=...) under jax.vmap; a concrete "
+                f"{name} works here."
+            )
+        return stored
 
 
 class FusionLinear(_FusionLayer, nnx.Linear):

@@ -728,3 +728,14 @@ def test_linen_fusionize_passes_the_models_own_deterministic_through():
     assert not np.allclose(dropped, fused.apply(variables, x, deterministic=True), atol=1e-3)
     digital = fused.apply(variables, x, deterministic=False, rngs=rngs, chip_deterministic=True)
     np.testing.assert_array_equal(digital, plain_dropped)
+
+
+def test_traced_settings_on_stacked_layers_are_refused_by_name(stacked_model):
+    """nnx.scan / nnx.vmap over a stack map every array of its state over the layer axis,
+    which a traced scalar setting lacks: a clear error (was an IndexError inside the scan);
+    a concrete value, and the sweep through program_params, work."""
+    fused = fj.nnx.fusionize(stacked_model, noise=OffsetNoise(), rngs=nnx.Rngs(noise=0))
+    assert nnx.view(fused, g_max=20.0).blocks.linear.g_max == 20.0
+    for name in ("g_max", "t_inference"):
+        with pytest.raises(ValueError, match=f"traced {name} cannot be set on a FusionLinear"):
+            jax.jit(lambda g, name=name: nnx.view(fused, **{name: g}).blocks.linear.g_max)(20.0)

@@ -421,7 +421,7 @@ def test_convert_back_refuses_negative_conductances_like_the_reader_and_noise():
 def test_regression_slope_refuses_nan_and_inf(bad, arg):
     x, y = np.ones(SHAPE, np.float32), np.ones(SHAPE, np.float32)
     (x if arg == "x" else y)[2, 5] = bad
-    with pytest.raises(ValueError, match=rf"^{arg} contain 1 NaN or Inf value in row \[2\]"):
+    with pytest.raises(ValueError, match=rf"^{arg} contains 1 NaN or Inf value in row \[2\]"):
         fj.regression_slope(x, y)
 
 
@@ -703,3 +703,27 @@ def test_traced_settings_are_reported_under_checkify():
     assert "t_inference must be a finite number of seconds >= 0" in str(err.get())
     err, out = checked(jnp.float32(3600.0))
     assert err.get() is None and bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_a_layer_with_a_nan_kernel_says_which_layer():
+    """The Fusion layers and Linen's fusionize name the layer (NNX: its class and kernel
+    shape, it does not know its path; Linen: its path) in a NaN/Inf error."""
+    import flax.linen as nn
+    from flax import nnx
+
+    layer = fj.nnx.FusionLinear(3, 5, noise=None, rngs=nnx.Rngs(0))
+    layer.kernel[...] = layer.kernel[...].at[1, 2].set(jnp.inf)
+    with pytest.raises(ValueError, match=r"^FusionLinear \(kernel \(3, 5\)\): kernel contains 1"):
+        layer(jnp.ones((1, 3)))
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(5, name="enc")(x)
+
+    x = jnp.ones((1, 3))
+    variables = Net().init(jax.random.key(0), x)
+    bad = {"params": {"enc": dict(variables["params"]["enc"])}}
+    bad["params"]["enc"]["kernel"] = bad["params"]["enc"]["kernel"].at[0, 4].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"^enc \(Dense\): kernel contains 1 NaN or Inf value"):
+        fj.linen.fusionize(Net(), noise=None).apply(bad, x)
