@@ -207,13 +207,24 @@ def _programmed(
     key = None
     if noise is not None:
         key = rng if rng is not None else module.make_rng(settings.rng_collection)
+    return _program_as(module, kernel, key, axes, settings)
+
+
+def _program_as(
+    module: nn.Module,
+    kernel: jax.Array,
+    key: PRNGKeyArray | None,
+    axes: KernelAxes | None,
+    settings: _Settings,
+) -> jax.Array:
+    """:func:`program_kernel` with ``settings``; an error names ``module`` (its path)."""
     with _naming(module):
         return program_kernel(
             kernel,
             key,
             axes=axes,
             g_max=settings.g_max,
-            noise=noise,
+            noise=resolve_noise(settings.noise),
             t_inference=settings.t_inference,
             strict_aihwkit=settings.strict_aihwkit,
             gradient=settings.gradient,

@@ -40,14 +40,14 @@ from fusion_jax._linen_layers import (
     FusionDotGeneral,
     FusionEinsum,
     Fusionized,
-    _naming,
+    _program_as,
+    _settings_of,
     fusion_interceptor,
     fusionize,
     kernel_layouts,
     layer_kernel_axes,
 )
 from fusion_jax.layout import KernelAxes
-from fusion_jax.model_programming import program_kernel
 from fusion_jax.programming import DEFAULT_NOISE, _check_gradient_mode, resolve_noise
 
 __all__ = [
@@ -115,23 +115,8 @@ def _fusion_apply(
             # Masked-out weights are neither programmed nor counted in a row's scale;
             # the plain call multiplies by the mask again, which keeps them at zero.
             kernel = kernel * mask
-        with _naming(layer):
-            params["kernel"] = _program(kernel, key)
+        params["kernel"] = _program_as(layer, kernel, key, axes, _settings_of(layer))
         return {**variables, "params": params}
-
-    def _program(kernel: jax.Array, key: PRNGKeyArray | None) -> jax.Array:
-        return program_kernel(
-            kernel,
-            key,
-            axes=axes,
-            g_max=layer.g_max,
-            noise=noise,
-            t_inference=layer.t_inference,
-            strict_aihwkit=layer.strict_aihwkit,
-            gradient=layer.gradient,
-            max_input_size=layer.max_input_size,
-            max_output_size=layer.max_output_size,
-        )
 
     return nn.map_variables(plain_call, "params", trans_in_fn=program)(layer, inputs)
 
