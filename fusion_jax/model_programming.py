@@ -526,18 +526,23 @@ def _layer_settings(module: Any) -> dict[str, Any] | None:
     return {name: getattr(module, name) for name in _SETTING_DEFAULTS if hasattr(module, name)}
 
 
-def _module_specs(
-    module: Any, *, strict: bool = True
-) -> tuple[dict[LeafPath, KernelAxes | ValueError], dict[LeafPath, dict[str, Any]]]:
-    """Kernel axes and Fusion settings of every known layer of an NNX module, by leaf path.
+class _ModuleSpecs(NamedTuple):
+    """What program_params reads from an NNX module's layers, by kernel leaf path."""
+
+    axes: dict[LeafPath, KernelAxes | ValueError]
+    settings: dict[LeafPath, dict[str, Any]]  # a Fusion layer's own settings
+    masks: dict[LeafPath, Any]  # a masked layer's (nnx.Conv's, ...) mask
+
+
+def _module_specs(module: Any, *, strict: bool = True) -> _ModuleSpecs:
+    """Kernel axes, Fusion settings and masks of every known layer of an NNX module.
 
     With ``strict=False`` a layer whose axes cannot be read gets its error as
     its entry, raised only if no ``layouts`` entry replaces it.
     """
     from flax import nnx
 
-    axes: dict[LeafPath, KernelAxes] = {}
-    settings: dict[LeafPath, dict[str, Any]] = {}
+    specs = _ModuleSpecs({}, {}, {})
     for path, node in nnx.iter_graph(module):
         if not isinstance(node, nnx.Module):
             continue
@@ -554,23 +559,14 @@ def _module_specs(
                 raise
             found = err
         if found is not None:
-            axes[leaf_path] = found
+            specs.axes[leaf_path] = found
         own = _layer_settings(node)
         if own is not None:
-            settings[leaf_path] = own
-    return axes, settings
-
-
-def _masks(module: Any) -> dict[LeafPath, Any]:
-    """The ``mask`` of every masked layer (``nnx.Conv``'s, ...) of an NNX module, by kernel path."""
-    from flax import nnx
-
-    masks = {}
-    for path, node in nnx.iter_graph(module):
-        mask = getattr(node, "mask", None) if isinstance(node, nnx.Module) else None
-        if mask is not None and isinstance(getattr(node, "kernel", None), nnx.Variable):
-            masks[(*path, "kernel")] = mask
-    return masks
+            specs.settings[leaf_path] = own
+        mask = getattr(node, "mask", None)
+        if mask is not None:
+            specs.masks[leaf_path] = mask
+    return specs
 
 
 def kernel_layouts(module: Any) -> dict[LeafPath, KernelAxes]:
@@ -606,7 +602,7 @@ def kernel_layouts(module: Any) -> dict[LeafPath, KernelAxes]:
 
     if not isinstance(module, nnx.Module):
         raise TypeError(f"kernel_layouts needs an nnx.Module, got {type(module)}.")
-    return _module_specs(module)[0]  # type: ignore[return-value]
+    return _module_specs(module).axes  # type: ignore[return-value]
 
 
 def freeze_layouts(layouts: Layouts | None) -> Any:
@@ -806,10 +802,10 @@ def program_params(
         _validation.check_key(key, where="program_params")
 
     if isinstance(params, nnx.Module):
-        module_axes, module_settings = _module_specs(params, strict=False)
+        specs = _module_specs(params, strict=False)
         graphdef, state = nnx.split(params)
         programmed, done = _program_tree(
-            state, key, given, where, layouts, module_axes, module_settings, _masks(params)
+            state, key, given, where, layouts, specs.axes, specs.settings, specs.masks
         )
         chip = nnx.merge(graphdef, programmed)
         # The copy is the chip: its Fusion layers whose kernel was programmed use it
