@@ -212,17 +212,18 @@ class Transformer(nnx.Module):
         >>> import jax.numpy as jnp
         >>> from flax import nnx
         >>> from fusion_jax.transformer import Transformer
-        >>> model = Transformer(vocab=5, seq_len=6, n_classes=6, d_model=8, n_heads=2,
-        ...                     d_ff=16, n_layers=3, rngs=nnx.Rngs(0))
+        >>> model = Transformer(vocab=3, seq_len=6, n_classes=6, d_model=8, n_heads=2,
+        ...                     d_ff=12, n_layers=2, rngs=nnx.Rngs(0))
         >>> model(jnp.zeros((2, 6), jnp.int32)).shape
         (2, 6, 6)
         >>> model.blocks.attn.query.kernel.shape    # [layers, in, heads, head_dim]
-        (3, 8, 2, 4)
+        (2, 8, 2, 4)
 
         Programmed onto the chip, once: each layer of a stack on its own.
 
         >>> import jax, fusion_jax as fj
-        >>> chip = fj.program_params(model, jax.random.key(1), g_max=25.0)  # a programmed copy
+        >>> pcm = fj.noise.PCMLikeNoise()
+        >>> chip = fj.program_params(model, jax.random.key(1), g_max=25.0, noise=pcm)  # a copy
         >>> bool((chip.blocks.ff1.kernel[...] != model.blocks.ff1.kernel[...]).any())
         True
         >>> chip(jnp.zeros((2, 6), jnp.int32)).shape
@@ -502,15 +503,22 @@ def train(
         FloatingPointError: if a loss is NaN or Inf (the models are left untrained).
 
     Example:
+        Two models trained together, digitally for half the steps, then
+        through the programming at a g_max drawn in [10, 40] uS in each step:
+
         >>> import jax
         >>> from flax import nnx
+        >>> from fusion_jax.noise import PCMLikeNoise
         >>> from fusion_jax.transformer import Recipe, Transformer, histogram_task, train
-        >>> data = histogram_task(n_train=64, n_test=8, seq_len=6, vocab=3)
-        >>> model = Transformer(3, 6, 6, d_model=8, n_heads=2, d_ff=8, rngs=nnx.Rngs(0))
-        >>> losses = train([model], data, Recipe.uniform(10.0, 40.0), jax.random.key(0)[None],
-        ...                steps=10, batch_size=8)
+        >>> data = histogram_task(n_train=64, n_test=16, seq_len=6, vocab=3)
+        >>> sizes = dict(d_model=8, n_heads=2, d_ff=12, n_layers=2)
+        >>> models = [Transformer(3, 6, 6, **sizes, rngs=nnx.Rngs(s)) for s in (0, 1)]
+        >>> recipe = Recipe.uniform(10.0, 40.0, warmup=0.5)
+        >>> keys = jax.random.split(jax.random.key(0), 2)
+        >>> losses = train(models, data, recipe, keys, steps=12, batch_size=8,
+        ...                learning_rate=0.03, noise=PCMLikeNoise())
         >>> losses.shape
-        (1, 10)
+        (2, 12)
     """
     _check_gradient_mode(gradient)
     if int(steps) < 1:
@@ -596,11 +604,15 @@ def programmed_accuracy(
 
     Example:
         >>> from flax import nnx
+        >>> from fusion_jax.noise import PCMLikeNoise
         >>> from fusion_jax.transformer import Transformer, histogram_task, programmed_accuracy
-        >>> data = histogram_task(n_train=64, n_test=8, seq_len=6, vocab=3)
-        >>> model = Transformer(3, 6, 6, d_model=8, n_heads=2, d_ff=8, rngs=nnx.Rngs(0))
-        >>> programmed_accuracy([model], data.x_test, data.y_test, [0], g_max=(10.0, 40.0)).shape
-        (2, 1)
+        >>> data = histogram_task(n_train=64, n_test=16, seq_len=6, vocab=3)
+        >>> sizes = dict(d_model=8, n_heads=2, d_ff=12, n_layers=2)
+        >>> models = [Transformer(3, 6, 6, **sizes, rngs=nnx.Rngs(s)) for s in (0, 1)]
+        >>> acc = programmed_accuracy(models, data.x_test, data.y_test, seeds=[0, 1],
+        ...                           g_max=(10.0, 40.0), noise=PCMLikeNoise())
+        >>> acc.shape                           # g_max x models
+        (2, 2)
     """
     if len(seeds) != len(models):
         raise ValueError(f"seeds must hold one seed per model ({len(models)}), got {len(seeds)}.")
@@ -756,14 +768,16 @@ def transformer_experiment(
         ArgumentError: for a g_max outside [10, 40].
 
     Example:
+        >>> from fusion_jax.noise import PCMLikeNoise
         >>> from fusion_jax.transformer import Recipe, histogram_task, transformer_experiment
-        >>> data = histogram_task(n_train=64, n_test=8, seq_len=6, vocab=3)
+        >>> data = histogram_task(n_train=64, n_test=16, seq_len=6, vocab=3)
         >>> result = transformer_experiment(
-        ...     [Recipe.digital(), Recipe.uniform(10.0, 40.0)], seeds=(0,), g_max=(10.0, 40.0),
-        ...     steps=10, batch_size=8, data=data,
-        ...     model_kwargs={"d_model": 8, "n_heads": 2, "d_ff": 8})
+        ...     [Recipe.digital(), Recipe.uniform(10.0, 40.0, warmup=0.5)], seeds=(0, 1),
+        ...     g_max=(10.0, 40.0), noise=PCMLikeNoise(), steps=12, batch_size=8,
+        ...     learning_rate=0.03, data=data,
+        ...     model_kwargs=dict(d_model=8, n_heads=2, d_ff=12, n_layers=2))
         >>> result.chip.shape                   # recipes x g_max x seeds
-        (2, 2, 1)
+        (2, 2, 2)
         >>> print(result.table())               # doctest: +ELLIPSIS
         | training | clean | 10 uS | 40 uS | gain at 10 uS | gain at 40 uS |
         ...

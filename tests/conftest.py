@@ -56,7 +56,6 @@ SLOW_FILES = (
     "tests/test_noise.py",
     "tests/test_sweep.py",
     "tests/test_kernel_axes.py",
-    "fusion_jax/transformer.py",
     "tests/test_training.py",
     "tests/test_notebooks.py",
     "tests/test_tiles.py",

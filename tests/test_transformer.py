@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from noise_doubles import AbsoluteNoise
 
 import fusion_jax as fj
 from fusion_jax.errors import ArgumentError
@@ -21,11 +20,12 @@ from fusion_jax.transformer import (
 )
 
 # One tiny architecture, one training configuration and one noise model for every
-# test: each new shape or setting is a new compile of the training step.
+# test: each new shape or setting is a new compile of the training step. They are
+# those of the examples in fusion_jax/transformer.py, which then reuse these compiles.
 SEQ, VOCAB = 6, 3
 SIZES = dict(d_model=8, n_heads=2, d_ff=12, n_layers=2)
 TRAIN = dict(steps=12, batch_size=8, learning_rate=0.03)
-NOISE = AbsoluteNoise(3.0)
+NOISE = fj.noise.PCMLikeNoise()
 WARM = Recipe.uniform(10.0, 40.0, warmup=0.5)  # half digital, then g_max drawn per step
 
 
@@ -146,7 +146,7 @@ def test_scaling_one_head_feature_scales_its_row_only():
     scaled = tiny_model()
     query = scaled.blocks.attn.query.kernel
     query[...] = query[...].at[0, :, 1, 2].multiply(4.0)
-    # NOISE is absolute (uS), so a scale shared with other rows would show; it is the noise
+    # A scale shared with other rows would change their programming too; it is the noise
     # (and g_max) of the test above: no new compile.
     key = jax.random.key(1)
     before = fj.program_params(model, key, g_max=25.0, noise=NOISE).blocks.attn.query.kernel
@@ -223,10 +223,11 @@ def test_train_checks_its_arguments(data):
 
 def test_noise_free_chip_accuracy_is_the_clean_accuracy(data, trained):
     models = trained["digital"]
-    # Noise of zero spread: the noise-free chip, with the compile of the noisy calls below
-    # (noise=None would be a program of its own; fj.sweep tests it).
+    # Every noise term scaled to zero: the noise-free chip, with the compile of the noisy
+    # calls below (noise=None would be a program of its own; fj.sweep tests it).
+    silent = fj.noise.PCMLikeNoise(prog_noise_scale=0.0, read_noise_scale=0.0, drift_scale=0.0)
     acc = programmed_accuracy(
-        models, data.x_test, data.y_test, [0, 1], g_max=(10.0, 40.0), noise=AbsoluteNoise(0.0)
+        models, data.x_test, data.y_test, [0, 1], g_max=(10.0, 40.0), noise=silent
     )
     clean = [float(jnp.mean(m(data.x_test).argmax(-1) == data.y_test)) for m in models]
     assert acc.shape == (2, 2)
