@@ -14,6 +14,10 @@ from flax import nnx
 
 import fusion_jax as fj
 
+# Sweeps that are not about chunking evaluate CHUNK grid points per compiled call: with the
+# problem's shapes and the default noise they share one compiled chunk.
+CHUNK = 4
+
 
 def _problem(seed=0, n=96):
     k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
@@ -50,7 +54,14 @@ def test_matches_a_python_loop_of_single_programs():
     noise = fj.noise.FusionChipNoise.lenet5_readback()
     g_max, seeds, times = [10.0, 40.0], [0, 5], [1.0, 3.15e7]
     result = fj.sweep(
-        _apply, params, (x, y), g_max=g_max, seeds=seeds, t_inference=times, noise=noise
+        _apply,
+        params,
+        (x, y),
+        g_max=g_max,
+        seeds=seeds,
+        t_inference=times,
+        noise=noise,
+        chunk_size=CHUNK,
     )
     expected = _loop_reference(params, x, y, g_max, seeds, times, noise)
     np.testing.assert_allclose(result.accuracy, expected, atol=1.5 / len(y))
@@ -68,8 +79,9 @@ def test_noise_free_sweep_is_clean_accuracy():
 def test_chunks_and_eval_batches_do_not_change_the_result():
     params, x, y = _problem(2)
     kwargs = dict(g_max=[10.0, 20.0, 40.0], seeds=3, t_inference=[1.0, 86400.0])
-    whole = fj.sweep(_apply, params, (x, y), **kwargs)
-    chunked = fj.sweep(_apply, params, (x, y), chunk_size=4, eval_batch_size=25, **kwargs)
+    # 18 points: 5 chunks of 4 (the last padded) against 3 chunks of 8, batches of 25 examples.
+    whole = fj.sweep(_apply, params, (x, y), chunk_size=CHUNK, **kwargs)
+    chunked = fj.sweep(_apply, params, (x, y), chunk_size=8, eval_batch_size=25, **kwargs)
     np.testing.assert_allclose(chunked.accuracy, whole.accuracy, atol=1e-6)
     np.testing.assert_allclose(chunked.loss, whole.loss, rtol=1e-5)
 
@@ -82,11 +94,12 @@ def test_compiles_once_whatever_the_g_max_values():
         if event == "/jax/core/compile/backend_compile_duration":
             compiles.append(event)
 
-    fj.sweep(_apply, params, (x, y), g_max=np.linspace(10, 40, 5), seeds=2, chunk_size=4)
+    fj.sweep(_apply, params, (x, y), g_max=np.linspace(10, 40, 5), seeds=2, chunk_size=CHUNK)
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        fj.sweep(_apply, params, (x, y), g_max=np.linspace(11, 39, 5), seeds=2, chunk_size=4)
-        fj.sweep(_apply, params, (x, y), g_max=[12.0, 13, 14, 15, 16], seeds=[7, 9], chunk_size=4)
+        fj.sweep(_apply, params, (x, y), g_max=np.linspace(11, 39, 5), seeds=2, chunk_size=CHUNK)
+        grid = dict(g_max=[12.0, 13, 14, 15, 16], seeds=[7, 9], chunk_size=CHUNK)
+        fj.sweep(_apply, params, (x, y), **grid)
     finally:
         jax.monitoring.clear_event_listeners()
     assert compiles == []
@@ -113,7 +126,14 @@ def test_nnx_module_is_accepted():
 def test_result_tables_and_files(tmp_path):
     params, x, y = _problem(5)
     result = fj.sweep(
-        _apply, params, (x, y), g_max=[10.0, 40.0], seeds=3, t_inference=[1.0], label="mlp"
+        _apply,
+        params,
+        (x, y),
+        g_max=[10.0, 40.0],
+        seeds=3,
+        t_inference=[1.0],
+        label="mlp",
+        chunk_size=CHUNK,
     )
     rows = result.rows()
     assert len(rows) == 6 and {r["seed"] for r in rows} == {0, 1, 2}
@@ -149,15 +169,15 @@ def test_result_tables_and_files(tmp_path):
     ],
 )
 def test_bad_grid_refused_before_compiling(kwargs, error, message):
-    params, x, y = _problem(6, n=8)
+    params, x, y = _problem(6)
     with pytest.raises(error, match=message):
         fj.sweep(_apply, params, (x, y), **kwargs)
 
 
 def test_bad_data_refused():
-    params, x, y = _problem(7, n=8)
-    with pytest.raises(ValueError, match="8 inputs but 7 labels"):
-        fj.sweep(_apply, params, (x, y[:7]))
+    params, x, y = _problem(7)
+    with pytest.raises(ValueError, match="96 inputs but 95 labels"):
+        fj.sweep(_apply, params, (x, y[:95]))
     with pytest.raises(ValueError, match="integer array"):
         fj.sweep(_apply, params, (x, y.astype(jnp.float32)))
     with pytest.raises(ValueError, match="integer array"):
@@ -218,11 +238,11 @@ def test_sharded_over_four_cpu_devices_equals_single_device():
 
 def test_labels_per_token_are_averaged_over_every_label():
     """Labels [n, L] (one per token): accuracy is the mean over all n * L labels."""
-    params, x, y = _problem(7, n=8)
+    params, x, y = _problem(7)
     # Every example repeats its label 3 times: the accuracy must equal the per-example one.
     per_token = jnp.repeat(y[:, None], 3, axis=1)
     tokens_fn = lambda p, x: jnp.repeat(_apply(p, x)[:, None, :], 3, axis=1)  # noqa: E731
-    grid = dict(g_max=[10.0, 40.0], seeds=2, t_inference=[1.0])
+    grid = dict(g_max=[10.0, 40.0], seeds=2, t_inference=[1.0], chunk_size=CHUNK)
     flat = fj.sweep(_apply, params, (x, y), **grid)
     tokens = fj.sweep(tokens_fn, params, (x, per_token), **grid)
     np.testing.assert_allclose(tokens.accuracy, flat.accuracy)

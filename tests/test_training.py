@@ -1,6 +1,5 @@
 """fusion_jax.digits and fusion_jax.training: data, models, optax training, chip evaluation."""
 
-import dataclasses
 import math
 
 import jax
@@ -8,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from noise_doubles import AbsoluteNoise
 
 import fusion_jax as fj
 from fusion_jax.digits import CNN, MLP, DigitsData, load_digits_split
@@ -27,18 +27,6 @@ EPOCHS = 20
 # largest g_max, read after a day. (The doctest of hardware_aware_experiment uses
 # the same grid, so a full test run compiles it once.)
 EXPERIMENT = dict(g_max=(10.0, 40.0), t_inference=(86400.0,))
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class GaussianNoise:
-    """Test noise, cheap to compile: i.i.d. Gaussian of ``sigma`` uS, clamped at 0."""
-
-    sigma: float = 1.0
-
-    def sample(self, conductances, key, *, g_max, t_inference):
-        xi = jax.random.normal(key, conductances.shape, conductances.dtype)
-        return jnp.maximum(conductances + self.sigma * xi, 0.0)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +153,7 @@ def test_training_is_deterministic_and_depends_on_the_seed(data):
 def test_hardware_aware_training_draws_new_noise_every_step(data):
     aware = MLP(
         hidden=HIDDEN,
-        fusion={"g_max": 10.0, "noise": GaussianNoise()},
+        fusion={"g_max": 10.0, "noise": AbsoluteNoise()},
         rngs=nnx.Rngs(params=0, noise=1),
     )
     layers = list(aware.layers)
