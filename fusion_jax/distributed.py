@@ -202,9 +202,14 @@ def shard_params(
     rows of the chip (the per-row scale and regression stay on one device)
     and draws exactly the noise one device would. A kernel whose last axis
     the mesh axis does not divide, and every other leaf (biases, RNG state,
-    optimizer moments), is replicated. Every process must pass the same
+    step counts), is replicated. Every process must pass the same
     values (for example, built from the same seed); each places only the
     pieces its devices hold.
+
+    Place an optimizer's state too (``nnx.state(optimizer)``, or optax's
+    ``opt_state``): its moments of a kernel (paths ending in ``kernel``) are
+    then split as the kernel, and every leaf is placed as a jitted step
+    returns it, so the second step does not compile again.
 
     Splitting a kernel's input axis instead (your own ``NamedSharding``)
     works on a mesh of ``Auto`` axes (a row's sums then span devices: equal
@@ -233,7 +238,7 @@ def shard_params(
         >>> mesh = jax.make_mesh((1, 1), ("data", "model"))
         >>> p = fj.distributed.shard_params({"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}, mesh)
         >>> p["kernel"].sharding.spec, p["bias"].sharding.spec
-        (P(None, 'model'), P())
+        (P(None, 'model'), P(None,))
     """
     if model_axis is not None and model_axis not in mesh.axis_names:
         raise ValueError(f"model_axis {model_axis!r} is not an axis of the mesh {mesh.axis_names}.")
@@ -248,8 +253,10 @@ def shard_params(
             and select(_plain_path(keypath), leaf)
             and leaf.shape[-1] % n_model == 0
         )
-        spec = PartitionSpec(*([None] * (ndim - 1)), model_axis) if split else PartitionSpec()
-        return _global_array(leaf, NamedSharding(mesh, spec))
+        # Replicated: one None per axis, the spec jax.jit gives its outputs, so that
+        # a step's outputs fed back in are placed as its inputs were (no recompile).
+        spec = PartitionSpec(*([None] * (ndim - 1)), model_axis if split else None)
+        return _global_array(leaf, NamedSharding(mesh, spec if ndim else PartitionSpec()))
 
     return jax.tree_util.tree_map_with_path(place, params)
 
@@ -306,9 +313,10 @@ def train_step(
     The model's Fusion layers (in training mode) program their kernels with
     a fresh draw of the noise, the mean cross-entropy is differentiated
     through the programming, and ``optimizer`` updates the model in place.
-    Under ``jax.jit`` the shardings come from the arrays: put the model on
-    the mesh with :func:`shard_params` and the batch with
-    :func:`shard_batch`, and every process runs this same step on its part.
+    Under ``jax.jit`` the shardings come from the arrays: put the model and
+    the optimizer's state on the mesh with :func:`shard_params` and the
+    batch with :func:`shard_batch`, and every process runs this same step on
+    its part (compiled once: the step returns its state placed as it came).
 
     Args:
         model: An NNX classifier in training mode (``model.train()``).

@@ -14,6 +14,7 @@ same on one device: the reference the test compares with.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from typing import Any
@@ -60,6 +61,25 @@ def _gather(tree: Any) -> Any:
         return np.asarray(a).tolist()
 
     return jax.tree.map(whole, tree)
+
+
+def _count_compiles() -> Any:
+    """Start counting XLA compilations; the returned function says how many so far.
+
+    ``fj.distributed.train_step`` fed its own outputs must not compile again:
+    the model and optimizer state placed by ``shard_params`` are placed as
+    the step returns them.
+    """
+    import jax
+
+    events: list[str] = []
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return lambda: len(events)
 
 
 def _linen_model() -> Any:
@@ -122,16 +142,18 @@ def compute(mesh: Any) -> dict[str, Any]:
     out["programmed"] = _gather(program(place(variables)))
 
     # NNX hardware-aware training steps with the library's train_step.
-    fusion = {"g_max": 20.0, "t_inference": 3600.0}
+    fusion = {"g_max": 20.0, "t_inference": 3600.0, "gradient": "ste"}  # as the Linen model
     model = MLP(8, (8,), 4, fusion=fusion, rngs=nnx.Rngs(params=0, noise=1))
     model.train()
     nnx.update(model, place(nnx.state(model)))
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
-    losses = []
+    nnx.update(optimizer, place(nnx.state(optimizer)))  # its step counts too
+    losses, compiles, counts = [], _count_compiles(), []
     for step in range(STEPS):
         xb, yb = batch(x[step : step + BATCH], y[step : step + BATCH])
         losses.append(float(train_step(model, optimizer, xb, yb)))
-    out["nnx_loss"] = losses
+        counts.append(compiles())
+    out["nnx_loss"], out["nnx_compiles"] = losses, counts  # compiles so far, after each step
     out["nnx_params"] = _gather(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     # The trained model, still on the mesh, swept as a module.
     result = fj.sweep(model, None, (x, y), g_max=(10.0, 40.0), seeds=1, t_inference=(3600.0,))
@@ -147,9 +169,13 @@ def compute(mesh: Any) -> dict[str, Any]:
 
     # Linen hardware-aware training steps: the noise key is an argument of the step.
     tx = optax.adam(1e-2)
-    opt_state = tx.init(variables["params"])
+    opt_state = place(tx.init(variables["params"]))
 
-    @jax.jit
+    # Outputs placed as the inputs: on Auto axes XLA would otherwise split the biases
+    # over "model", and the second step would compile again.
+    placement = jax.tree.map(lambda a: a.sharding, (variables["params"], opt_state))
+
+    @functools.partial(jax.jit, out_shardings=(*placement, None))
     def linen_step(p: Any, opt_state: Any, key: Any, xb: Any, yb: Any) -> tuple[Any, Any, Any]:
         def loss_fn(p: Any) -> Any:
             return _cross_entropy(linen.apply({"params": p}, xb, rngs={"noise": key}), yb)
