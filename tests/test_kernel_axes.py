@@ -113,15 +113,18 @@ def test_stacked_kernel_scale_equivariance(c, layer):
 @given(c=st.floats(0.05, 20.0) | st.floats(-20.0, -0.05), head=st.integers(0, 1))
 def test_attention_kernels_scale_equivariance(c, head):
     """In nnx.MultiHeadAttention a query output feature (head, dim) is one chip row over
-    the inputs, and an output-projection feature one row over every head and dim."""
-    mha = nnx.MultiHeadAttention(2, 6, qkv_features=4, decode=False, rngs=nnx.Rngs(0))
-    base = program_params(mha, KEY, noise=NOISE, g_max=20.0)
+    the inputs, and an output-projection feature one row over every head and dim.
+
+    OffsetNoise's offset is absolute, so a row's result depends on its own scale: a
+    feature programmed in another feature's row would change that row."""
+    mha = nnx.MultiHeadAttention(2, 6, decode=False, rngs=nnx.Rngs(0))
+    base = program_params(mha, KEY, noise=OffsetNoise(), g_max=20.0)
     query_index = (slice(None), head, 1)  # query kernel [in, heads, head_dim]
     scaled = nnx.clone(mha)
     scaled.query.kernel[...] = scaled.query.kernel[...].at[query_index].multiply(c)
     out_index = (slice(None), slice(None), 3)  # out kernel [heads, head_dim, out]
     scaled.out.kernel[...] = scaled.out.kernel[...].at[out_index].multiply(c)
-    got = program_params(scaled, KEY, noise=NOISE, g_max=20.0)
+    got = program_params(scaled, KEY, noise=OffsetNoise(), g_max=20.0)
     assert_only_row_scaled(base.query.kernel[...], got.query.kernel[...], query_index, c)
     assert_only_row_scaled(base.out.kernel[...], got.out.kernel[...], out_index, c)
     np.testing.assert_array_equal(got.key.kernel[...], base.key.kernel[...])
@@ -132,7 +135,7 @@ def test_attention_kernels_scale_equivariance(c, head):
 
 @pytest.mark.parametrize("noise", [None, OffsetNoise()], ids=["noise-free", "per-device"])
 def test_stacked_layer_equals_the_layer_programmed_alone(noise):
-    kernel = normal((3, 6, 4)) * jnp.array([1.0, 30.0, 0.01])[:, None, None]
+    kernel = normal((3, 6, 6)) * jnp.array([1.0, 30.0, 0.01])[:, None, None]
     stacked = program_kernel(kernel, KEY, axes=KernelAxes.dense().stacked(), noise=noise)
     for i in range(3):
         np.testing.assert_allclose(
@@ -216,8 +219,8 @@ def test_undeclared_rank3_kernels_are_refused_naming_the_leaf(stacked_model):
 
 
 def test_a_kernel_that_does_not_fit_its_layer_is_refused():
-    layer = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
-    layer.kernel = nnx.Param(jnp.ones((4, 3)))
+    layer = nnx.Linear(3, 6, rngs=nnx.Rngs(0))
+    layer.kernel = nnx.Param(jnp.ones((6, 3)))
     with pytest.raises(ValueError, match="kernel.*does not end with its own kernel shape"):
         program_params(nnx.Sequential(layer), None, noise=None)
 
@@ -228,9 +231,9 @@ def test_a_kernel_that_does_not_fit_its_layer_is_refused():
 def test_module_program_params_reads_each_layers_settings_and_keeps_the_input():
     net = nnx.Sequential(
         fj.nnx.FusionLinear(
-            4, 5, g_max=10.0, noise=OffsetNoise(), t_inference=5.0, rngs=nnx.Rngs(0)
+            3, 6, g_max=10.0, noise=OffsetNoise(), t_inference=5.0, rngs=nnx.Rngs(0)
         ),
-        nnx.Linear(5, 3, rngs=nnx.Rngs(1)),
+        nnx.Linear(6, 3, rngs=nnx.Rngs(1)),
     )
     before = jax.tree.map(np.array, nnx.state(net, nnx.Param))
     chip = program_params(net, KEY)
@@ -270,22 +273,22 @@ def test_module_program_params_under_jit_and_vmap_over_g_max(stacked_model):
 
 def test_fusion_einsum_programs_with_the_equations_axes():
     layer = fj.nnx.FusionEinsum(
-        "bhd,hdk->bhk", (2, 3, 4), (2, 4), noise=OffsetNoise(), rngs=nnx.Rngs(0)
+        "bhd,hdk->bhk", (3, 6, 6), (3, 6), noise=OffsetNoise(), rngs=nnx.Rngs(0)
     )
-    x = normal((5, 2, 3), 1)
+    x = normal((5, 3, 6), 1)
     kernel = program_kernel(
         layer.kernel[...], KEY, axes=KernelAxes.einsum("bhd,hdk->bhk"), noise=OffsetNoise()
     )
     expected = jnp.einsum("bhd,hdk->bhk", x, kernel) + layer.bias[...]
     np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
     # The equation may also come with the call.
-    late = fj.nnx.FusionEinsum(None, (2, 3, 4), (2, 4), noise=OffsetNoise(), rngs=nnx.Rngs(0))
+    late = fj.nnx.FusionEinsum(None, (3, 6, 6), (3, 6), noise=OffsetNoise(), rngs=nnx.Rngs(0))
     np.testing.assert_allclose(late(x, "bhd,hdk->bhk"), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_fusion_linear_general_with_batch_axis_programs_each_batch_layer_alone():
     layer = fj.nnx.FusionLinearGeneral(
-        3, 4, axis=-1, batch_axis={0: 2}, noise=OffsetNoise(), rngs=nnx.Rngs(0)
+        3, 6, axis=-1, batch_axis={0: 2}, noise=OffsetNoise(), rngs=nnx.Rngs(0)
     )
     x = normal((2, 5, 3), 1)
     y = layer(x)
@@ -421,12 +424,12 @@ def test_linen_mha_with_fusion_dot_general():
 
 def test_linen_dense_general_and_einsum_layers():
     x = normal((2, 5, 3), 1)
-    layer = fj.linen.FusionDenseGeneral(features=4, batch_dims=(0,), noise=OffsetNoise())
+    layer = fj.linen.FusionDenseGeneral(features=6, batch_dims=(0,), noise=OffsetNoise())
     variables = layer.init(jax.random.key(0), x)
     jax.tree.map(
         np.testing.assert_array_equal,
         variables,
-        nn.DenseGeneral(features=4, batch_dims=(0,)).init(jax.random.key(0), x),
+        nn.DenseGeneral(features=6, batch_dims=(0,)).init(jax.random.key(0), x),
     )
     p = variables["params"]
     y = layer.apply(variables, x, rngs={"noise": KEY})
@@ -455,14 +458,14 @@ def test_fusionize_convolutions_nnx_and_linen():
     output channel over in * window inputs), in both APIs."""
     x = normal((2, 7, 3), 5)
     nnx_model = nnx.Sequential(
-        nnx.Conv(3, 4, (3,), rngs=nnx.Rngs(0)), nnx.Linear(4, 2, rngs=nnx.Rngs(1))
+        nnx.Conv(3, 6, (3,), rngs=nnx.Rngs(0)), nnx.Linear(6, 3, rngs=nnx.Rngs(1))
     )
     fused = fj.nnx.fusionize(nnx_model, noise=OffsetNoise(), rngs=nnx.Rngs(noise=0))
     assert type(fused.layers[0]) is fj.nnx.FusionConv
     expected = program_params(nnx_model, KEY, noise=OffsetNoise())(x)
     np.testing.assert_allclose(fused(x), expected, rtol=1e-4, atol=1e-5)
 
-    linen_model = nn.Sequential([nn.Conv(4, (3,)), nn.Dense(2)])
+    linen_model = nn.Sequential([nn.Conv(6, (3,)), nn.Dense(3)])
     variables = linen_model.init(jax.random.key(0), x)
     layouts = fj.linen.kernel_layouts(linen_model, x)
     assert layouts[("params", "layers_0", "kernel")] == KernelAxes.conv(1)
@@ -478,7 +481,7 @@ def test_fusionize_convolutions_nnx_and_linen():
 
 
 def test_einsum_given_its_equation_at_call_time_needs_a_layout():
-    net = nnx.Sequential(fj.nnx.FusionEinsum(None, (3, 4), rngs=nnx.Rngs(0)))
+    net = nnx.Sequential(fj.nnx.FusionEinsum(None, (3, 6), rngs=nnx.Rngs(0)))
     with pytest.raises(ValueError, match="layers/0/kernel.*einsum_str"):
         program_params(net, None, noise=None)
     layouts = {("layers", 0, "kernel"): KernelAxes.einsum("ab,bc->ac")}
@@ -519,12 +522,13 @@ def test_transposed_convolutions_one_row_per_output_channel(transpose_kernel):
     axes = KernelAxes.conv(1, transpose_kernel=transpose_kernel)
     assert fj.nnx.kernel_layouts(plain) == {("layers", 0, "kernel"): axes}
     assert axes.outputs == ((1,) if transpose_kernel else (2,))
-    # Scaling one output channel scales its programmed weights only (absolute noise).
+    # Scaling one output channel scales its programmed weights only (OffsetNoise: its
+    # offset is absolute, so each row's result depends on that row's own scale).
     index = (slice(None), 1, slice(None)) if transpose_kernel else (slice(None), slice(None), 1)
     scaled = nnx.clone(plain)
     scaled.layers[0].kernel[...] = scaled.layers[0].kernel[...].at[index].multiply(4.0)
-    base = program_params(plain, KEY, noise=NOISE, g_max=20.0).layers[0].kernel[...]
-    got = program_params(scaled, KEY, noise=NOISE, g_max=20.0).layers[0].kernel[...]
+    base = program_params(plain, KEY, noise=OffsetNoise(), g_max=20.0).layers[0].kernel[...]
+    got = program_params(scaled, KEY, noise=OffsetNoise(), g_max=20.0).layers[0].kernel[...]
     assert_only_row_scaled(base, got, index, 4.0)
 
     fused = fj.nnx.fusionize(plain, noise=OffsetNoise(), rngs=nnx.Rngs(noise=0))
@@ -653,8 +657,8 @@ def test_linen_fusionize_never_leaves_a_layer_with_a_kernel_digital_silently():
 
         @nn.compact
         def __call__(self, x):
-            x = fj.linen.FusionDense(3, noise=None)(x)  # programs itself: not refused
-            return self.own(3)(nn.Dense(3)(x))
+            x = fj.linen.FusionDense(6, noise=None)(x)  # programs itself: not refused
+            return self.own(6)(nn.Dense(6)(x))
 
     x = jnp.ones((2, 3))
     for own, name in ((OwnDense, "OwnDense_0"), (OwnKernel, "OwnKernel_0")):
@@ -698,7 +702,7 @@ def test_linen_fusionize_leaves_fusion_dot_general_projections_to_themselves():
             )
             return nn.Dense(3)(attention(x))
 
-    x = normal((1, 5, 4), 2)
+    x = normal((1, 5, 6), 2)
     variables = Net().init(jax.random.key(0), x)
     got = fj.linen.fusionize(Net(), noise=OffsetNoise()).apply(variables, x, rngs={"noise": KEY})
     dense_only = program_params(
@@ -716,9 +720,9 @@ def test_linen_fusionize_passes_the_models_own_deterministic_through():
     class Net(nn.Module):
         @nn.compact
         def __call__(self, x, deterministic):
-            return nn.Dense(3)(nn.Dropout(0.5)(nn.Dense(8)(x), deterministic=deterministic))
+            return nn.Dense(3)(nn.Dropout(0.5)(nn.Dense(6)(x), deterministic=deterministic))
 
-    x = jnp.ones((2, 4))
+    x = jnp.ones((2, 3))
     variables = Net().init(jax.random.key(0), x, True)
     fused = fj.linen.fusionize(Net(), noise=None)
     rngs = {"dropout": jax.random.key(1)}

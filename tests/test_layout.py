@@ -11,6 +11,12 @@ import fusion_jax as fj
 from fusion_jax.fusion_io import fusion_export, fusion_import
 from fusion_jax.layout import flax_to_layers, kernel_to_rows, layers_to_flax, rows_to_kernel
 
+
+def normal(shape, seed=0):
+    """Test inputs from NumPy: an eager jax.random call compiles once per shape."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 # --- single kernels ---------------------------------------------------------------------------
 
 
@@ -39,8 +45,8 @@ def test_conv_rows_follow_pytorch_flattening():
 def test_conv_rows_compute_the_conv_output():
     """A VALID conv over one kernel-sized patch is rows @ patch flattened as [in, kh, kw]."""
     conv = nn.Conv(5, (2, 3), padding="VALID")
-    x = jax.random.normal(jax.random.key(1), (1, 2, 3, 4))
-    params = conv.init(jax.random.key(0), x)["params"]
+    x = normal((1, 2, 3, 4), 1)
+    params = {"kernel": normal((2, 3, 4, 5), 2), "bias": normal((5,), 3)}  # kh, kw, in, out
     y = conv.apply({"params": params}, x)[0, 0, 0]
     rows = kernel_to_rows(params["kernel"])
     patch = jnp.transpose(x[0], (2, 0, 1)).ravel()
@@ -84,7 +90,7 @@ def _perturb_biases(tree):
 
 def test_linen_round_trip_through_the_chip_file(tmp_path):
     model = LinenNet()
-    x = jax.random.normal(jax.random.key(2), (2, 4, 4, 2))
+    x = normal((2, 4, 4, 2), 2)
     variables = _perturb_biases(model.init(jax.random.key(3), x))
     layers = flax_to_layers(variables)
     assert {k: v.shape for k, v in layers.items()} == {"conv": (3, 18), "head": (2, 12)}
@@ -110,7 +116,7 @@ def test_linen_round_trip_through_the_chip_file(tmp_path):
 
 def test_nnx_round_trip_through_the_chip_file(tmp_path):
     model = NnxNet(nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(4), (2, 4, 4, 2))
+    x = normal((2, 4, 4, 2), 4)
     state = _perturb_biases(nnx.state(model, nnx.Param))
     nnx.update(model, state)
     y = model(x)

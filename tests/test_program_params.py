@@ -34,23 +34,28 @@ def linen_vars():
 CONV_LAYOUT = {("params", "Conv_0", "kernel"): fj.layout.KernelAxes.conv(2)}
 
 
+def normal(shape, seed=0):
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
 def plain_dict():
-    r = np.random.default_rng(0)
-    w = jnp.asarray(r.standard_normal((5, 3)), jnp.float32)
-    return {"a": {"kernel": w, "bias": jnp.ones(3)}, "b": {"kernel": w}, "step": jnp.array(3)}
+    # [6, 4]: the shape of test_same_shaped_kernels_are_programmed_by_one_batched_call's
+    # kernels, so that the programs with the default noise model compile once.
+    w = normal((6, 4))
+    return {"a": {"kernel": w, "bias": jnp.ones(4)}, "b": {"kernel": w}, "step": jnp.array(3)}
 
 
 def test_program_kernel_is_program_of_the_reference_rows():
     """Each output channel is one chip row: with a deterministic per-device model the
     programmed kernel is exactly program() of the reference rows."""
-    kernel = jax.random.normal(jax.random.key(1), (2, 2, 3, 4))
+    kernel = normal((2, 2, 3, 4), 1)
     rows = fj.layout.kernel_to_rows(kernel)
     det = OffsetNoise()
     expected = fj.layout.rows_to_kernel(fj.program(rows, KEY, noise=det, g_max=15.0), kernel.shape)
     np.testing.assert_allclose(
         program_kernel(kernel, KEY, noise=det, g_max=15.0), expected, rtol=1e-5, atol=1e-6
     )
-    dense = jax.random.normal(jax.random.key(2), (5, 3))
+    dense = normal((5, 3), 2)
     np.testing.assert_allclose(
         program_kernel(dense, KEY, noise=det),
         fj.program(dense.T, KEY, noise=det).T,
@@ -62,7 +67,7 @@ def test_program_kernel_is_program_of_the_reference_rows():
 def test_program_kernel_draws_the_noise_in_the_kernels_own_order():
     """A random model sees the kernel's conductances as ``[in * spatial, out]``: its draws
     land on the devices in that order, and the rest is program() of the reference rows."""
-    kernel = jax.random.normal(jax.random.key(1), (2, 2, 3, 4))
+    kernel = normal((2, 2, 3, 4), 1)
     xi = NOISE.normals(KEY, (12, 4)) * NOISE.sigma  # AbsoluteNoise's draws for this kernel
     got = program_kernel(kernel, KEY, noise=NOISE, g_max=15.0)
     rows_noise = GivenNoise(fj.layout.kernel_to_rows(xi.reshape(kernel.shape)))
@@ -110,9 +115,9 @@ def test_noise_free_round_trip_keeps_the_weights(linen_vars):
 
 def test_nnx_state_split_and_merge():
     model = nnx.Sequential(
-        nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+        nnx.Linear(4, 3, rngs=nnx.Rngs(0)),
         nnx.Dropout(0.1, rngs=nnx.Rngs(1)),
-        nnx.Linear(4, 2, rngs=nnx.Rngs(2)),
+        nnx.Linear(3, 2, rngs=nnx.Rngs(2)),
     )
     graphdef, state = nnx.split(model)
     out = program_params(state, KEY, noise=NOISE)
@@ -201,7 +206,7 @@ def test_gradient_through_program_params(linen_vars):
         chip = program_params(params, KEY, noise=NOISE, layouts=CONV_LAYOUT)
         return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(chip))
 
-    grads = jax.grad(loss)(linen_vars)
+    grads = jax.jit(jax.grad(loss))(linen_vars)  # one compile costs less CPU than eager ops
     for g in jax.tree.leaves(grads):
         assert np.all(np.isfinite(g)) and np.any(g != 0)
 
@@ -295,7 +300,7 @@ def test_layers_with_other_settings_are_not_batched_together():
     settings (a call of their own); those with equal settings share one."""
     settings = ({"g_max": 10.0}, {"g_max": 40.0}, {"g_max": 40.0, "t_inference": 100.0}, {})
     net = nnx.Sequential(
-        *(fj.nnx.FusionLinear(4, 4, **s, rngs=nnx.Rngs(i)) for i, s in enumerate(settings))
+        *(fj.nnx.FusionLinear(6, 4, **s, rngs=nnx.Rngs(i)) for i, s in enumerate(settings))
     )
     chip = program_params(net, KEY)
     for i, s in enumerate(settings):
@@ -405,7 +410,7 @@ def test_batching_never_changes_a_result_nor_hides_a_name(monkeypatch):
 
 def test_fusion_layers_left_unprogrammed_keep_their_mode():
     net = nnx.Sequential(
-        fj.nnx.FusionLinear(4, 4, rngs=nnx.Rngs(0)), fj.nnx.FusionLinear(4, 4, rngs=nnx.Rngs(1))
+        fj.nnx.FusionLinear(6, 4, rngs=nnx.Rngs(0)), fj.nnx.FusionLinear(6, 4, rngs=nnx.Rngs(1))
     )
     chip = program_params(net, KEY, where=lambda path, leaf: path == ("layers", 0, "kernel"))
     assert chip.layers[0].deterministic  # programmed: the chip

@@ -247,7 +247,7 @@ def test_input_splits_program_each_tile_on_its_own():
 
 
 def test_output_splits_change_nothing(tmp_path):
-    w = rng_weights((9, 6))
+    w = rng_weights((5, 7))  # as in test_input_splits_program_each_tile_on_its_own
     base = fj.program(w, K, noise=READBACK, max_output_size=0)
     np.testing.assert_array_equal(fj.program(w, K, noise=READBACK, max_output_size=2), base)
     k = jnp.asarray(w.T)
@@ -261,8 +261,8 @@ def test_output_splits_change_nothing(tmp_path):
     fj.fusion_export({"fc": w}, tmp_path / "b.csv", max_output_size=4, max_input_size=4)
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     np.testing.assert_array_equal(
-        tiles.file_order((9, 6), max_input_size=4, max_output_size=4),
-        tiles.file_order((9, 6), max_input_size=4, max_output_size=0),
+        tiles.file_order((5, 7), max_input_size=4, max_output_size=4),
+        tiles.file_order((5, 7), max_input_size=4, max_output_size=0),
     )
 
 
@@ -298,14 +298,14 @@ def test_noisy_gradient_differs_between_tile_sizes():
 
 
 def test_layouts_agree_dense():
-    w = rng_weights((6, 784), seed=5)  # [out, in]: inputs 392, 392
+    w = rng_weights((3, 784), seed=5)  # [out, in]: inputs 392, 392
     rows = fj.program(w, K, noise=READBACK)
     kernel = fj.program_kernel(w.T, K, noise=READBACK)
     np.testing.assert_allclose(layout.kernel_to_rows(kernel), rows, rtol=2e-6, atol=1e-6)
 
 
 def test_layouts_agree_conv_on_channel_boundaries():
-    kernel = rng_weights((3, 3, 57, 4), seed=6)  # 513 inputs: 29 + 28 channels
+    kernel = rng_weights((3, 3, 57, 6), seed=6)  # 513 inputs: 29 + 28 channels
     rows = layout.kernel_to_rows(kernel)
     programmed = layout.kernel_to_rows(fj.program_kernel(kernel, K, noise=READBACK))
     split = 29 * 9
@@ -452,15 +452,15 @@ def test_flax_conv_export_and_simulation_share_tiles(tmp_path, transpose_kernel)
     the file's rows its output channels, as the simulation programs them.
     """
     if transpose_kernel:
-        kernel = rng_weights((3, 3, 5, 57), seed=11)
+        kernel = rng_weights((3, 3, 6, 57), seed=11)
         axes = layout.KernelAxes.conv(2, transpose_kernel=True)
         layouts = {"conv/kernel": axes}
     else:
-        kernel = rng_weights((3, 3, 57, 5), seed=11)
+        kernel = rng_weights((3, 3, 57, 6), seed=11)
         axes, layouts = None, None
     params = {"params": {"conv": {"kernel": kernel}}}
     layers = layout.flax_to_layers(params, conv_window=True, layouts=layouts)
-    assert layers["conv"].shape == (5, 57, 3, 3)
+    assert layers["conv"].shape == (6, 57, 3, 3)
     path = tmp_path / "conv.csv"
     data, exported = fj.fusion_export(layers, path)
     target = chip_file.read_chip_file(path, max_input_size=0)
@@ -507,7 +507,7 @@ def test_nnx_layers_carry_tile_sizes():
     )
     assert converted.layers[0].max_input_size == 100
     with pytest.raises(ValueError, match="max_input_size"):
-        fj.nnx.FusionLinear(4, 3, max_input_size=-1, rngs=nnx.Rngs(0))
+        fj.nnx.FusionLinear(784, 3, max_input_size=-1, rngs=nnx.Rngs(0))
 
 
 def test_linen_layers_carry_tile_sizes():
