@@ -13,8 +13,9 @@ from fusion_jax.model_programming import program_kernel
 
 NOISE = AbsoluteNoise(1.0)
 KEY0 = jax.random.key(0)  # for deterministic models, which ignore it
-X = jax.random.normal(jax.random.key(7), (5, 3))
-XC = jax.random.normal(jax.random.key(8), (2, 6, 6, 2))
+# Inputs from NumPy: an eager jax.random draw compiles once per shape.
+X = jnp.asarray(np.random.default_rng(7).normal(size=(5, 3)).astype(np.float32))
+XC = jnp.asarray(np.random.default_rng(8).normal(size=(2, 6, 6, 2)).astype(np.float32))
 
 
 def linear(**kw):
@@ -152,7 +153,7 @@ def test_jit_matches_eager_and_advances_the_stream():
 def test_conv_programs_each_output_channel_with_its_own_scale():
     layer = conv()
     magnitudes = jnp.array([1e-3, 1.0, 30.0, 1e3])  # per output channel (last axis)
-    base = jax.random.normal(jax.random.key(3), (3, 3, 2, 4))
+    base = jnp.asarray(np.random.default_rng(3).normal(size=(3, 3, 2, 4)).astype(np.float32))
     layer.kernel[...] = base * magnitudes
     keys = jax.random.split(jax.random.key(4), 16)
     programmed = jax.vmap(layer.programmed_kernel)(keys)
@@ -171,7 +172,7 @@ def test_conv_programs_each_output_channel_with_its_own_scale():
 
 def test_conv_degenerate_output_channel_is_the_row_the_reference_zeroes():
     layer = conv(noise=None, strict_aihwkit=True)
-    kernel = jax.random.normal(jax.random.key(5), (3, 3, 2, 4))
+    kernel = jnp.asarray(np.random.default_rng(5).normal(size=(3, 3, 2, 4)).astype(np.float32))
     layer.kernel[...] = kernel.at[..., 2].set(0.3)  # output channel 2: one constant row
     programmed = layer.programmed_kernel()
     np.testing.assert_array_equal(programmed[..., 2], 0.0)
