@@ -50,14 +50,18 @@ def assert_one_line_error(status, err):
 
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):
-    """One small sweep run in-process: 1 epoch, 2 g_max values, 2 seeds, 1 time."""
+    """One small sweep run in-process: 1 epoch, 2 g_max values, 2 seeds, 1 time.
+
+    The MLP, seeds and grid size of the example of
+    fj.training.hardware_aware_experiment: the run compiles their programs once.
+    """
     out = tmp_path_factory.mktemp("sweep") / "results"
     argv = [
         "sweep",
         "--epochs",
         "1",
         "--hidden",
-        "8",
+        "16",
         "--g-max-range",
         "10",
         "40",
@@ -123,7 +127,7 @@ def test_sweep_is_the_digits_experiment(tiny_sweep):
         g_max=[10.0, 40.0],
         t_inference=[3600.0],
         epochs=1,
-        model_kwargs={"hidden": (8,)},
+        model_kwargs={"hidden": (16,)},
     )
     for r, expected in zip(payload["results"], (experiment.digital, experiment.aware), strict=True):
         got = np.array([row["accuracy"] for row in r["rows"]]).reshape(expected.accuracy.shape)
