@@ -208,8 +208,11 @@ def shard_params(
 
     Place an optimizer's state too (``nnx.state(optimizer)``, or optax's
     ``opt_state``): its moments of a kernel (paths ending in ``kernel``) are
-    then split as the kernel, and every leaf is placed as a jitted step
-    returns it, so the second step does not compile again.
+    then split as the kernel, and its step counts, made on one device, are
+    put on the mesh, where a jitted step returns them; on a mesh of
+    ``Explicit`` axes (the default of ``jax.make_mesh``) the second step then
+    does not compile again. (On ``Auto`` axes XLA may return leaves placed
+    otherwise: give the step ``out_shardings``.)
 
     Splitting a kernel's input axis instead (your own ``NamedSharding``)
     works on a mesh of ``Auto`` axes (a row's sums then span devices: equal
@@ -238,7 +241,7 @@ def shard_params(
         >>> mesh = jax.make_mesh((1, 1), ("data", "model"))
         >>> p = fj.distributed.shard_params({"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}, mesh)
         >>> p["kernel"].sharding.spec, p["bias"].sharding.spec
-        (P(None, 'model'), P(None,))
+        (P(None, 'model'), P())
     """
     if model_axis is not None and model_axis not in mesh.axis_names:
         raise ValueError(f"model_axis {model_axis!r} is not an axis of the mesh {mesh.axis_names}.")
@@ -253,10 +256,8 @@ def shard_params(
             and select(_plain_path(keypath), leaf)
             and leaf.shape[-1] % n_model == 0
         )
-        # Replicated: one None per axis, the spec jax.jit gives its outputs, so that
-        # a step's outputs fed back in are placed as its inputs were (no recompile).
-        spec = PartitionSpec(*([None] * (ndim - 1)), model_axis if split else None)
-        return _global_array(leaf, NamedSharding(mesh, spec if ndim else PartitionSpec()))
+        spec = PartitionSpec(*([None] * (ndim - 1)), model_axis) if split else PartitionSpec()
+        return _global_array(leaf, NamedSharding(mesh, spec))
 
     return jax.tree_util.tree_map_with_path(place, params)
 
@@ -316,7 +317,8 @@ def train_step(
     Under ``jax.jit`` the shardings come from the arrays: put the model and
     the optimizer's state on the mesh with :func:`shard_params` and the
     batch with :func:`shard_batch`, and every process runs this same step on
-    its part (compiled once: the step returns its state placed as it came).
+    its part (on a mesh of ``Explicit`` axes, compiled once: the step returns
+    its state placed as it came).
 
     Args:
         model: An NNX classifier in training mode (``model.train()``).

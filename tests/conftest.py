@@ -52,14 +52,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 SLOW_FILES = (
     "tests/test_distributed.py",
     "tests/test_transformer.py",
-    "tests/test_readme.py",
-    "tests/test_noise.py",
-    "tests/test_sweep.py",
-    "tests/test_kernel_axes.py",
-    "tests/test_training.py",
-    "tests/test_notebooks.py",
-    "tests/test_tiles.py",
     "tests/test_speed_paths.py",
+    "tests/test_readme.py",
+    # after the tests above have compiled the training and evaluation it reuses
+    "fusion_jax/transformer.py",
+    "tests/test_notebooks.py",
+    "tests/test_kernel_axes.py",
+    "tests/test_program_params.py",
+    "tests/test_noise.py",
+    "tests/test_tiles.py",
+    "tests/test_training.py",
+    "tests/test_sweep.py",
 )
 
 

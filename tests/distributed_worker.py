@@ -14,9 +14,11 @@ same on one device: the reference the test compares with.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -63,8 +65,9 @@ def _gather(tree: Any) -> Any:
     return jax.tree.map(whole, tree)
 
 
-def _count_compiles() -> Any:
-    """Start counting XLA compilations; the returned function says how many so far.
+@contextlib.contextmanager
+def _counting_compiles() -> Iterator[Callable[[], int]]:
+    """Count XLA compilations in the block; the yielded function says how many so far.
 
     ``fj.distributed.train_step`` fed its own outputs must not compile again:
     the model and optimizer state placed by ``shard_params`` are placed as
@@ -79,7 +82,10 @@ def _count_compiles() -> Any:
             events.append(event)
 
     jax.monitoring.register_event_duration_secs_listener(listener)
-    return lambda: len(events)
+    try:
+        yield lambda: len(events)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _linen_model() -> Any:
@@ -142,17 +148,18 @@ def compute(mesh: Any) -> dict[str, Any]:
     out["programmed"] = _gather(program(place(variables)))
 
     # NNX hardware-aware training steps with the library's train_step.
-    fusion = {"g_max": 20.0, "t_inference": 3600.0, "gradient": "ste"}  # as the Linen model
+    fusion = {"g_max": 20.0, "t_inference": 3600.0}  # the exact gradient, on split kernels
     model = MLP(8, (8,), 4, fusion=fusion, rngs=nnx.Rngs(params=0, noise=1))
     model.train()
     nnx.update(model, place(nnx.state(model)))
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
     nnx.update(optimizer, place(nnx.state(optimizer)))  # its step counts too
-    losses, compiles, counts = [], _count_compiles(), []
-    for step in range(STEPS):
-        xb, yb = batch(x[step : step + BATCH], y[step : step + BATCH])
-        losses.append(float(train_step(model, optimizer, xb, yb)))
-        counts.append(compiles())
+    losses, counts = [], []
+    with _counting_compiles() as compiles:
+        for step in range(STEPS):
+            xb, yb = batch(x[step : step + BATCH], y[step : step + BATCH])
+            losses.append(float(train_step(model, optimizer, xb, yb)))
+            counts.append(compiles())
     out["nnx_loss"], out["nnx_compiles"] = losses, counts  # compiles so far, after each step
     out["nnx_params"] = _gather(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     # The trained model, still on the mesh, swept as a module.

@@ -135,7 +135,7 @@ def test_attention_kernels_scale_equivariance(c, head):
 
 @pytest.mark.parametrize("noise", [None, OffsetNoise()], ids=["noise-free", "per-device"])
 def test_stacked_layer_equals_the_layer_programmed_alone(noise):
-    kernel = normal((3, 6, 6)) * jnp.array([1.0, 30.0, 0.01])[:, None, None]
+    kernel = normal((3, 6, 4)) * jnp.array([1.0, 30.0, 0.01])[:, None, None]  # in != out
     stacked = program_kernel(kernel, KEY, axes=KernelAxes.dense().stacked(), noise=noise)
     for i in range(3):
         np.testing.assert_allclose(
@@ -272,8 +272,8 @@ def test_module_program_params_under_jit_and_vmap_over_g_max(stacked_model):
 
 
 def test_fusion_einsum_programs_with_the_equations_axes():
-    layer = fj.nnx.FusionEinsum(
-        "bhd,hdk->bhk", (3, 6, 6), (3, 6), noise=OffsetNoise(), rngs=nnx.Rngs(0)
+    layer = fj.nnx.FusionEinsum(  # d != k: inputs and outputs cannot be mixed up unseen
+        "bhd,hdk->bhk", (3, 6, 4), (3, 4), noise=OffsetNoise(), rngs=nnx.Rngs(0)
     )
     x = normal((5, 3, 6), 1)
     kernel = program_kernel(
@@ -282,7 +282,7 @@ def test_fusion_einsum_programs_with_the_equations_axes():
     expected = jnp.einsum("bhd,hdk->bhk", x, kernel) + layer.bias[...]
     np.testing.assert_allclose(layer(x), expected, rtol=1e-5, atol=1e-5)
     # The equation may also come with the call.
-    late = fj.nnx.FusionEinsum(None, (3, 6, 6), (3, 6), noise=OffsetNoise(), rngs=nnx.Rngs(0))
+    late = fj.nnx.FusionEinsum(None, (3, 6, 4), (3, 4), noise=OffsetNoise(), rngs=nnx.Rngs(0))
     np.testing.assert_allclose(late(x, "bhd,hdk->bhk"), expected, rtol=1e-5, atol=1e-5)
 
 
