@@ -33,29 +33,33 @@ def tiny_model(seed=0):
     return Transformer(VOCAB, SEQ, SEQ, **SIZES, rngs=nnx.Rngs(seed))
 
 
+# The task's sizes for every test: a new size is a new compile of the draw.
+HISTOGRAM = dict(n_train=64, n_test=16, seq_len=SEQ, vocab=VOCAB)
+
+
 @pytest.fixture(scope="module")
 def data():
-    return histogram_task(n_train=64, n_test=16, seq_len=SEQ, vocab=VOCAB)
+    return histogram_task(**HISTOGRAM)
 
 
 # --- the task ---------------------------------------------------------------------------------
 
 
 def test_histogram_labels_count_each_token_in_its_sequence():
-    data = histogram_task(3, n_train=20, n_test=5, seq_len=9, vocab=4)
+    data = histogram_task(3, **HISTOGRAM)
     for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
         x, y = np.asarray(x), np.asarray(y)
         for row, labels in zip(x, y, strict=True):
             expected = [np.count_nonzero(row == t) - 1 for t in row]
             assert labels.tolist() == expected
-        assert x.min() >= 0 and x.max() < 4
+        assert x.min() >= 0 and x.max() < VOCAB
 
 
 def test_histogram_is_fixed_by_its_seed():
-    a, b, c = (histogram_task(s, n_train=8, n_test=4, seq_len=5) for s in (1, 1, 2))
+    a, b, c = (histogram_task(s, **HISTOGRAM) for s in (1, 1, 2))
     assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.x_test, b.x_test)
     assert not np.array_equal(a.x_train, c.x_train)
-    assert not np.array_equal(a.x_train[:4], a.x_test)  # test set drawn apart
+    assert not np.array_equal(a.x_train[:16], a.x_test)  # test set drawn apart
 
 
 @pytest.mark.parametrize("arg", ["n_train", "n_test", "seq_len", "vocab"])
@@ -80,15 +84,17 @@ def test_blocks_are_stacked_on_a_layer_axis():
 
 
 def test_scanned_forward_is_the_blocks_in_order():
-    model = tiny_model()
-    tokens = jnp.array([[0, 1, 2, 1, 0, 0]])
-    x = model.embed(tokens)
-    x = jnp.concatenate([model.start[...][None, None], x], axis=1) + model.pos[...]
-    graphdef, state = nnx.split(model.blocks)
-    for layer in range(2):
-        x = nnx.merge(graphdef, jax.tree.map(lambda a, i=layer: a[i], state))(x)
-    expected = model.head(model.ln_f(x[:, 1:]))
-    assert np.allclose(model(tokens), expected, atol=1e-5)
+    @nnx.jit  # one program, not an eager compile per operation
+    def scanned_and_in_order(model, tokens):
+        x = model.embed(tokens)
+        x = jnp.concatenate([model.start[...][None, None], x], axis=1) + model.pos[...]
+        graphdef, state = nnx.split(model.blocks)
+        for layer in range(2):
+            x = nnx.merge(graphdef, jax.tree.map(lambda a, i=layer: a[i], state))(x)
+        return model(tokens), model.head(model.ln_f(x[:, 1:]))
+
+    scanned, expected = scanned_and_in_order(tiny_model(), jnp.array([[0, 1, 2, 1, 0, 0]]))
+    assert np.allclose(scanned, expected, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -174,15 +180,20 @@ def test_recipes():
 
 
 def test_g_max_draws_cover_the_range_or_the_set():
-    keys = jax.random.split(jax.random.key(0), 400)
-    values = jnp.array([10.0, 25.0, 40.0])
-    uniform = np.asarray(jax.vmap(lambda k: _draw_g_max(k, values, choice=False))(keys))
-    chosen = np.asarray(jax.vmap(lambda k: _draw_g_max(k, values, choice=True))(keys))
+    @jax.jit  # one program for the three draws
+    def draws(keys):
+        values = jnp.array([10.0, 25.0, 40.0])
+        uniform = jax.vmap(lambda k: _draw_g_max(k, values, choice=False))(keys)
+        chosen = jax.vmap(lambda k: _draw_g_max(k, values, choice=True))(keys)
+        same = jnp.array([25.0, 25.0])
+        fixed = jax.vmap(lambda k: _draw_g_max(k, same, choice=False))(keys)
+        return uniform, chosen, fixed
+
+    uniform, chosen, fixed = map(np.asarray, draws(jax.random.split(jax.random.key(0), 400)))
     assert uniform.min() >= 10.0 and uniform.max() <= 40.0
     assert uniform.min() < 11.0 and uniform.max() > 39.0 and len(np.unique(uniform)) > 300
     assert set(np.unique(chosen).tolist()) == {10.0, 25.0, 40.0}
-    fixed = jax.vmap(lambda k: _draw_g_max(k, jnp.array([25.0, 25.0]), choice=False))(keys)
-    assert np.all(np.asarray(fixed) == 25.0)
+    assert np.all(fixed == 25.0)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +240,9 @@ def test_noise_free_chip_accuracy_is_the_clean_accuracy(data, trained):
     acc = programmed_accuracy(
         models, data.x_test, data.y_test, [0, 1], g_max=(10.0, 40.0), noise=silent
     )
-    clean = [float(jnp.mean(m(data.x_test).argmax(-1) == data.y_test)) for m in models]
+    # one program for both models (not an eager compile per operation)
+    clean_accuracy = nnx.jit(lambda m, x, y: jnp.mean(m(x).argmax(-1) == y))
+    clean = [float(clean_accuracy(m, data.x_test, data.y_test)) for m in models]
     assert acc.shape == (2, 2)
     assert np.allclose(acc, np.broadcast_to(clean, (2, 2)))
     # With noise, model i is programmed with seed i's chip draw, whatever models stand beside
