@@ -14,14 +14,13 @@ same on one device: the reference the test compares with.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+from compile_count import counting_compiles
 
 G_MAX = (10.0, 25.0, 40.0)
 SEEDS = 2
@@ -63,29 +62,6 @@ def _gather(tree: Any) -> Any:
         return np.asarray(a).tolist()
 
     return jax.tree.map(whole, tree)
-
-
-@contextlib.contextmanager
-def _counting_compiles() -> Iterator[Callable[[], int]]:
-    """Count XLA compilations in the block; the yielded function says how many so far.
-
-    ``fj.distributed.train_step`` fed its own outputs must not compile again:
-    the model and optimizer state placed by ``shard_params`` are placed as
-    the step returns them.
-    """
-    import jax
-
-    events: list[str] = []
-
-    def listener(event: str, duration: float, **kwargs: Any) -> None:
-        if event == "/jax/core/compile/backend_compile_duration":
-            events.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield lambda: len(events)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def _linen_model() -> Any:
@@ -154,8 +130,10 @@ def compute(mesh: Any) -> dict[str, Any]:
     nnx.update(model, place(nnx.state(model)))
     optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
     nnx.update(optimizer, place(nnx.state(optimizer)))  # its step counts too
+    # fj.distributed.train_step fed its own outputs must not compile again: the model and
+    # optimizer state placed by shard_params are placed as the step returns them.
     losses, counts = [], []
-    with _counting_compiles() as compiles:
+    with counting_compiles() as compiles:
         for step in range(STEPS):
             xb, yb = batch(x[step : step + BATCH], y[step : step + BATCH])
             losses.append(float(train_step(model, optimizer, xb, yb)))

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from compile_count import counting_compiles
 from flax import nnx
 
 import fusion_jax as fj
@@ -88,21 +89,12 @@ def test_chunks_and_eval_batches_do_not_change_the_result():
 
 def test_compiles_once_whatever_the_g_max_values():
     params, x, y = _problem(3)
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(event)
-
     fj.sweep(_apply, params, (x, y), g_max=np.linspace(10, 40, 5), seeds=2, chunk_size=CHUNK)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with counting_compiles() as compiles:
         fj.sweep(_apply, params, (x, y), g_max=np.linspace(11, 39, 5), seeds=2, chunk_size=CHUNK)
         grid = dict(g_max=[12.0, 13, 14, 15, 16], seeds=[7, 9], chunk_size=CHUNK)
         fj.sweep(_apply, params, (x, y), **grid)
-    finally:
-        jax.monitoring.clear_event_listeners()
-    assert compiles == []
+        assert compiles() == 0
 
 
 def test_nnx_module_is_accepted():
