@@ -47,44 +47,109 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         del os.environ[_CACHE_ENV]
 
 
-#: Files whose tests take longest, longest first. The run starts with them (see
-#: pytest_collection_modifyitems); the other files follow in the usual order.
-SLOW_FILES = (
+#: Files that compile the same programs (same functions, shapes and settings), each
+#: group run by one worker, file after file in the order given: the later files find
+#: those programs traced and compiled in that worker's memory. Measured with a log
+#: of JAX's compiles per file (``jax_log_compiles``): the doctests of
+#: ``fusion_jax.transformer`` use the tests' configuration, and so on.
+GROUPS = {
+    "transformer": ("tests/test_transformer.py", "fusion_jax/transformer.py"),
+    "digits": (
+        "tests/test_training.py",
+        "tests/test_cli.py",
+        "tests/test_readme.py",
+        "fusion_jax/training.py",
+        "fusion_jax/digits.py",
+    ),
+    "flax_layers": (
+        "tests/test_nnx.py",
+        "tests/test_linen.py",
+        "tests/test_kernel_axes.py",
+        "tests/test_program_params.py",
+        "fusion_jax/_nnx_layers.py",
+        "fusion_jax/_linen_layers.py",
+        "fusion_jax/nnx.py",
+        "fusion_jax/linen.py",
+        "fusion_jax/model_programming.py",
+    ),
+}
+
+#: Work units (a group, or a file in no group) whose tests take longest, longest
+#: first. The run starts with them (see pytest_collection_modifyitems); the other
+#: files follow in the usual order, each its own unit.
+SLOW_UNITS = (
+    "flax_layers",
+    "digits",
+    "transformer",
     "tests/test_distributed.py",
-    "tests/test_transformer.py",
     "tests/test_speed_paths.py",
-    "tests/test_readme.py",
-    # after the tests above have compiled the training and evaluation it reuses
-    "fusion_jax/transformer.py",
     "tests/test_notebooks.py",
-    "tests/test_kernel_axes.py",
-    "tests/test_program_params.py",
     "tests/test_noise.py",
     "tests/test_tiles.py",
-    "tests/test_training.py",
     "tests/test_sweep.py",
 )
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run the slowest files first, each file's tests in their order.
+def _unit_of(path: str) -> str:
+    """The work unit of a file: its group in :data:`GROUPS`, or the file itself."""
+    return next((group for group, names in GROUPS.items() if path in names), path)
 
-    With ``-n 2`` pytest-xdist hands out whole files (``--dist loadfile`` in
-    pyproject.toml: a file's module fixtures and compiled functions are made
-    once) in this order, so the long files overlap and the short ones fill the
-    end, instead of a long file starting last and running alone.
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Sort the tests: the units of :data:`SLOW_UNITS` first, each unit's files in their order.
+
+    With ``-n 2`` pytest-xdist hands whole units to the workers in this
+    order (``--dist loadfile`` in pyproject.toml, with the units of
+    :func:`pytest_xdist_make_scheduler`): a file's module fixtures and
+    compiled functions are made once, the long units overlap, and the short
+    ones fill the end instead of a long one starting last and running alone.
     """
     root = config.rootpath
-    for name in SLOW_FILES:
-        if not (root / name).is_file():
-            raise pytest.UsageError(f"tests/conftest.py: SLOW_FILES names {name}, no such file.")
-    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    seen: set[str] = set()
+    for group, names in GROUPS.items():
+        for name in names:
+            if not (root / name).is_file() or name in seen:
+                raise pytest.UsageError(
+                    f"tests/conftest.py: GROUPS[{group!r}] names {name}: no such file, "
+                    "or a file of another group."
+                )
+            seen.add(name)
+    for unit in SLOW_UNITS:
+        if unit not in GROUPS and not (root / unit).is_file():
+            raise pytest.UsageError(f"tests/conftest.py: SLOW_UNITS names {unit}, no such file.")
+        if unit != _unit_of(unit):
+            raise pytest.UsageError(
+                f"tests/conftest.py: SLOW_UNITS names {unit}, a file of a group."
+            )
+    rank = {unit: i for i, unit in enumerate(SLOW_UNITS)}
+    first_seen: dict[str, int] = {}
 
-    def file_rank(item: pytest.Item) -> int:
+    def sort_key(item: pytest.Item) -> tuple[int, int, int]:
         name = item.path.relative_to(root).as_posix()
-        return rank.get(name, len(SLOW_FILES))
+        unit = _unit_of(name)
+        first_seen.setdefault(unit, len(first_seen))
+        position = GROUPS[unit].index(name) if unit in GROUPS else 0
+        return rank.get(unit, len(SLOW_UNITS)), first_seen[unit], position
 
-    items.sort(key=file_rank)  # stable: the rest keep their order
+    items.sort(key=sort_key)  # stable: each file's tests keep their order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadfile``, with each group of :data:`GROUPS` one unit of work.
+
+    (pytest-xdist's own ``--dist loadgroup`` reads ``xdist_group`` marks into
+    node ids, which pytest 9 no longer lets a plugin change.)
+    """
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class _GroupScheduling(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit_of(super()._split_scope(nodeid))
+
+    return _GroupScheduling(config, log)
 
 
 @pytest.fixture
