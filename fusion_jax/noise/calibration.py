@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 from jax.scipy.special import ndtr
 from jaxtyping import ArrayLike, Float
 
@@ -316,6 +315,8 @@ def _solve(
 
         if not np.all(np.isfinite(residuals(theta))):
             raise ValueError("calibration failed: the model's moments became non-finite.")
+        import scipy.optimize  # here: slow to import, and only the fit needs it
+
         fit = scipy.optimize.least_squares(
             residuals,
             theta,
