@@ -143,7 +143,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """
     if config.getvalue("dist") != "loadfile":
         return None
-    from xdist.scheduler import LoadFileScheduling
+    try:
+        from xdist.scheduler import LoadFileScheduling
+    except ImportError:  # another pytest-xdist: plain --dist loadfile
+        return None
 
     class _GroupScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
