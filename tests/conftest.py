@@ -2,6 +2,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 
 import jax
 import pytest
@@ -95,6 +96,33 @@ def _unit_of(path: str) -> str:
     return next((group for group, names in GROUPS.items() if path in names), path)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse a :data:`GROUPS` or :data:`SLOW_UNITS` that names no file, or a file twice.
+
+    Checked at the start of the session, where an error reaches the
+    terminal with ``-n 2`` too.
+    """
+    root = session.config.rootpath
+    where = "tests/conftest.py:"
+    seen: set[str] = set()
+    for group, names in GROUPS.items():
+        for name in names:
+            if not (root / name).is_file():
+                raise pytest.UsageError(f"{where} GROUPS[{group!r}] names {name}: no such file.")
+            if name in seen:
+                raise pytest.UsageError(f"{where} GROUPS names {name} twice.")
+            seen.add(name)
+    for unit in SLOW_UNITS:
+        if unit in seen:
+            raise pytest.UsageError(
+                f"{where} SLOW_UNITS names {unit}, a file of group {_unit_of(unit)!r}."
+            )
+        if unit not in GROUPS and not (root / unit).is_file():
+            raise pytest.UsageError(f"{where} SLOW_UNITS names {unit}: no such group or file.")
+    if len(set(SLOW_UNITS)) != len(SLOW_UNITS):
+        raise pytest.UsageError(f"{where} SLOW_UNITS names a unit twice.")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Sort the tests: the units of :data:`SLOW_UNITS` first, each unit's files in their order.
 
@@ -103,24 +131,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     :func:`pytest_xdist_make_scheduler`): a file's module fixtures and
     compiled functions are made once, the long units overlap, and the short
     ones fill the end instead of a long one starting last and running alone.
+    A file in no group is a unit of its own.
     """
     root = config.rootpath
-    seen: set[str] = set()
-    for group, names in GROUPS.items():
-        for name in names:
-            if not (root / name).is_file() or name in seen:
-                raise pytest.UsageError(
-                    f"tests/conftest.py: GROUPS[{group!r}] names {name}: no such file, "
-                    "or a file of another group."
-                )
-            seen.add(name)
-    for unit in SLOW_UNITS:
-        if unit not in GROUPS and not (root / unit).is_file():
-            raise pytest.UsageError(f"tests/conftest.py: SLOW_UNITS names {unit}, no such file.")
-        if unit != _unit_of(unit):
-            raise pytest.UsageError(
-                f"tests/conftest.py: SLOW_UNITS names {unit}, a file of a group."
-            )
     rank = {unit: i for i, unit in enumerate(SLOW_UNITS)}
     first_seen: dict[str, int] = {}
 
@@ -139,13 +152,22 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
     """``--dist loadfile``, with each group of :data:`GROUPS` one unit of work.
 
     (pytest-xdist's own ``--dist loadgroup`` reads ``xdist_group`` marks into
-    node ids, which pytest 9 no longer lets a plugin change.)
+    node ids, which pytest 9 no longer lets a plugin change.) Should a later
+    pytest-xdist drop what this builds on, the run warns and goes on with
+    plain ``--dist loadfile``: the same tests, without the groups.
     """
     if config.getvalue("dist") != "loadfile":
         return None
     try:
         from xdist.scheduler import LoadFileScheduling
-    except ImportError:  # another pytest-xdist: plain --dist loadfile
+    except ImportError:
+        LoadFileScheduling = None
+    if not hasattr(LoadFileScheduling, "_split_scope"):
+        warnings.warn(
+            "tests/conftest.py: this pytest-xdist has no LoadFileScheduling._split_scope; "
+            "the files of GROUPS run as separate units (slower, the same tests).",
+            stacklevel=1,
+        )
         return None
 
     class _GroupScheduling(LoadFileScheduling):
