@@ -8,4 +8,5 @@ venv=${VENV:-/tmp/fusion_jax_lowest}
 python3 -m venv "$venv"
 "$venv/bin/pip" install -q -e ".[test]" "flax==0.12.6" "jax==0.8.1" "jaxlib==0.8.1"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
-    tests/test_nnx.py tests/test_linen.py tests/test_programming.py tests/test_kernel_axes.py
+    tests/test_nnx.py tests/test_linen.py tests/test_programming.py tests/test_kernel_axes.py \
+    tests/test_flax_features.py
