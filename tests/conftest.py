@@ -85,6 +85,7 @@ SLOW_UNITS = (
     "tests/test_distributed.py",
     "tests/test_speed_paths.py",
     "tests/test_notebooks.py",
+    "tests/test_flax_features.py",
     "tests/test_noise.py",
     "tests/test_tiles.py",
     "tests/test_sweep.py",

@@ -9,6 +9,7 @@ the feature (exact gradients).
 """
 
 import functools
+import zlib
 from typing import Any
 
 import flax.linen as nn
@@ -46,11 +47,16 @@ def assert_trees_equal(a, b):
 
 
 def assert_only_channel_scaled(before, after, channel, c, axis=-1):
-    """``after`` is ``before`` with output channel ``channel`` times ``c``; the rest unchanged."""
+    """``after`` is ``before`` with output channel ``channel`` times ``c``; the rest unchanged.
+
+    ``channel`` is an index on ``axis``, or a tuple indexing the whole array."""
     before, after = np.asarray(before), np.asarray(after)
-    index = [slice(None)] * before.ndim
-    index[axis] = channel
-    index = tuple(index)
+    if isinstance(channel, tuple):
+        index = channel
+    else:
+        index = [slice(None)] * before.ndim
+        index[axis] = channel
+        index = tuple(index)
     np.testing.assert_allclose(after[index], c * before[index], rtol=2e-4, atol=1e-6)
     mask = np.ones(before.shape, bool)
     mask[index] = False
@@ -144,19 +150,19 @@ def test_linen_remat_programs_as_without_remat_and_as_program_params():
     variables = model.init(jax.random.key(0), X)
     assert_trees_equal(remat_model.init(jax.random.key(0), X), variables)
 
-    def loss(fusionized, params):
-        y = fusionized.apply({"params": params}, X, rngs={"noise": KEY})
+    def loss(fusionized, params, key):
+        y = fusionized.apply({"params": params}, X, rngs={"noise": key})
         return jnp.sum(y**2)
 
-    results = [
-        jax.jit(jax.value_and_grad(functools.partial(loss, fj.linen.fusionize(m, noise=RANDOM))))(
-            variables["params"]
-        )
+    steps = [
+        jax.jit(jax.value_and_grad(functools.partial(loss, fj.linen.fusionize(m, noise=RANDOM))))
         for m in (model, remat_model)
     ]
-    (value, grads), (value_r, grads_r) = results
+    (value, grads), (value_r, grads_r) = (step(variables["params"], KEY) for step in steps)
     close(value_r, value, rtol=1e-6, atol=1e-6)
     jax.tree.map(lambda a, b: close(a, b, rtol=1e-5, atol=1e-6), grads_r, grads)
+    # The layers draw their noise from the "noise" RNG: another key, another loss.
+    assert not np.isclose(steps[1](variables["params"], jax.random.key(8))[0], value_r)
 
     offset_model = LRematModel(OffsetNoise(), remat=True)
     layouts = fj.linen.kernel_layouts(offset_model, X)
@@ -187,6 +193,14 @@ class LVStack(nn.Module):
             axis_size=3,
         )
         return stack(self.noise, self.fusion, name="stack")(x)
+
+
+def scaled_feature(variables):
+    """The variables with output feature 1 of the stack's layer 0 ``Dense_0`` times 10."""
+    scaled = jax.tree.map(lambda a: a, variables)
+    kernel = scaled["params"]["stack"]["Dense_0"]["kernel"]
+    scaled["params"]["stack"]["Dense_0"]["kernel"] = kernel.at[0, :, 1].multiply(10.0)
+    return scaled
 
 
 def test_linen_vmap_stack_programs_each_layer_alone():
@@ -220,6 +234,17 @@ def test_linen_vmap_stack_programs_each_layer_alone():
     y_scaled = fused.apply(scaled, X, rngs={"noise": KEY})
     np.testing.assert_array_equal(y_scaled[1:], y[1:])
     assert not np.allclose(y_scaled[0], y[0])
+    # Each output feature of a stacked Dense kernel is one chip row: scaling feature 1 of
+    # layer 0 scales its programmed weights alone, exactly.
+    chip_scaled = program_params(
+        scaled_feature(variables), KEY, noise=OffsetNoise(), layouts=layouts
+    )
+    assert_only_channel_scaled(
+        chip["params"]["stack"]["Dense_0"]["kernel"],
+        chip_scaled["params"]["stack"]["Dense_0"]["kernel"],
+        (0, slice(None), 1),
+        10.0,
+    )
     # split_rngs={"noise": True}: identical layers draw different random noise.
     same = jax.tree.map(lambda a: jnp.broadcast_to(a[:1], a.shape), variables)
     noisy = fj.linen.fusionize(LVStack(RANDOM), noise=RANDOM)
@@ -425,6 +450,9 @@ def test_convolution_options_nnx_and_linen(option):
     direct = fj.nnx.FusionConv(C, C, **opts, noise=OffsetNoise(), rngs=nnx.Rngs(0))
     np.testing.assert_array_equal(direct.kernel[...], plain.layers[0].kernel[...])
     close(direct(x), expected)
+    fused.eval(), direct.eval()  # eval mode: the digital convolution
+    np.testing.assert_array_equal(fused(x), plain(x))
+    np.testing.assert_array_equal(direct(x), plain(x))
     scaled = nnx.clone(plain)
     scaled.layers[0].kernel[...] = scaled.layers[0].kernel[...].at[..., 1].multiply(10.0)
     got = program_params(scaled, KEY, noise=OffsetNoise()).layers[0].kernel[...]
@@ -518,6 +546,11 @@ def test_fusionize_reaches_layers_in_nnx_dict_and_list():
     assert len(keys) == len(KERNEL_PATHS) == len(set(keys))
     chip = program_params(noisy, KEY)
     path = ("heads", "b", "gate", "kernel")
+    # The documented derivation, stable across runs: fold_in of the CRC-32 of "a/b/c".
+    pinned = jax.random.fold_in(KEY, zlib.crc32(b"heads/b/gate/kernel") & 0x7FFFFFFF)
+    np.testing.assert_array_equal(
+        jax.random.key_data(leaf_key(KEY, path)), jax.random.key_data(pinned)
+    )
     np.testing.assert_array_equal(
         chip.heads["b"].gate.kernel[...],
         program_kernel(plain.heads["b"].gate.kernel[...], leaf_key(KEY, path), noise=RANDOM),
