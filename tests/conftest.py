@@ -92,9 +92,12 @@ SLOW_UNITS = (
 )
 
 
+_GROUP_OF = {name: group for group, names in GROUPS.items() for name in names}
+
+
 def _unit_of(path: str) -> str:
     """The work unit of a file: its group in :data:`GROUPS`, or the file itself."""
-    return next((group for group, names in GROUPS.items() if path in names), path)
+    return _GROUP_OF.get(path, path)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import assert_only_row_scaled, normal
 from flax import nnx
 from flax.nnx import bridge
 from noise_doubles import AbsoluteNoise, OffsetNoise
@@ -30,10 +31,6 @@ C = 4  # channels / features everywhere: few shapes, few compiles
 RANDOM = AbsoluteNoise(1.0)
 
 
-def normal(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
-
-
 X = normal((3, C), 1)  # dense inputs
 XC = normal((2, 6, 6, C), 2)  # 2-D convolution inputs
 
@@ -44,23 +41,6 @@ def close(a, b, rtol=1e-4, atol=1e-5):
 
 def assert_trees_equal(a, b):
     jax.tree.map(np.testing.assert_array_equal, a, b)
-
-
-def assert_only_channel_scaled(before, after, channel, c, axis=-1):
-    """``after`` is ``before`` with output channel ``channel`` times ``c``; the rest unchanged.
-
-    ``channel`` is an index on ``axis``, or a tuple indexing the whole array."""
-    before, after = np.asarray(before), np.asarray(after)
-    if isinstance(channel, tuple):
-        index = channel
-    else:
-        index = [slice(None)] * before.ndim
-        index[axis] = channel
-        index = tuple(index)
-    np.testing.assert_allclose(after[index], c * before[index], rtol=2e-4, atol=1e-6)
-    mask = np.ones(before.shape, bool)
-    mask[index] = False
-    np.testing.assert_array_equal(after[mask], before[mask])
 
 
 # --- 1. nnx.remat ------------------------------------------------------------------------------
@@ -239,7 +219,7 @@ def test_linen_vmap_stack_programs_each_layer_alone():
     chip_scaled = program_params(
         scaled_feature(variables), KEY, noise=OffsetNoise(), layouts=layouts
     )
-    assert_only_channel_scaled(
+    assert_only_row_scaled(
         chip["params"]["stack"]["Dense_0"]["kernel"],
         chip_scaled["params"]["stack"]["Dense_0"]["kernel"],
         (0, slice(None), 1),
@@ -456,7 +436,7 @@ def test_convolution_options_nnx_and_linen(option):
     scaled = nnx.clone(plain)
     scaled.layers[0].kernel[...] = scaled.layers[0].kernel[...].at[..., 1].multiply(10.0)
     got = program_params(scaled, KEY, noise=OffsetNoise()).layers[0].kernel[...]
-    assert_only_channel_scaled(chip.layers[0].kernel[...], got, 1, 10.0)
+    assert_only_row_scaled(chip.layers[0].kernel[...], got, (..., 1), 10.0)
     y_scaled = fj.nnx.fusionize(scaled, noise=OffsetNoise(), rngs=nnx.Rngs(noise=0))(x)
     keep = np.arange(C) != 1
     np.testing.assert_allclose(y_scaled[..., keep], y[..., keep], rtol=1e-6, atol=1e-6)

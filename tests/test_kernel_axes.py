@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import assert_only_row_scaled, normal
 from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,10 +24,6 @@ from fusion_jax.model_programming import leaf_key, program_kernel, program_param
 
 KEY = jax.random.key(7)
 NOISE = AbsoluteNoise(1.0)
-
-
-def normal(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 # --- KernelAxes and the columns view ----------------------------------------------------------
@@ -87,15 +84,6 @@ def test_conv_columns_are_the_export_rows():
 
 
 # --- scale equivariance, row by row -------------------------------------------------------------
-
-
-def assert_only_row_scaled(before, after, index, c):
-    """``after`` is ``before`` with the entries at ``index`` times ``c``; the rest unchanged."""
-    before, after = np.asarray(before), np.asarray(after)
-    np.testing.assert_allclose(after[index], c * before[index], rtol=2e-4, atol=1e-6)
-    mask = np.ones(before.shape, bool)
-    mask[index] = False
-    np.testing.assert_array_equal(after[mask], before[mask])
 
 
 @given(c=st.floats(0.05, 20.0) | st.floats(-20.0, -0.05), layer=st.integers(0, 2))

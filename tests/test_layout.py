@@ -5,17 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import normal
 from flax import nnx
 
 import fusion_jax as fj
 from fusion_jax.fusion_io import fusion_export, fusion_import
 from fusion_jax.layout import flax_to_layers, kernel_to_rows, layers_to_flax, rows_to_kernel
-
-
-def normal(shape, seed=0):
-    """Test inputs from NumPy: an eager jax.random call compiles once per shape."""
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
-
 
 # --- single kernels ---------------------------------------------------------------------------
 

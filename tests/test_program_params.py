@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import normal
 from flax import nnx
 from noise_doubles import AbsoluteNoise, GivenNoise, OffsetNoise
 
@@ -32,10 +33,6 @@ def linen_vars():
 
 # The conv kernel has rank 4: its axes come from the model (fj.linen.kernel_layouts).
 CONV_LAYOUT = {("params", "Conv_0", "kernel"): fj.layout.KernelAxes.conv(2)}
-
-
-def normal(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
 
 
 def plain_dict():
