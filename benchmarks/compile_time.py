@@ -17,6 +17,13 @@ as of that git revision, measured the same way in the same run):
 * **pieces**: XLA compile time and fusion count of one 64x64 kernel's
   noise-free programming, noisy programming, its exact and straight-through
   gradients, and the noise model's random words alone.
+* **calls**: XLA compile time of 16 exact-gradient programmings of 64x64
+  kernels, one jitted function called 16 times in one jitted loss, as JAX
+  emits it (XLA on the CPU inlines the calls) and with each call marked not
+  inlineable (XLA's ``inlineable`` frontend attribute, set with
+  ``jax.experimental.xla_metadata``): whether XLA compiles a shared body
+  once (it does not: it flattens the call graph and compiles each call
+  site's copy).
 * **recompiles**: how many XLA compilations a second eager ``fj.program``
   with another g_max / t_inference / noise-field value costs, and an eager
   ``fj.program_params`` of a small CNN (two convolutions, two Dense
@@ -166,6 +173,53 @@ def measure_pieces() -> dict[str, dict[str, float]]:
     return out
 
 
+def measure_calls() -> dict[str, dict[str, float]]:
+    """XLA compile of 16 calls of one jitted programming: inlined, and kept as calls."""
+    import jax
+    import jax.numpy as jnp
+
+    import fusion_jax as fj
+
+    try:
+        from jax.experimental.xla_metadata import set_xla_metadata
+    except ImportError:  # an older JAX: nothing to compare
+        return {}
+
+    def body(w: jax.Array, k: jax.Array) -> jax.Array:
+        with set_xla_metadata(inlineable="true"):  # what the call holds may be inlined
+            return fj.program_kernel(w, k, g_max=25.0)
+
+    program = jax.jit(body)
+    weights = [jnp.full((WIDTH, WIDTH), 0.01 * (i + 1)) for i in range(N_LAYERS)]
+    out = {}
+    for name, keep in (("inlined (as JAX emits it)", False), ("kept as calls", True)):
+
+        def loss(ws: list[jax.Array], key: jax.Array, keep: bool = keep) -> jax.Array:
+            total = 0.0
+            for i, w in enumerate(ws):
+                k = jax.random.fold_in(key, i)
+                if keep:
+                    with set_xla_metadata(inlineable="false"):
+                        total = total + jnp.sum(program(w, k) ** 2)
+                else:
+                    total = total + jnp.sum(program(w, k) ** 2)
+            return total
+
+        lowered = jax.jit(jax.grad(loss)).lower(weights, jax.random.key(1))
+        start = time.perf_counter()
+        compiled = lowered.compile()
+        compiling = time.perf_counter() - start
+        instructions, fusions = _hlo_size(compiled)
+        calls = sum(" call(" in line for line in compiled.as_text().splitlines())
+        out[name] = {
+            "compile_s": compiling,
+            "instructions": instructions,
+            "fusions": fusions,
+            "calls": calls,
+        }
+    return out
+
+
 def measure_recompiles(counter: _CompileCounter) -> dict[str, float]:
     """Compilations of eager calls with new setting values, and of program_params on a CNN."""
     import jax
@@ -217,6 +271,7 @@ def child() -> None:
     counter = _CompileCounter()
     result = {"step": {kind: measure_step(kind) for kind in STEP_KINDS}}
     result["pieces"] = measure_pieces()
+    result["calls"] = measure_calls()
     result["recompiles"] = measure_recompiles(counter)
     result["load_average"] = os.getloadavg()[0]
     print(json.dumps(result))
@@ -247,6 +302,18 @@ def _report(label: str, r: dict) -> None:
     print("| --- | ---: | ---: | ---: |")
     for name, p in r["pieces"].items():
         print(f"| {name} | {p['compile_s']:.2f} s | {p['instructions']} | {p['fusions']} |")
+    if r.get("calls"):
+        print(
+            f"\n{N_LAYERS} exact-gradient programmings of {WIDTH}x{WIDTH} kernels, one jitted "
+            "function called in one jitted loss:\n"
+        )
+        print("| calls | XLA compile | HLO instructions | fusions | calls left |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for name, p in r["calls"].items():
+            print(
+                f"| {name} | {p['compile_s']:.2f} s | {p['instructions']} | {p['fusions']} "
+                f"| {p['calls']} |"
+            )
     c = r["recompiles"]
     print(
         f"\nEager fj.program with 2 new g_max / t_inference / spread_scale values: "

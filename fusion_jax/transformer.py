@@ -363,9 +363,13 @@ class Recipe:
 
 
 def _g_values(recipe: Recipe) -> jax.Array:
-    """The traced g_max values of a recipe: ``(low, high)`` for a uniform draw, or the choices."""
+    """The traced g_max values of a recipe: ``(low, high)`` for a uniform draw, or the choices.
+
+    A digital recipe gets ``(40, 40)``: valid values for a programming its
+    training never runs.
+    """
     if not recipe.aware:
-        return jnp.zeros(2, jnp.float32)
+        return jnp.full(2, 40.0, jnp.float32)
     if recipe.draw == "choice" and len(recipe.g_max) > 1:
         return jnp.asarray(recipe.g_max, jnp.float32)
     return jnp.asarray([min(recipe.g_max), max(recipe.g_max)], jnp.float32)
@@ -386,9 +390,7 @@ def _loss(logits: jax.Array, labels: jax.Array) -> jax.Array:
     jax.jit,
     static_argnames=(
         "graphdef",
-        "aware",
         "choice",
-        "first_aware",
         "steps",
         "batch_size",
         "learning_rate",
@@ -404,10 +406,9 @@ def _train_stack(
     noise: NoiseModel | None,
     t_inference: jax.Array,
     g_values: jax.Array,
+    first_aware: jax.Array,
     *,
-    aware: bool,
     choice: bool,
-    first_aware: int,
     steps: int,
     batch_size: int,
     learning_rate: float,
@@ -415,9 +416,12 @@ def _train_stack(
 ) -> tuple[nnx.State, jax.Array]:
     """Train a stack of models (leading axis of params and keys); losses ``[models, steps]``.
 
-    The g_max of a hardware-aware step is uniform between the smallest and
-    the largest of ``g_values`` (``choice=False``) or one of them; the values
-    are traced, so recipes of one kind share one compiled function.
+    Steps from ``first_aware`` on are hardware-aware: their g_max is uniform
+    between the smallest and the largest of ``g_values`` (``choice=False``)
+    or one of them. Both are traced, and the earlier, digital steps skip the
+    programming in a ``lax.cond``: digital, fixed, uniform and warm-up
+    recipes share one compiled function (a digital recipe's ``first_aware``
+    is ``steps``).
     """
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, learning_rate, max(1, steps // 20), steps, learning_rate / 20
@@ -425,24 +429,22 @@ def _train_stack(
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
 
     def loss_fn(p: nnx.State, key: PRNGKeyArray, step: jax.Array, xb, yb) -> jax.Array:
-        if aware:
-            k_g, k_noise = jax.random.split(key)
+        k_g, k_noise = jax.random.split(key)
 
-            def programmed(p: nnx.State) -> nnx.State:
-                chip = program_params(
-                    nnx.merge(graphdef, p),
-                    k_noise,
-                    g_max=_draw_g_max(k_g, g_values, choice=choice),
-                    noise=noise,
-                    t_inference=t_inference,
-                    gradient=gradient,
-                )
-                return nnx.state(chip, nnx.Param)
+        def programmed(p: nnx.State) -> nnx.State:
+            chip = program_params(
+                nnx.merge(graphdef, p),
+                k_noise,
+                g_max=_draw_g_max(k_g, g_values, choice=choice),
+                noise=noise,
+                t_inference=t_inference,
+                gradient=gradient,
+            )
+            return nnx.state(chip, nnx.Param)
 
-            if first_aware > 0:
-                p = jax.lax.cond(step >= first_aware, programmed, lambda p: p, p)
-            else:
-                p = programmed(p)
+        # Step and first_aware are the same for every model of the stack: under
+        # jax.vmap the condition stays one branch, so digital steps skip the programming.
+        p = jax.lax.cond(step >= first_aware, programmed, lambda p: p, p)
         return _loss(nnx.merge(graphdef, p)(xb), yb)
 
     def one_model(params: nnx.State, key: PRNGKeyArray) -> tuple[nnx.State, jax.Array]:
@@ -482,6 +484,13 @@ def train(
     (:func:`fusion_jax.program_params` of the module, a fresh noise key and,
     for a drawn g_max, a fresh g_max) and the gradient flows through the programming.
 
+    Recipes compile one training program per kind of g_max draw: digital,
+    fixed, uniform and warm-up recipes share one (their g_max values and
+    first hardware-aware step are data; digital steps skip the programming
+    at run time), ``Recipe.choice`` recipes another. Models trained with the
+    same ``noise``, ``gradient``, architecture and sizes reuse it, as
+    :func:`transformer_experiment` does for its recipes.
+
     Args:
         models: :class:`Transformer` s of one architecture; trained in place.
         data: The task.
@@ -490,7 +499,9 @@ def train(
         steps: Training steps.
         batch_size: Sequences per step.
         learning_rate: Peak Adam step size.
-        noise: Noise model of the hardware-aware steps.
+        noise: Noise model of the hardware-aware steps (a digital recipe
+            never uses it; pass the one of the other recipes to share
+            their compiled program).
         t_inference: Read time (s) of the hardware-aware steps.
         gradient: ``"exact"`` or ``"ste"`` through the programming.
 
@@ -529,6 +540,8 @@ def train(
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate}.")
     if keys.shape != (len(models),):
         raise ValueError(f"keys must hold one key per model ({len(models)}), got {keys.shape}.")
+    # The first hardware-aware step; a digital recipe never gets there.
+    first_aware = round(recipe.warmup * int(steps)) if recipe.aware else int(steps)
     splits = [nnx.split(m, nnx.Param) for m in models]
     graphdef = splits[0][0]
     if any(s[0] != graphdef for s in splits[1:]):
@@ -540,12 +553,11 @@ def train(
         keys,
         data.x_train,
         data.y_train,
-        resolve_noise(noise) if recipe.aware else None,
+        resolve_noise(noise),
         jnp.asarray(t_inference, jnp.float32),
         _g_values(recipe),
-        aware=recipe.aware,
+        jnp.asarray(first_aware, jnp.int32),
         choice=recipe.draw == "choice" and len(recipe.g_max) > 1,
-        first_aware=int(round(recipe.warmup * int(steps))) if recipe.aware else 0,
         steps=int(steps),
         batch_size=int(batch_size),
         learning_rate=float(learning_rate),

@@ -13,6 +13,7 @@ from fusion_jax.transformer import (
     Recipe,
     Transformer,
     _draw_g_max,
+    _train_stack,
     histogram_task,
     programmed_accuracy,
     train,
@@ -198,13 +199,26 @@ def test_g_max_draws_cover_the_range_or_the_set():
 
 @pytest.fixture(scope="module")
 def trained(data):
-    """Models 0 and 1 trained digitally and with the warm-up recipe, same keys."""
+    """Models 0 and 1 trained digitally and with the warm-up recipe, same keys.
+
+    Also counts the training programs the hardware-aware training adds to those
+    of the digital training (same noise model: none).
+    """
     keys = jax.random.split(jax.random.key(0), 2)
     digital, aware = [tiny_model(0), tiny_model(1)], [tiny_model(0), tiny_model(1)]
     before = np.asarray(digital[0].head.kernel[...])
-    d_losses = train(digital, data, Recipe.digital(), keys, **TRAIN)
+    d_losses = train(digital, data, Recipe.digital(), keys, noise=NOISE, **TRAIN)
+    programs = _train_stack._cache_size()
     a_losses = train(aware, data, WARM, keys, noise=NOISE, **TRAIN)
-    return dict(digital=digital, aware=aware, before=before, d_losses=d_losses, a_losses=a_losses)
+    aware_programs = _train_stack._cache_size() - programs
+    return dict(
+        digital=digital,
+        aware=aware,
+        before=before,
+        d_losses=d_losses,
+        a_losses=a_losses,
+        aware_programs=aware_programs,
+    )
 
 
 def test_training_learns_updates_in_place_and_sees_the_noise(trained):
@@ -218,6 +232,8 @@ def test_training_learns_updates_in_place_and_sees_the_noise(trained):
     assert np.allclose(a_losses[:, :6], d_losses[:, :6], atol=1e-5)  # the digital half
     assert not np.allclose(a_losses[:, 6:], d_losses[:, 6:], atol=1e-3)
     assert not np.allclose(aware[0].head.kernel[...], digital[0].head.kernel[...])
+    # Digital and warm-up recipes train with one traced and compiled program.
+    assert trained["aware_programs"] == 0
 
 
 def test_train_checks_its_arguments(data):
