@@ -348,17 +348,33 @@ def _program_core(
         counts = [_tie_count(jnp.abs(b), statics.axis) for b in statics.split(w)]
         # Recomputed in the backward pass from its inputs (the weights, the
         # read-back ``xs`` and per-line values): nothing else is stored.
+        key_data, wrap = _key_as_data(key)
         tangent = jax.checkpoint(
-            lambda w, key, g_max, t, arrays, xs, fits, counts, w_dot: _programmed_jvp(
-                w, key, g_max, rebuild(arrays), t, xs, fits, counts, w_dot, statics
+            lambda w, key_data, g_max, t, arrays, xs, fits, counts, w_dot: _programmed_jvp(
+                w, wrap(key_data), g_max, rebuild(arrays), t, xs, fits, counts, w_dot, statics
             ),
             policy=jax.checkpoint_policies.nothing_saveable,
-        )(w, key, g_max, t, arrays, xs, fits, counts, w_dot)
+        )(w, key_data, g_max, t, arrays, xs, fits, counts, w_dot)
         return w_hat, tangent
 
     programmed.defjvp(jvp, symbolic_zeros=True)
     arrays = [leaf for a, leaf in zip(is_array, leaves, strict=True) if a]
     return programmed(w, key, g_max, t_inference, arrays)
+
+
+def _key_as_data(key: Any) -> tuple[Any, Any]:
+    """A typed PRNG key as its raw ``uint32`` data, and the function that wraps it back.
+
+    The backward pass then stores raw data, not a typed key: JAX 0.8's
+    ``lax.cond`` cannot differentiate a branch that stores a typed key (the
+    other branch's placeholder for it has another type), which a programming
+    inside a cond, such as a warm-up's, would otherwise hit. Other keys (raw
+    keys, ``None``) pass as they are.
+    """
+    if key is None or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key, lambda data: data
+    impl = jax.random.key_impl(key)
+    return jax.random.key_data(key), lambda data: jax.random.wrap_key_data(data, impl=impl)
 
 
 def _tie_count(v: jax.Array, axis: int) -> jax.Array:
