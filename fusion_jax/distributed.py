@@ -240,8 +240,8 @@ def shard_params(
         >>> import fusion_jax as fj
         >>> mesh = jax.make_mesh((1, 1), ("data", "model"))
         >>> p = fj.distributed.shard_params({"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)}, mesh)
-        >>> p["kernel"].sharding.spec, p["bias"].sharding.spec
-        (P(None, 'model'), P())
+        >>> tuple(p["kernel"].sharding.spec), tuple(p["bias"].sharding.spec)
+        ((None, 'model'), ())
     """
     if model_axis is not None and model_axis not in mesh.axis_names:
         raise ValueError(f"model_axis {model_axis!r} is not an axis of the mesh {mesh.axis_names}.")
@@ -285,8 +285,8 @@ def shard_batch(batch: Any, mesh: Mesh, *, data_axis: str = "data") -> Any:
         >>> import fusion_jax as fj
         >>> mesh = jax.make_mesh((1, 1), ("data", "model"))
         >>> x = fj.distributed.shard_batch(np.zeros((8, 3), np.float32), mesh)
-        >>> x.shape, x.sharding.spec
-        ((8, 3), P('data',))
+        >>> x.shape, tuple(x.sharding.spec)
+        ((8, 3), ('data',))
     """
     if data_axis not in mesh.axis_names:
         raise ValueError(f"data_axis {data_axis!r} is not an axis of the mesh {mesh.axis_names}.")

@@ -365,11 +365,11 @@ def _program_core(
 def _key_as_data(key: Any) -> tuple[Any, Any]:
     """A typed PRNG key as its raw ``uint32`` data, and the function that wraps it back.
 
-    The backward pass then stores raw data, not a typed key: JAX 0.8's
-    ``lax.cond`` cannot differentiate a branch that stores a typed key (the
-    other branch's placeholder for it has another type), which a programming
-    inside a cond, such as a warm-up's, would otherwise hit. Other keys (raw
-    keys, ``None``) pass as they are.
+    The backward pass then stores raw data, not a typed key: before JAX
+    0.10, ``lax.cond`` cannot differentiate a branch that stores a typed key
+    (the other branch's placeholder for it has another type), which a
+    programming inside a cond, such as a warm-up's, would otherwise hit.
+    Other keys (raw keys, ``None``) pass as they are.
     """
     if key is None or not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
         return key, lambda data: data

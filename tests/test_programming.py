@@ -106,7 +106,7 @@ def test_exact_gradient_through_one_branch_of_a_cond():
     # A programming in one branch of lax.cond, the identity in the other (a digital
     # warm-up before hardware-aware steps), differentiated, jitted and vmapped over the
     # models: the backward pass keeps the key as raw data, which every JAX the bounds
-    # admit can pass between branches (JAX 0.8 cannot pass a typed key).
+    # admit can pass between branches (JAX 0.9 cannot pass a typed key).
     w = _matrix_with_ties_and_zeros(6)
     key = jax.random.key(2)
     cot = jnp.asarray(np.random.default_rng(1).standard_normal(w.shape), jnp.float32)
