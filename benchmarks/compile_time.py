@@ -79,11 +79,22 @@ class _CompileCounter:
         logger.propagate = False
 
 
-def _hlo_size(compiled) -> tuple[int, int]:
-    """(instructions, fusions) of an optimised HLO module."""
-    text = compiled.as_text()
-    lines = [line for line in text.splitlines() if " = " in line]
-    return len(lines), sum(" fusion(" in line for line in lines)
+def _compile(lowered) -> dict[str, float]:
+    """XLA compile time of a lowered function, and the optimised HLO's size.
+
+    Returns ``compile_s``, ``instructions``, ``fusions`` and ``calls`` (call
+    instructions XLA left in the module).
+    """
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compiling = time.perf_counter() - start
+    lines = [line for line in compiled.as_text().splitlines() if " = " in line]
+    return {
+        "compile_s": compiling,
+        "instructions": len(lines),
+        "fusions": sum(" fusion(" in line for line in lines),
+        "calls": sum(" call(" in line for line in lines),
+    }
 
 
 def _step_model(kind: str):
@@ -131,16 +142,7 @@ def measure_step(kind: str) -> dict[str, float]:
     start = time.perf_counter()
     lowered = jax.jit(step).lower(params, rest, x, jax.random.key(1))
     lowering = time.perf_counter() - start
-    start = time.perf_counter()
-    compiled = lowered.compile()
-    compiling = time.perf_counter() - start
-    instructions, fusions = _hlo_size(compiled)
-    return {
-        "lower_s": lowering,
-        "compile_s": compiling,
-        "instructions": instructions,
-        "fusions": fusions,
-    }
+    return {"lower_s": lowering, **_compile(lowered)}
 
 
 def measure_pieces() -> dict[str, dict[str, float]]:
@@ -164,12 +166,7 @@ def measure_pieces() -> dict[str, dict[str, float]]:
     }
     out = {}
     for name, fn in pieces.items():
-        lowered = jax.jit(fn).lower(w, key)
-        start = time.perf_counter()
-        compiled = lowered.compile()
-        compiling = time.perf_counter() - start
-        instructions, fusions = _hlo_size(compiled)
-        out[name] = {"compile_s": compiling, "instructions": instructions, "fusions": fusions}
+        out[name] = _compile(jax.jit(fn).lower(w, key))
     return out
 
 
@@ -190,7 +187,8 @@ def measure_calls() -> dict[str, dict[str, float]]:
             return fj.program_kernel(w, k, g_max=25.0)
 
     program = jax.jit(body)
-    weights = [jnp.full((WIDTH, WIDTH), 0.01 * (i + 1)) for i in range(N_LAYERS)]
+    keys = jax.random.split(jax.random.key(0), N_LAYERS)
+    weights = [jax.random.normal(k, (WIDTH, WIDTH)) * 0.1 for k in keys]
     out = {}
     for name, keep in (("inlined (as JAX emits it)", False), ("kept as calls", True)):
 
@@ -205,18 +203,7 @@ def measure_calls() -> dict[str, dict[str, float]]:
                     total = total + jnp.sum(program(w, k) ** 2)
             return total
 
-        lowered = jax.jit(jax.grad(loss)).lower(weights, jax.random.key(1))
-        start = time.perf_counter()
-        compiled = lowered.compile()
-        compiling = time.perf_counter() - start
-        instructions, fusions = _hlo_size(compiled)
-        calls = sum(" call(" in line for line in compiled.as_text().splitlines())
-        out[name] = {
-            "compile_s": compiling,
-            "instructions": instructions,
-            "fusions": fusions,
-            "calls": calls,
-        }
+        out[name] = _compile(jax.jit(jax.grad(loss)).lower(weights, jax.random.key(1)))
     return out
 
 
