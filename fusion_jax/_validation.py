@@ -107,7 +107,8 @@ def as_matrix_stack(x: Any, name: str) -> jax.Array:
             f"{name} has an 'in' axis (last axis) of length 0, shape {tuple(x.shape)}: "
             "every output row needs at least one input."
         )
-    return jnp.asarray(x)
+    # device_put, not jnp.asarray: the same array, without a compiled copy per shape.
+    return jax.device_put(x) if isinstance(x, np.ndarray) else jnp.asarray(x)
 
 
 def _is_real_numeric(dtype: Any) -> bool:

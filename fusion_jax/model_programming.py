@@ -270,13 +270,18 @@ def _run_grouped(calls: Sequence[_KernelCall]) -> list[jax.Array]:
     """
     first = calls[0]
     assert len(calls) == 1 or first.key is None or all(c.fold is not None for c in calls)
-    folds = None
-    if first.key is not None and first.fold is not None:
-        folds = np.asarray([call.fold for call in calls], np.uint32)
+    key, folds = first.key, None
+    if key is not None and first.fold is not None:
+        if len(calls) == 1:
+            # Folded here, so that a lone kernel's program is that of a layer
+            # programming its kernel with its own key: one compile for both.
+            key = jax.random.fold_in(key, first.fold)
+        else:
+            folds = np.asarray([call.fold for call in calls], np.uint32)
     return list(
         _program_kernels_jit(
             tuple(call.kernel for call in calls),
-            first.key,
+            key,
             folds,
             first.g_max,
             first.model,
@@ -312,9 +317,9 @@ def _program_kernels_jit(
 
     Rearranging, programming and putting back are one jitted computation, so
     an eager call compiles once, and new values of ``g_max``,
-    ``t_inference`` or the noise model's fields do not recompile. Kernel
-    ``i`` is keyed ``fold_in(key, folds[i])``, or ``key`` itself without
-    ``folds`` (one kernel). Several kernels are programmed as the layers of
+    ``t_inference`` or the noise model's fields do not recompile. One kernel
+    is keyed ``key`` (``folds`` is ``None``); of several, kernel ``i`` is
+    keyed ``fold_in(key, folds[i])``, and they are programmed as the layers of
     one stack (a stacked kernel's layer ``j`` with ``split(its key)[j]``).
     """
     # Computed as columns [*stack, in, out], one per output feature, with the
@@ -328,8 +333,7 @@ def _program_kernels_jit(
         _prepare_weights(jnp.swapaxes(c, -1, -2), "kernel")  # traced: only inspected
     settings = {"strict_aihwkit": strict_aihwkit, "gradient": gradient, "in_sizes": in_sizes}
     if len(kernels) == 1:
-        if key is not None and folds is not None:
-            key = jax.random.fold_in(key, folds[0])
+        assert folds is None  # a lone kernel's key is folded by the caller
         programmed = _program_columns(columns[0], key, g_max, model, t_inference, **settings)
         shape = kernels[0].shape
         return (layout._from_columns(programmed, axes, shape, export_order=export_order),)

@@ -173,7 +173,7 @@ def test_literal_and_traced_zero_read_noise_give_the_same_programming():
 def test_program_params_compiles_one_program_per_kernel_and_none_for_new_settings():
     from flax import nnx
 
-    from fusion_jax.model_programming import _program_kernels_jit
+    from fusion_jax.model_programming import _program_kernels_jit, leaf_key
 
     class CNN(nnx.Module):
         def __init__(self, rngs):
@@ -188,6 +188,12 @@ def test_program_params_compiles_one_program_per_kernel_and_none_for_new_setting
     second = fj.program_params(model, jax.random.key(1), g_max=31.0, t_inference=60.0)
     assert _program_kernels_jit._cache_size() == before + 2  # new values: nothing compiled
     assert not np.allclose(first.dense.kernel[...], second.dense.kernel[...])
+    # A kernel alone with its leaf key (as a layer programs its kernel): the same program.
+    alone = fj.program_kernel(
+        model.dense.kernel[...], leaf_key(jax.random.key(0), ("dense", "kernel")), g_max=25.0
+    )
+    assert _program_kernels_jit._cache_size() == before + 2
+    np.testing.assert_array_equal(alone, first.dense.kernel[...])
     with pytest.raises(ValueError, match="NaN or Inf"):  # checked before the jit
         bad = {"kernel": jnp.full((3, 2), jnp.nan)}
         fj.program_params(bad, jax.random.key(0))

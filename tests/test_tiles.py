@@ -231,7 +231,7 @@ def test_export_of_conv_channel_larger_than_a_tile_is_refused(tmp_path):
 
 
 def rng_weights(shape, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+    return jax.device_put(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
 
 
 def test_input_splits_program_each_tile_on_its_own():
