@@ -107,8 +107,7 @@ def as_matrix_stack(x: Any, name: str) -> jax.Array:
             f"{name} has an 'in' axis (last axis) of length 0, shape {tuple(x.shape)}: "
             "every output row needs at least one input."
         )
-    # device_put, not jnp.asarray: the same array, without a compiled copy per shape.
-    return jax.device_put(x) if isinstance(x, np.ndarray) else jnp.asarray(x)
+    return to_jax(x)
 
 
 def _is_real_numeric(dtype: Any) -> bool:
@@ -215,7 +214,17 @@ def as_array(x: Any, name: str) -> jax.Array:
     value = np.asarray(x)
     if value.dtype.kind in "biuf":
         check_representable(value, name)
-    return jnp.asarray(value)
+    return to_jax(value)
+
+
+def to_jax(x: np.ndarray | jax.Array) -> jax.Array:
+    """``x`` as a JAX array; a NumPy array is put on the default device.
+
+    ``jax.device_put``, not ``jnp.asarray``: the same array (dtype
+    canonicalised alike), but ``jnp.asarray`` of a NumPy array compiles a
+    copy for every new shape.
+    """
+    return jax.device_put(x) if isinstance(x, np.ndarray) else jnp.asarray(x)
 
 
 # --------------------------------------------------------------------------

@@ -214,7 +214,7 @@ def _check_data(eval_data: Any) -> tuple[jax.Array, jax.Array]:
         raise ValueError("eval_data is empty.")
     if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
         raise ValueError("eval_data inputs contain NaN or Inf.")
-    return jnp.asarray(x), jnp.asarray(y, jnp.int32)
+    return _validation.to_jax(x), _validation.to_jax(y.astype(np.int32))
 
 
 # --- the model -----------------------------------------------------------------------------

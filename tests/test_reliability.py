@@ -394,6 +394,22 @@ def test_x64_off_in_range_64_bit_values_are_accepted():
     assert float(gi[0, 0]) == 40.0
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.int64, np.uint8, np.bool_])
+def test_numpy_inputs_become_the_arrays_jnp_asarray_makes_without_a_compile(dtype):
+    from compile_count import counting_compiles
+
+    from fusion_jax._validation import to_jax
+
+    # a shape no other test uses: the run shares compiled programs between tests
+    value = (np.arange(-6, 15, dtype=np.float64).reshape(1, 3, 1, 7, 1) / 4).astype(dtype)
+    with counting_compiles() as compiles:
+        got = to_jax(value)
+    assert compiles() == 0  # jnp.asarray compiles a copy for a new shape
+    expected = jnp.asarray(value)
+    assert got.dtype == expected.dtype and got.weak_type == expected.weak_type
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_x64_on_1e300_round_trips(x64):
     w = np.array([[1e300, -2e299, 3.0], [1e-300, 5e-301, 0.0]])
     np.testing.assert_allclose(np.asarray(fj.program(w, noise=None)), w, rtol=1e-12)
