@@ -182,7 +182,7 @@ class _Settings:
     def check(self) -> None:
         tiles.check_max_size(self.max_input_size, "max_input_size")
         tiles.check_max_size(self.max_output_size, "max_output_size")
-        _validation.check_g_max(self.g_max)
+        _validation.check_g_max(self.g_max, where=type(self).__qualname__)
         _check_gradient_mode(self.gradient, type(self).__qualname__)
         resolve_noise(self.noise)
 

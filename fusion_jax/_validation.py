@@ -34,35 +34,46 @@ def concrete_value(x: Any) -> np.ndarray | None:
         return None
 
 
-def check_g_max(g_max: Any, *, name_values: bool = False) -> None:
+def check_g_max(
+    g_max: Any, *, where: str | None = None, name: str = "g_max", name_values: bool = False
+) -> None:
     """Check that every value of ``g_max`` lies in [10, 40] uS: the one g_max check.
 
     Args:
         g_max: One value or an array of values; concrete or traced.
-        name_values: Append the offending values to the reference's message
-            (for grids of many values).
+        where: The layer or function whose setting it is: the message starts
+            with it and names the value given. Without ``where``,
+            ``name_values`` or another ``name`` the message is the
+            reference's, word for word.
+        name: The argument's name (``train_g_max`` ...).
+        name_values: Name the offending values (for grids of many values).
 
     Raises:
-        ArgumentError: for concrete values outside the range, with the
-            reference's message.
+        ArgumentError: for concrete values outside the range.
     """
+    prefix = f"{where}: " if where else ""
     value = concrete_value(g_max)
     if value is None:
         g = jnp.asarray(g_max)
         checkify.debug_check(
             jnp.all((g >= G_MAX_MIN) & (g <= G_MAX_MAX)),
-            G_MAX_MESSAGE + " Got {g_max}.",
+            prefix + G_MAX_MESSAGE + f" Got {name}={{g_max}}.",
             g_max=g,
         )
         return
     if not _is_real_numeric(value.dtype):
-        raise ArgumentError(f"{G_MAX_MESSAGE} Got a non-numeric g_max of dtype {value.dtype}.")
-    inside = (value >= G_MAX_MIN) & (value <= G_MAX_MAX)
-    if value.size == 0 or not np.all(inside):
-        bad = np.atleast_1d(value)[~np.atleast_1d(inside)].tolist()
         raise ArgumentError(
-            f"{G_MAX_MESSAGE} Got g_max values {bad}." if name_values else G_MAX_MESSAGE
+            f"{prefix}{G_MAX_MESSAGE} Got a non-numeric {name} of dtype {value.dtype}."
         )
+    inside = (value >= G_MAX_MIN) & (value <= G_MAX_MAX)
+    if value.size and np.all(inside):
+        return
+    if where is None and name == "g_max" and not name_values:
+        raise ArgumentError(G_MAX_MESSAGE)
+    if value.ndim == 0:
+        raise ArgumentError(f"{prefix}{G_MAX_MESSAGE} Got {name}={value.item()!r}.")
+    bad = value[~inside].tolist()
+    raise ArgumentError(f"{prefix}{G_MAX_MESSAGE} Got {name} values {bad}.")
 
 
 def compute_dtype(dtype: Any) -> jnp.dtype:

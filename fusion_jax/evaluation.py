@@ -178,9 +178,11 @@ def _grid_axis(values: Any, name: str) -> np.ndarray:
     return arr
 
 
-def _check_grid(g_max: Any, seeds: Any, t_inference: Any) -> tuple[np.ndarray, ...]:
+def _check_grid(
+    g_max: Any, seeds: Any, t_inference: Any, where: str = "sweep"
+) -> tuple[np.ndarray, ...]:
     g = _grid_axis(g_max, "g_max")
-    _validation.check_g_max(g, name_values=True)
+    _validation.check_g_max(g, where=where, name_values=True)
     if isinstance(seeds, int | np.integer) and not isinstance(seeds, bool):
         if not 1 <= seeds <= _validation.SEED_LIMIT:
             raise ValueError(

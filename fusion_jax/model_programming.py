@@ -795,7 +795,7 @@ def program_params(
                 f"g_max must be a scalar, got shape {np.shape(given['g_max'])}; to sweep several "
                 "values use jax.vmap over g_max."
             )
-        _validation.check_g_max(given["g_max"])
+        _validation.check_g_max(given["g_max"], where="program_params")
     if "noise" in given:
         given["noise"] = resolve_noise(given["noise"])
         if given["noise"] is not None:

@@ -149,7 +149,7 @@ class _FusionLayer(nnx.Module):
         noise_stream: bool = True,
         rngs: nnx.Rngs | nnx.RngStream | None,
     ) -> None:
-        _validation.check_g_max(g_max)
+        _validation.check_g_max(g_max, where=type(self).__name__)
         if not isinstance(noise_stream, bool):
             raise TypeError(
                 f"{type(self).__name__}: noise_stream must be True or False, got {noise_stream!r}."
@@ -370,7 +370,7 @@ class _FusionLayer(nnx.Module):
         if deterministic is not None:
             self.deterministic = deterministic
         if g_max is not None:
-            _validation.check_g_max(g_max)
+            _validation.check_g_max(g_max, where=type(self).__name__)
             self.g_max = self._view_setting(g_max, "g_max")
         if t_inference is not None:
             self.t_inference = self._view_setting(t_inference, "t_inference")

@@ -729,8 +729,8 @@ def hardware_aware_experiment(
     if not seed_list:
         raise ValueError("seeds is empty: the experiment needs at least one seed.")
     _validation.check_seeds(seed_list)
-    g, seed_values, t = _check_grid(g_max, seed_list, t_inference)
-    _validation.check_g_max(train_g_max)
+    g, seed_values, t = _check_grid(g_max, seed_list, t_inference, "hardware_aware_experiment")
+    _validation.check_g_max(train_g_max, where="hardware_aware_experiment", name="train_g_max")
     _validation.check_t_inference(train_t_inference, "train_t_inference")
     data = load_digits_split(0) if data is None else data
     data = data.as_images() if model == "cnn" else data.flat()

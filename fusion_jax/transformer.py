@@ -329,7 +329,8 @@ class Recipe:
         if self.draw not in ("uniform", "choice"):
             raise ValueError(f"Recipe {self.name!r}: draw must be 'uniform' or 'choice'.")
         if self.g_max:
-            _validation.check_g_max(np.asarray(self.g_max, dtype=np.float64))
+            g_max = np.asarray(self.g_max, dtype=np.float64)
+            _validation.check_g_max(g_max, where=f"Recipe {self.name!r}", name_values=True)
         if not 0.0 <= float(self.warmup) < 1.0:
             raise ValueError(f"Recipe {self.name!r}: warmup must lie in [0, 1), got {self.warmup}.")
 
@@ -801,7 +802,7 @@ def transformer_experiment(
     if not seed_list:
         raise ValueError("seeds is empty: the experiment needs at least one seed.")
     g = np.atleast_1d(np.asarray(g_max, dtype=np.float64))
-    _validation.check_g_max(g)
+    _validation.check_g_max(g, where="transformer_experiment", name_values=True)
     data = histogram_task() if data is None else data
     kwargs = dict(model_kwargs or {})
     vocab = int(max(data.x_train.max(), data.x_test.max())) + 1

@@ -188,10 +188,9 @@ def test_g_max_accepts_python_numpy_and_jax_scalars(g_max):
 
 @pytest.mark.parametrize("g_max", [9.99, 40.01, 0, -10, 100, np.float32(5.0), jnp.array(45.0)])
 def test_g_max_out_of_range_raises_reference_message(g_max):
-    with pytest.raises(
-        fj.ArgumentError, match="Specified fusion g_max value must be between 10 and 40."
-    ):
+    with pytest.raises(fj.ArgumentError) as err:
         fj.convert_to_conductances(jnp.ones((2, 2)), g_max=g_max)
+    assert str(err.value) == "Specified fusion g_max value must be between 10 and 40."
     assert issubclass(fj.ArgumentError, ValueError)
 
 
@@ -206,7 +205,7 @@ def test_traced_g_max_out_of_range_is_reported_by_checkify_and_never_clamped():
 
     checked = checkify.checkify(jax.jit(f))
     err, g = checked(50.0)
-    with pytest.raises(checkify.JaxRuntimeError, match="between 10 and 40"):
+    with pytest.raises(checkify.JaxRuntimeError, match=r"between 10 and 40\. Got g_max=50\.0"):
         err.throw()
     np.testing.assert_allclose(g, [[50.0, 25.0]])  # computed as asked, not clamped
     err, _ = checked(20.0)

@@ -128,7 +128,7 @@ def test_conv_degenerate_output_channel_is_the_row_the_reference_zeroes():
 
 def test_bad_settings_are_refused():
     _, variables = dense_and_vars()
-    with pytest.raises(fj.ArgumentError):
+    with pytest.raises(fj.ArgumentError, match=r"^FusionDense: .* Got g_max=5\.0\.\n"):
         flinen.FusionDense(4, noise=NOISE, g_max=5.0).apply(variables, X, rng=K1)
     with pytest.raises(ValueError, match="FusionDense: gradient"):  # names the layer
         flinen.FusionDense(4, noise=NOISE, gradient="nope").apply(variables, X, rng=K1)

@@ -203,7 +203,7 @@ def test_masked_conv_programs_the_masked_kernel():
 
 
 def test_bad_settings_are_refused():
-    with pytest.raises(fj.ArgumentError):
+    with pytest.raises(fj.ArgumentError, match=r"^FusionLinear: .* 10 and 40\. Got g_max=50\.0\.$"):
         linear(g_max=50.0)
     with pytest.raises(ValueError, match="FusionLinear: gradient"):  # names the layer
         linear(gradient="straight")
@@ -392,7 +392,7 @@ def test_traced_g_max_sweeps_under_vmap():
     np.testing.assert_allclose(nnx_swept, swept, rtol=1e-5, atol=1e-5)
     with pytest.raises(fj.ArgumentError):
         fusion_cnn(noise=det, g_max=45.0)
-    with pytest.raises(fj.ArgumentError):
+    with pytest.raises(fj.ArgumentError, match=r"^FusionConv: .* Got g_max=5\.0\.$"):
         nnx.view(model, g_max=5.0)
 
 

@@ -563,7 +563,7 @@ def test_sample_rejects_bad_arguments():
         PCMLikeNoise().sample(jnp.array([1.0, jnp.nan]), key, g_max=40.0, t_inference=0.0)
     with pytest.raises(ValueError, match="t_inference"):
         model.sample(jnp.array([1.0]), key, g_max=40.0, t_inference=-1.0)
-    with pytest.raises(fj.ArgumentError):
+    with pytest.raises(fj.ArgumentError, match=r"^PCMLikeNoise.sample: .* Got g_max=50\.0\.$"):
         PCMLikeNoise().sample(jnp.array([1.0]), key, g_max=50.0, t_inference=0.0)
     with pytest.raises(ValueError, match="spread_scale"):
         FusionChipNoise.lenet5_readback(spread_scale=-1.0).sample(

@@ -170,7 +170,7 @@ def test_bad_leaf_and_empty_selection_are_reported():
         program_params({"bias": jnp.ones(3)}, KEY, noise=NOISE)
     with pytest.raises(ValueError, match=r"program_params \(kernel .*\) needs a PRNG key"):
         program_params(plain_dict(), None, noise=NOISE)
-    with pytest.raises(fj.ArgumentError):
+    with pytest.raises(fj.ArgumentError, match=r"^program_params: .* Got g_max=45\.0\.$"):
         program_params(plain_dict(), KEY, noise=NOISE, g_max=45.0)
 
 

@@ -344,5 +344,7 @@ def test_experiment_rejects_bad_arguments():
         hardware_aware_experiment(seeds=())
     with pytest.raises(ValueError, match="t_inference"):
         hardware_aware_experiment(t_inference=(-1.0,))
-    with pytest.raises(ArgumentError):
+    with pytest.raises(ArgumentError, match=r"^hardware_aware_experiment: .* train_g_max=50\.0"):
         hardware_aware_experiment(train_g_max=50.0)
+    with pytest.raises(ArgumentError, match=r"^hardware_aware_experiment: .* values \[9\.0\]"):
+        hardware_aware_experiment(g_max=(9.0, 40.0))

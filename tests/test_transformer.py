@@ -172,7 +172,9 @@ def test_recipes():
     assert Recipe.fixed(25.0).g_max == (25.0,) and Recipe.fixed(25.0).aware
     assert not Recipe.digital().aware
     assert Recipe.choice(10, 40).draw == "choice"
-    with pytest.raises(ArgumentError):
+    with pytest.raises(
+        ArgumentError, match=r"^Recipe 'g_max ~ U\[5, 40\]': .* Got g_max values \[5\.0\]"
+    ):
         Recipe.uniform(5.0, 40.0)
     with pytest.raises(ValueError, match="warmup"):
         Recipe.fixed(10.0, warmup=1.0)

@@ -91,7 +91,7 @@ def _check_sample_args(model: Any, key: Any, g_max: Any, t_inference: Any) -> No
     """The settings checks of ``sample`` (the fields are checked when the model is built)."""
     where = f"{type(model).__name__}.sample"
     _validation.check_key(key, where)
-    _validation.check_g_max(g_max)
+    _validation.check_g_max(g_max, where=where)
     _validation.check_t_inference(t_inference, where=where)
 
 

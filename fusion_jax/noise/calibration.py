@@ -251,7 +251,7 @@ def _prepare_fit(
     """Checked data, bins and starting point: ``(theta0, (ell, bins, stats), n_bins)``."""
     if not isinstance(n_fit_bins, int | np.integer) or n_fit_bins < 8:
         raise ValueError(f"n_fit_bins must be an integer >= 8, got {n_fit_bins!r}.")
-    _validation.check_g_max(g_max)
+    _validation.check_g_max(g_max, where="calibrate")
     for name, value in (("g_ref", g_ref), ("g_floor", g_floor)):
         if not (np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a finite number of uS > 0, got {value!r}.")
