@@ -235,8 +235,14 @@ def _nnx_apply(graphdef: Any) -> ApplyFn:
     return apply
 
 
-def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any, Any]:
-    """``(apply_fn, params, kernel layouts read from a module or None)``."""
+def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any, Any, Any]:
+    """``(apply_fn, params, kernel layouts read from a module or None, graphdef or None)``.
+
+    For an ``nnx.Module`` the graph definition comes back too: each point
+    programs the module itself (:func:`program_params` of the merged
+    module), so that its layers' own tile sizes and masks apply, as they do
+    when the module is programmed directly.
+    """
     try:
         from flax import nnx
     except ImportError:  # pragma: no cover - flax is a dependency
@@ -246,14 +252,14 @@ def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any, Any]:
             raise ValueError("pass params=None with an nnx.Module: its state is used.")
         layouts = kernel_layouts(model_or_apply_fn)
         graphdef, state = nnx.split(model_or_apply_fn)
-        return _nnx_apply(graphdef), state, layouts
+        return _nnx_apply(graphdef), state, layouts, graphdef
     if not callable(model_or_apply_fn):
         raise TypeError(
             "model_or_apply_fn must be an nnx.Module or a function apply_fn(params, x) -> logits."
         )
     if params is None:
         raise ValueError("params is required with an apply function.")
-    return model_or_apply_fn, params, getattr(model_or_apply_fn, "kernel_layouts", None)
+    return model_or_apply_fn, params, getattr(model_or_apply_fn, "kernel_layouts", None), None
 
 
 # --- the compiled evaluator ----------------------------------------------------------------
@@ -269,8 +275,15 @@ def _evaluator(
     layouts: Any = None,
     tile_sizes: tuple[tuple[str, int], ...] = (),
     stacked: bool = False,
+    graphdef: Any = None,
 ) -> Callable[..., tuple[jax.Array, jax.Array]]:
-    """The jitted chunk evaluator (cached so that repeated sweeps compile once)."""
+    """The jitted chunk evaluator (cached so that repeated sweeps compile once).
+
+    With the ``graphdef`` of an NNX module, each point programs the module
+    merged from it (its layers' tile sizes and masks), and evaluates its state.
+    """
+    from flax import nnx
+
     layout_map = dict(layouts) if isinstance(layouts, tuple) else layouts
 
     def one_point(params, xb, yb, mask, noise, g_max, seed, t, model):
@@ -278,7 +291,7 @@ def _evaluator(
         if stacked:  # one parameter set per seed: this point's model
             params = jax.tree.map(lambda leaf: leaf[model], params)
         programmed = program_params(
-            params,
+            params if graphdef is None else nnx.merge(graphdef, params),
             key,
             g_max=g_max,
             noise=noise,
@@ -288,6 +301,8 @@ def _evaluator(
             layouts=layout_map,
             **dict(tile_sizes),
         )
+        if graphdef is not None:
+            programmed = nnx.state(programmed)
 
         def batch_metrics(carry, batch):
             # The programmed parameters travel in the carry rather than by closure:
@@ -395,9 +410,12 @@ def sweep(
     caller (on process 0: :func:`fusion_jax.distributed.is_main_process`).
 
     Args:
-        model_or_apply_fn: An ``nnx.Module`` (evaluated in eval mode; pass
-            ``params=None``) or a pure ``apply_fn(params, x) -> logits``, for
-            example ``lambda p, x: linen_model.apply({"params": p}, x)``.
+        model_or_apply_fn: An ``nnx.Module`` (programmed as
+            :func:`program_params` programs the module: each Fusion layer's
+            tile sizes, a masked convolution's kernel times its mask;
+            evaluated in eval mode; pass ``params=None``) or a pure
+            ``apply_fn(params, x) -> logits``, for example
+            ``lambda p, x: linen_model.apply({"params": p}, x)``.
         params: The parameter pytree for ``apply_fn`` (``None`` for a module).
         eval_data: ``(inputs, labels)``, labels integer class indices, one
             per example ``[n]`` or several ``[n, ...]`` (for example one per
@@ -455,7 +473,7 @@ def sweep(
     """
     g_values, seed_values, t_values = _check_grid(g_max, seeds, t_inference)
     x, y = _check_data(eval_data)
-    apply_fn, params, found_layouts = _as_apply(model_or_apply_fn, params)
+    apply_fn, params, found_layouts, graphdef = _as_apply(model_or_apply_fn, params)
     frozen_layouts = freeze_layouts(found_layouts if layouts is None else layouts)
     if stacked:
         sizes = {
@@ -518,6 +536,7 @@ def sweep(
         frozen_layouts,
         tile_sizes,
         bool(stacked),
+        graphdef,
     )
 
     replicated = (params, xb, yb, mask, model)
