@@ -660,7 +660,10 @@ def program_params(
       evaluation mode (``deterministic``): calling the copy uses the kernels
       as programmed and never programs them again, whatever the input's
       mode (layers ``where`` left out, and others such as dropout, keep
-      theirs). The axes of every ``nnx.Linear``, ``Conv``,
+      theirs). Only the programmed kernels are the copy's own variables:
+      the others are the input's, so running the copy in training mode
+      updates the model's BatchNorm statistics and advances its dropout
+      RNG, as a training step through the copy needs. The axes of every ``nnx.Linear``, ``Conv``,
       ``LinearGeneral`` and ``Einsum`` kernel (and of their Fusion
       counterparts) are known from the layer, including stacked layers
       made by ``nnx.vmap``/``nnx.scan`` (leading layer axes) and attention
@@ -811,7 +814,20 @@ def program_params(
         programmed, done = _program_tree(
             state, key, given, where, layouts, specs.axes, specs.settings, specs.masks
         )
-        chip = nnx.merge(graphdef, programmed)
+        # Only the programmed kernels are new variables; every other one is the
+        # input's own, so that what the copy updates when it runs in training
+        # mode (BatchNorm statistics, dropout's RNG count) is the model's, as a
+        # training step that programs the model and runs the copy needs.
+        new = dict(nnx.to_flat_state(programmed))
+        chip = nnx.merge(
+            graphdef,
+            nnx.from_flat_state(
+                [
+                    (path, new[path] if path in done else var)
+                    for path, var in nnx.to_flat_state(state)
+                ]
+            ),
+        )
         # The copy is the chip: its Fusion layers whose kernel was programmed use it
         # as programmed (deterministic), also where the input was in training mode.
         from fusion_jax.nnx import _FusionLayer

@@ -358,6 +358,49 @@ def test_a_training_step_through_the_programmed_copy():
     )
 
 
+def test_the_programmed_copy_updates_the_models_batch_statistics_and_dropout_stream():
+    """Running the copy in training mode updates the model's own non-kernel state."""
+    import optax
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.l1 = nnx.Linear(4, 3, rngs=rngs)
+            self.bn = nnx.BatchNorm(3, rngs=rngs)
+            self.drop = nnx.Dropout(0.5, rngs=rngs)
+            self.l2 = nnx.Linear(3, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(self.drop(self.bn(self.l1(x))))
+
+    model = Net(nnx.Rngs(0))
+    chip = program_params(model, KEY, noise=NOISE)
+    assert chip.bn.mean is model.bn.mean and chip.drop.rngs.count is model.drop.rngs.count
+    assert chip.l1.kernel is not model.l1.kernel  # the programmed kernels are the copy's own
+    kernel = np.asarray(model.l1.kernel[...])
+
+    x = jnp.linspace(-1.0, 1.0, 8).reshape(2, 4)
+    y = jnp.array([0, 1])
+    optimizer = nnx.Optimizer(model, optax.sgd(0.0), wrt=nnx.Param)  # parameters stay put
+
+    @nnx.jit
+    def step(model, optimizer, key):
+        def loss_fn(model):
+            logits = program_params(model, key, noise=NOISE)(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    means = []
+    for i in range(2):
+        step(model, optimizer, jax.random.key(i))
+        means.append(np.asarray(model.bn.mean[...]))
+    assert int(model.drop.rngs.count[...]) == 2  # a new dropout mask each step
+    assert not np.allclose(means[0], 0.0) and not np.allclose(means[1], means[0])
+    np.testing.assert_array_equal(model.l1.kernel[...], kernel)  # the input is not programmed
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class _PickyNoise:
