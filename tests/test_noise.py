@@ -536,11 +536,19 @@ def test_read_noise_switch_and_scale_zero_literal_or_traced_agree():
         np.testing.assert_allclose(traced(0.0), base, rtol=1e-6, atol=1e-6)  # a literal 0
         dev = np.asarray(batched) - base
         assert np.std(dev[2]) > 2.5 * np.std(dev[1]) > 0
-    with pytest.raises(
-        ValueError, match="read_noise_scale=0.5 has no effect while read_noise=False"
+    # A scale the switch would ignore is refused where the model is built (so every entry
+    # point agrees); the class's default scale, or 0, turns the term off with the switch.
+    for build in (
+        lambda: FusionChipNoise.lenet5_readback(read_noise_scale=0.5),
+        lambda: PCMLikeNoise(read_noise=False, read_noise_scale=0.5),
+        lambda: dataclasses.replace(pcm, read_noise_scale=0.5),
     ):
-        chip_off = FusionChipNoise.lenet5_readback(read_noise_scale=0.5)
-        chip_off.sample(g, key, g_max=40.0, t_inference=1e5)
+        with pytest.raises(ValueError, match="read_noise_scale=0.5 has no effect while read_no"):
+            build()
+    np.testing.assert_array_equal(
+        PCMLikeNoise(read_noise=False).sample(g, key, g_max=40.0, t_inference=1e5),
+        pcm.sample(g, key, g_max=40.0, t_inference=1e5),
+    )
     # chip: switching read noise on keeps the latent and stuck draws, so every 0 stays 0
     # (read noise multiplies the conductance). At 0.5 uS about 60% of the devices read 0;
     # with other latent draws about 40% of these zeros would not be zeros.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -51,17 +52,26 @@ def _normal_from_code(code: jax.Array, n_bits: int, dtype: Any) -> jax.Array:
     return (_SQRT2 * jax.lax.erf_inv(odd.astype(compute) * 2.0**-n_bits)).astype(dtype)
 
 
-def _read_noise_on(model: Any) -> bool:
-    """The model's ``read_noise`` switch, refusing a concrete non-zero scale that it turns off."""
+def _check_read_noise_switch(model: Any) -> None:
+    """Refuse a ``read_noise_scale`` set away from its default while ``read_noise`` is off.
+
+    Checked where the model is built, so that every entry point agrees: the
+    switch off skips the term, so a non-zero scale other than the class's
+    default would be silently ignored. The default scale (and 0) pass:
+    ``PCMLikeNoise(read_noise=False)`` turns read noise off. Traced scales
+    and pytree placeholders are not checked.
+    """
     if model.read_noise:
-        return True
+        return
     scale = _validation.concrete_value(model.read_noise_scale)
-    if scale is not None and np.any(scale != 0):
+    if scale is None or scale.dtype.kind not in "biuf":
+        return
+    default = next(f.default for f in dataclasses.fields(model) if f.name == "read_noise_scale")
+    if np.any((scale != default) & (scale != 0)):
         raise ValueError(
             f"{type(model).__name__}: read_noise_scale={np.asarray(scale).tolist()} has no "
             "effect while read_noise=False; pass read_noise=True to add read noise."
         )
-    return False
 
 
 def _pcm_draws(

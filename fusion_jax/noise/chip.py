@@ -18,7 +18,7 @@ from fusion_jax.noise._common import (
     _compute_dtype,
     _drift_exponent,
 )
-from fusion_jax.noise._draws import _chip_draws, _read_noise_on
+from fusion_jax.noise._draws import _check_read_noise_switch, _chip_draws
 
 # --------------------------------------------------------------------------
 # FusionChipNoise
@@ -183,6 +183,7 @@ class FusionChipNoise:
             positive=("shift", "t0", "t_read", "g_ref", "g_floor"),
             probability=("stuck_probability",),
         )
+        _check_read_noise_switch(self)
 
     @classmethod
     def lenet5_readback(cls, **overrides: Any) -> FusionChipNoise:
@@ -306,7 +307,7 @@ class FusionChipNoise:
         out_dtype = g.dtype
         dtype = _compute_dtype(out_dtype)
         g = g.astype(dtype)
-        with_read = _read_noise_on(self)
+        with_read = self.read_noise
         xi, xi_drift, stuck, xi_read = _chip_draws(
             key, g.shape, dtype, self.stuck_probability, with_read=with_read
         )

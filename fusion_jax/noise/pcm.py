@@ -18,7 +18,7 @@ from fusion_jax.noise._common import (
     _compute_dtype,
     _drift_exponent,
 )
-from fusion_jax.noise._draws import _pcm_draws, _read_noise_on
+from fusion_jax.noise._draws import _check_read_noise_switch, _pcm_draws
 
 # --------------------------------------------------------------------------
 # PCMLikeNoise
@@ -71,8 +71,9 @@ class PCMLikeNoise:
         c2: Programming-noise coefficient (quadratic).
         read_noise: Whether to compute the read-noise term: a static switch
             (part of the tree structure, fixed under ``jax.jit``). ``False``
-            skips the term and its draw; with a concrete non-zero
-            ``read_noise_scale`` that is refused rather than ignored.
+            skips the term and its draw; a non-zero ``read_noise_scale``
+            other than the default is then refused when the model is built,
+            rather than ignored (``PCMLikeNoise(read_noise=False)`` is fine).
 
     References:
         S. R. Nandakumar et al., "Phase-change memory models for deep
@@ -110,6 +111,7 @@ class PCMLikeNoise:
             non_negative=("prog_noise_scale", "read_noise_scale", "drift_scale"),
             positive=("t0", "t_read"),
         )
+        _check_read_noise_switch(self)
 
     def sample(
         self,
@@ -159,7 +161,7 @@ class PCMLikeNoise:
         g = g.astype(dtype)
         g_max = jnp.asarray(g_max, dtype)
         t = jnp.asarray(t_inference, dtype) + self.t0
-        with_read = _read_noise_on(self)
+        with_read = self.read_noise
         xi_prog, xi_drift, xi_read = _pcm_draws(key, g.shape, dtype, with_read=with_read)
 
         rel = g / g_max
