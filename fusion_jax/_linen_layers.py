@@ -179,12 +179,14 @@ class _Settings:
     max_input_size: int = tiles.DEFAULT_MAX_INPUT_SIZE
     max_output_size: int = tiles.DEFAULT_MAX_OUTPUT_SIZE
 
-    def check(self) -> None:
+    def check(self, where: str) -> None:
+        """Check every setting; errors start with ``where`` (the layer or function given them)."""
         tiles.check_max_size(self.max_input_size, "max_input_size")
         tiles.check_max_size(self.max_output_size, "max_output_size")
-        _validation.check_g_max(self.g_max, where=type(self).__qualname__)
-        _check_gradient_mode(self.gradient, type(self).__qualname__)
+        _validation.check_g_max(self.g_max, where=where)
+        _check_gradient_mode(self.gradient, where)
         resolve_noise(self.noise)
+        _validation.check_t_inference(self.t_inference, where=where)
 
 
 def _dot_general_axes(ndim: int, dimension_numbers: Any) -> KernelAxes:
@@ -260,7 +262,7 @@ def _run_programmed(
     parameters with the kernel replaced by its programmed copy (a ``mask``,
     if any, applied before programming).
     """
-    settings.check()
+    settings.check(type(module).__qualname__)
     params = dict(nn.meta.unbox(module.variables["params"]))
     kernel = params["kernel"]
     mask = getattr(module, "mask", None)
@@ -377,7 +379,7 @@ class FusionDotGeneral(nn.Module):
                 max_input_size=self.max_input_size,
                 max_output_size=self.max_output_size,
             )
-            settings.check()
+            settings.check(type(self).__qualname__)
             axes = _dot_general_axes(rhs.ndim, dimension_numbers)
             rhs = _programmed(self, rhs, axes, settings, None)
         return jax.lax.dot_general(
@@ -684,7 +686,7 @@ def fusion_interceptor(
         max_input_size=max_input_size,
         max_output_size=max_output_size,
     )
-    settings.check()
+    settings.check("fusion_interceptor")
 
     def intercept(next_fun: Callable[..., Any], args: Any, kwargs: Any, context: Any) -> Any:
         module = context.module
@@ -848,5 +850,5 @@ def fusionize(
         rng_collection,
         max_input_size=max_input_size,
         max_output_size=max_output_size,
-    ).check()
+    ).check("fusionize")
     return Fusionized(model, settings)

@@ -209,7 +209,7 @@ def _checked_kernel_call(
     kernel = _validation.as_array(kernel, "kernel")
     axes = layout._as_axes(axes, kernel.ndim)
     axes.check(kernel.shape)
-    model = _checked_settings(noise, key, gradient, "program_kernel", t_inference)
+    model = _checked_settings(noise, key, gradient, "program_kernel", t_inference, g_max)
     if kernel.size == 0:
         raise ValueError(
             f"kernel is empty (shape {tuple(kernel.shape)}): a kernel [..., in, out] needs at "

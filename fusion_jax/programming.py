@@ -180,7 +180,7 @@ def program(
         >>> w_chip.shape
         (2, 3)
     """
-    model = _checked_settings(noise, key, gradient, "program", t_inference)
+    model = _checked_settings(noise, key, gradient, "program", t_inference, g_max)
     w = _prepare_weights(weights)
     sizes = tiles._input_sizes(w.shape[-1], max_input_size, max_output_size, 1, w.shape[-2])
     return _program_prepared(
@@ -196,15 +196,23 @@ def program(
 
 
 def _checked_settings(
-    noise: Any, key: PRNGKeyArray | None, gradient: str, caller: str, t_inference: Any = 0.0
+    noise: Any,
+    key: PRNGKeyArray | None,
+    gradient: str,
+    caller: str,
+    t_inference: Any = 0.0,
+    g_max: Any = None,
 ) -> NoiseModel | None:
     """The noise model ``noise`` stands for, after checking every setting.
 
-    ``gradient`` here; noise, key and ``t_inference`` by
+    ``gradient`` and ``g_max`` (errors naming ``caller`` and the value) here;
+    noise, key and ``t_inference`` by
     :func:`fusion_jax._validation.check_settings`, the one check all entry
     points share.
     """
     _check_gradient_mode(gradient)
+    if g_max is not None:
+        _validation.check_g_max(g_max, where=caller)
     model = resolve_noise(noise)
     _validation.check_settings(where=caller, noise=model, key=key, t_inference=t_inference)
     return model

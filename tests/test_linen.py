@@ -134,6 +134,15 @@ def test_bad_settings_are_refused():
         flinen.FusionDense(4, noise=NOISE, gradient="nope").apply(variables, X, rng=K1)
     with pytest.raises(ValueError, match="feature_group_count"):
         flinen.FusionConv(4, (3, 3), feature_group_count=3, noise=None).init(K0, XC)
+    # Whole-model settings are refused where they are given, naming the function.
+    with pytest.raises(ValueError, match=r"^fusionize: t_inference"):
+        flinen.fusionize(nn.Dense(4), t_inference=-1.0)
+    with pytest.raises(fj.ArgumentError, match=r"^fusion_interceptor: .* Got g_max=50\.0\.$"):
+        with flinen.fusion_interceptor(g_max=50.0):
+            pass
+    dot = flinen.FusionDotGeneral(gradient="nope", deterministic=False)
+    with pytest.raises(ValueError, match=r"^FusionDotGeneral: gradient"):
+        dot.apply({}, X, jnp.ones((3, 4)), (((1,), (0,)), ((), ())), rngs={"noise": K1})
 
 
 def test_default_noise_is_the_chip_model():

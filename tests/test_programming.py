@@ -162,5 +162,7 @@ def test_program_errors():
         fj.program(w, noise=None, gradient="straight")
     with pytest.raises(TypeError, match=r"\.sample method"):
         fj.program(w, jax.random.key(0), noise="pcm")
-    with pytest.raises(fj.ArgumentError, match="between 10 and 40"):
+    with pytest.raises(fj.ArgumentError, match=r"^program: .*between 10 and 40\. Got g_max=45\.0"):
         fj.program(w, noise=None, g_max=45.0)
+    with pytest.raises(fj.ArgumentError, match=r"^program_kernel: .* Got g_max=9\.0"):
+        fj.program_kernel(w, noise=None, g_max=9.0)
