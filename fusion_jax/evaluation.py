@@ -222,6 +222,22 @@ def _check_data(eval_data: Any) -> tuple[jax.Array, jax.Array]:
 # --- the model -----------------------------------------------------------------------------
 
 
+def _check_labels(y: jax.Array, apply_fn: ApplyFn, params: Any, x: jax.Array) -> None:
+    """Refuse labels that are not class indices of the model's logits (shapes only: no compile)."""
+    logits = jax.eval_shape(apply_fn, params, x[:1])
+    n_classes = int(logits.shape[-1]) if logits.ndim else 0
+    labels = np.asarray(y)
+    bad = (labels < 0) | (labels >= n_classes)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = f"example {first[0]}" + (f", position {first[1:]}" if len(first) > 1 else "")
+        raise ValueError(
+            f"eval_data labels must be class indices in [0, {n_classes}) (the model's logits "
+            f"have {n_classes} classes); {int(bad.sum())} outside it, the first, "
+            f"{int(labels[first])}, at {where}."
+        )
+
+
 @functools.cache
 def _nnx_apply(graphdef: Any) -> ApplyFn:
     """A pure ``apply(state, x)`` for an NNX graph definition (cached: compile once)."""
@@ -456,7 +472,8 @@ def sweep(
     Raises:
         ArgumentError: if a g_max value is outside [10, 40].
         ValueError: for an empty grid, negative times or seeds, evaluation
-            data whose inputs and labels disagree, or ``stacked`` parameters
+            data whose inputs and labels disagree, labels that are not class
+            indices of the model's logits, or ``stacked`` parameters
             whose leading axis is not the number of seeds; all before compiling.
 
     Example:
@@ -484,6 +501,7 @@ def sweep(
                 f"stacked=True needs every parameter with a leading axis of {seed_values.size} "
                 f"(one set per seed), got leading sizes {sorted(sizes, key=str)}."
             )
+    _check_labels(y, apply_fn, jax.tree.map(lambda leaf: leaf[0], params) if stacked else params, x)
     model = resolve_noise(noise)
     devices = tuple(jax.devices() if devices is None else devices)
     if not devices:

@@ -205,6 +205,10 @@ def test_bad_data_refused():
         fj.sweep(_apply, params, (x, jnp.int32(3)))  # no example axis
     with pytest.raises(ValueError, match="pair"):
         fj.sweep(_apply, params, x)
+    # Labels that are no class of the model's 3 logits: refused before compiling.
+    for label, where in ((3, "example 5"), (-1, "example 5")):
+        with pytest.raises(ValueError, match=rf"in \[0, 3\) .* the first, {label}, at {where}\."):
+            fj.sweep(_apply, params, (x, y.at[5].set(label)))
 
 
 _SHARDED_SCRIPT = textwrap.dedent(
