@@ -184,6 +184,7 @@ class _Settings:
         tiles.check_max_size(self.max_input_size, "max_input_size")
         tiles.check_max_size(self.max_output_size, "max_output_size")
         _validation.check_g_max(self.g_max, where=where)
+        _validation.check_flag(self.strict_aihwkit, "strict_aihwkit", where)
         _check_gradient_mode(self.gradient, where)
         resolve_noise(self.noise)
         _validation.check_t_inference(self.t_inference, where=where)
@@ -284,6 +285,7 @@ def _run_programmed(
 
 def _mode(module: nn.Module, deterministic: bool | None) -> bool:
     deterministic = module.deterministic if deterministic is None else deterministic
+    _validation.check_flag(deterministic, "deterministic", type(module).__name__, none=True)
     if deterministic is None:
         raise ValueError(
             f"{type(module).__name__} needs `deterministic`: set the attribute or pass it to "

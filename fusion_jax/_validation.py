@@ -228,6 +228,20 @@ def as_array(x: Any, name: str) -> jax.Array:
     return to_jax(value)
 
 
+def check_flag(value: Any, name: str, where: str, *, none: bool = False) -> None:
+    """Refuse a switch that is not ``True`` or ``False`` (``None`` too with ``none``).
+
+    A string such as ``"no"`` would otherwise count as ``True``.
+
+    Raises:
+        TypeError: naming ``where``, the setting and the value given.
+    """
+    if isinstance(value, bool | np.bool_) or (none and value is None):
+        return
+    allowed = "True, False or None" if none else "True or False"
+    raise TypeError(f"{where}: {name} must be {allowed}, got {value!r}.")
+
+
 def to_jax(x: np.ndarray | jax.Array) -> jax.Array:
     """``x`` as a JAX array; a NumPy array is put on the default device.
 

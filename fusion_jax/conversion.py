@@ -276,6 +276,7 @@ def convert_back_to_weights(
             "conductances must be one array; the class API "
             "FusionConductanceConverter.convert_back_to_weights takes the list [G]."
         )
+    _validation.check_flag(strict_aihwkit, "strict_aihwkit", "convert_back_to_weights")
     w = _prepare_weights(_original_weights(params), "original_weights")
     g = _validation.as_matrix_stack(conductances, "conductances")
     if g.shape != w.shape:

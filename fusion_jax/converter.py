@@ -45,6 +45,7 @@ class FusionConductanceConverter:
 
     def __init__(self, g_max: float = 40, strict_aihwkit: bool = False) -> None:
         _validation.check_g_max(g_max)
+        _validation.check_flag(strict_aihwkit, "strict_aihwkit", "FusionConductanceConverter")
         self.g_max = g_max
         self.strict_aihwkit = strict_aihwkit
 

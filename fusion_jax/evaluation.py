@@ -222,9 +222,17 @@ def _check_data(eval_data: Any) -> tuple[jax.Array, jax.Array]:
 # --- the model -----------------------------------------------------------------------------
 
 
-def _check_labels(y: jax.Array, apply_fn: ApplyFn, params: Any, x: jax.Array) -> None:
+def _check_labels(
+    y: jax.Array, apply_fn: ApplyFn, params: Any, x: jax.Array, stacked: bool
+) -> None:
     """Refuse labels that are not class indices of the model's logits (shapes only: no compile)."""
-    logits = jax.eval_shape(apply_fn, params, x[:1])
+
+    def first_logits(params: Any, x: jax.Array) -> jax.Array:
+        if stacked:  # one parameter set per seed: the first
+            params = jax.tree.map(lambda leaf: leaf[0], params)
+        return apply_fn(params, x[:1])
+
+    logits = jax.eval_shape(first_logits, params, x)
     n_classes = int(logits.shape[-1]) if logits.ndim else 0
     labels = np.asarray(y)
     bad = (labels < 0) | (labels >= n_classes)
@@ -489,6 +497,8 @@ def sweep(
         (2, 2, 2)
     """
     g_values, seed_values, t_values = _check_grid(g_max, seeds, t_inference)
+    for name, flag in (("strict_aihwkit", strict_aihwkit), ("stacked", stacked)):
+        _validation.check_flag(flag, name, "sweep")
     x, y = _check_data(eval_data)
     apply_fn, params, found_layouts, graphdef = _as_apply(model_or_apply_fn, params)
     frozen_layouts = freeze_layouts(found_layouts if layouts is None else layouts)
@@ -501,7 +511,7 @@ def sweep(
                 f"stacked=True needs every parameter with a leading axis of {seed_values.size} "
                 f"(one set per seed), got leading sizes {sorted(sizes, key=str)}."
             )
-    _check_labels(y, apply_fn, jax.tree.map(lambda leaf: leaf[0], params) if stacked else params, x)
+    _check_labels(y, apply_fn, params, x, stacked)
     model = resolve_noise(noise)
     devices = tuple(jax.devices() if devices is None else devices)
     if not devices:

@@ -67,6 +67,7 @@ __all__ = [
 
 def _check_settings(layer: nn.Module) -> None:
     _validation.check_g_max(layer.g_max, where=type(layer).__qualname__)
+    _validation.check_flag(layer.strict_aihwkit, "strict_aihwkit", type(layer).__qualname__)
     _check_gradient_mode(layer.gradient, type(layer).__qualname__)
     resolve_noise(layer.noise)
     _validation.check_t_inference(layer.t_inference, where=type(layer).__qualname__)

@@ -209,7 +209,9 @@ def _checked_kernel_call(
     kernel = _validation.as_array(kernel, "kernel")
     axes = layout._as_axes(axes, kernel.ndim)
     axes.check(kernel.shape)
-    model = _checked_settings(noise, key, gradient, "program_kernel", t_inference, g_max)
+    model = _checked_settings(
+        noise, key, gradient, "program_kernel", t_inference, g_max, strict_aihwkit
+    )
     if kernel.size == 0:
         raise ValueError(
             f"kernel is empty (shape {tuple(kernel.shape)}): a kernel [..., in, out] needs at "
@@ -792,6 +794,8 @@ def program_params(
             tiles.check_max_size(given[name], name)
     if "gradient" in given:
         _check_gradient_mode(given["gradient"])
+    if "strict_aihwkit" in given:
+        _validation.check_flag(given["strict_aihwkit"], "strict_aihwkit", "program_params")
     if "g_max" in given:
         if np.ndim(given["g_max"]) != 0:
             raise ArgumentError(

@@ -150,10 +150,9 @@ class _FusionLayer(nnx.Module):
         rngs: nnx.Rngs | nnx.RngStream | None,
     ) -> None:
         _validation.check_g_max(g_max, where=type(self).__name__)
-        if not isinstance(noise_stream, bool):
-            raise TypeError(
-                f"{type(self).__name__}: noise_stream must be True or False, got {noise_stream!r}."
-            )
+        for name, flag in (("noise_stream", noise_stream), ("strict_aihwkit", strict_aihwkit)):
+            _validation.check_flag(flag, name, type(self).__name__)
+        _validation.check_flag(deterministic, "deterministic", type(self).__name__, none=True)
         _check_gradient_mode(gradient, type(self).__name__)
         model = resolve_noise(noise)
         _validation.check_t_inference(t_inference, where=type(self).__name__)
@@ -368,6 +367,7 @@ class _FusionLayer(nnx.Module):
             (20.0, 40.0)
         """
         if deterministic is not None:
+            _validation.check_flag(deterministic, "deterministic", type(self).__name__)
             self.deterministic = deterministic
         if g_max is not None:
             _validation.check_g_max(g_max, where=type(self).__name__)

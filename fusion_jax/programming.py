@@ -180,7 +180,7 @@ def program(
         >>> w_chip.shape
         (2, 3)
     """
-    model = _checked_settings(noise, key, gradient, "program", t_inference, g_max)
+    model = _checked_settings(noise, key, gradient, "program", t_inference, g_max, strict_aihwkit)
     w = _prepare_weights(weights)
     sizes = tiles._input_sizes(w.shape[-1], max_input_size, max_output_size, 1, w.shape[-2])
     return _program_prepared(
@@ -202,6 +202,7 @@ def _checked_settings(
     caller: str,
     t_inference: Any = 0.0,
     g_max: Any = None,
+    strict_aihwkit: Any = False,
 ) -> NoiseModel | None:
     """The noise model ``noise`` stands for, after checking every setting.
 
@@ -211,6 +212,7 @@ def _checked_settings(
     points share.
     """
     _check_gradient_mode(gradient)
+    _validation.check_flag(strict_aihwkit, "strict_aihwkit", caller)
     if g_max is not None:
         _validation.check_g_max(g_max, where=caller)
     model = resolve_noise(noise)

@@ -112,6 +112,40 @@ def test_a_legacy_raw_key_still_works():
 @pytest.mark.parametrize(
     "entry", ["program", "program_kernel", "program_params", "FusionLinear", "FusionDense", "sweep"]
 )
+@pytest.mark.parametrize("value", ["no", 1])
+def test_a_switch_that_is_not_a_bool_is_named(entry, value):
+    # A string such as "no" would count as True: strict_aihwkit would zero degenerate rows.
+    with pytest.raises(TypeError, match=rf"^{entry}: strict_aihwkit must be True or False, got"):
+        ENTRY[entry](key=KEY, strict_aihwkit=value)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: PCMLikeNoise(read_noise="yes"), "PCMLikeNoise: read_noise must be True or False"),
+        (
+            lambda: fj.nnx.FusionLinear(3, 2, deterministic="no", rngs=nnx.Rngs(0)),
+            "FusionLinear: deterministic must be True, False or None, got 'no'",
+        ),
+        (
+            lambda: nnx.view(fj.nnx.FusionLinear(3, 2, rngs=nnx.Rngs(0)), deterministic="no"),
+            "FusionLinear: deterministic must be True or False, got 'no'",
+        ),
+        (
+            lambda: fj.FusionConductanceConverter(strict_aihwkit="no"),
+            "FusionConductanceConverter: strict_aihwkit",
+        ),
+        (lambda: fj.sweep(_apply_fn, {"kernel": KERNEL}, None, stacked=1), "sweep: stacked"),
+    ],
+)
+def test_other_switches_that_are_not_bools_are_named(build, message):
+    with pytest.raises(TypeError, match=message):
+        build()
+
+
+@pytest.mark.parametrize(
+    "entry", ["program", "program_kernel", "program_params", "FusionLinear", "FusionDense", "sweep"]
+)
 @pytest.mark.parametrize("cls", [PCMLikeNoise, FusionChipNoise])
 def test_a_noise_class_instead_of_an_instance_is_named(entry, cls):
     with pytest.raises(TypeError, match=rf"got the class {cls.__name__} itself"):

@@ -61,6 +61,7 @@ def _check_read_noise_switch(model: Any) -> None:
     ``PCMLikeNoise(read_noise=False)`` turns read noise off. Traced scales
     and pytree placeholders are not checked.
     """
+    _validation.check_flag(model.read_noise, "read_noise", type(model).__name__)
     if model.read_noise:
         return
     scale = _validation.concrete_value(model.read_noise_scale)
