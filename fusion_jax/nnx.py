@@ -373,6 +373,7 @@ class _FusionLayer(nnx.Module):
             _validation.check_g_max(g_max, where=type(self).__name__)
             self.g_max = self._view_setting(g_max, "g_max")
         if t_inference is not None:
+            _validation.check_t_inference(t_inference, where=type(self).__name__)
             self.t_inference = self._view_setting(t_inference, "t_inference")
 
     def _view_setting(self, value: Any, name: str) -> Any:

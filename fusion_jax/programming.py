@@ -182,6 +182,11 @@ def program(
     """
     model = _checked_settings(noise, key, gradient, "program", t_inference, g_max, strict_aihwkit)
     w = _prepare_weights(weights)
+    if w.size == 0:
+        raise ValueError(
+            f"program: weights is empty (shape {tuple(w.shape)}): weights [..., out, in] need "
+            "at least one output row to program."
+        )
     sizes = tiles._input_sizes(w.shape[-1], max_input_size, max_output_size, 1, w.shape[-2])
     return _program_prepared(
         w,

@@ -143,6 +143,16 @@ def test_other_switches_that_are_not_bools_are_named(build, message):
         build()
 
 
+def test_a_view_checks_t_inference_and_program_names_empty_weights():
+    layer = fj.nnx.FusionLinear(3, 2, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"^FusionLinear: t_inference must be a real number"):
+        nnx.view(layer, t_inference="x")
+    with pytest.raises(ValueError, match=r"^FusionLinear: t_inference must be a finite number"):
+        nnx.view(layer, t_inference=-1.0)
+    with pytest.raises(ValueError, match=r"^program: weights is empty \(shape \(0, 3\)\)"):
+        fj.program(jnp.zeros((0, 3)), KEY)
+
+
 @pytest.mark.parametrize(
     "entry", ["program", "program_kernel", "program_params", "FusionLinear", "FusionDense", "sweep"]
 )
