@@ -84,13 +84,14 @@ def _prepare_weights(weights: Any, name: str = "weights") -> jax.Array:
     return w
 
 
-def _prepare_g_max(g_max: Any, dtype: Any) -> jax.Array:
+def _prepare_g_max(g_max: Any, dtype: Any, where: str | None = None) -> jax.Array:
+    """``g_max`` checked (errors name ``where``, or give the reference's message) and cast."""
     if jnp.ndim(g_max) != 0:
         raise _validation.ArgumentError(
             f"g_max must be a scalar, got shape {jnp.shape(g_max)}; to sweep several values "
             "use jax.vmap over g_max or fj.sweep."
         )
-    _validation.check_g_max(g_max)
+    _validation.check_g_max(g_max, where=where)
     return jnp.asarray(g_max, dtype=dtype)
 
 

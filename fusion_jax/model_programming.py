@@ -209,9 +209,7 @@ def _checked_kernel_call(
     kernel = _validation.as_array(kernel, "kernel")
     axes = layout._as_axes(axes, kernel.ndim)
     axes.check(kernel.shape)
-    model = _checked_settings(
-        noise, key, gradient, "program_kernel", t_inference, g_max, strict_aihwkit
-    )
+    model = _checked_settings(noise, key, gradient, "program_kernel", t_inference, strict_aihwkit)
     if kernel.size == 0:
         raise ValueError(
             f"kernel is empty (shape {tuple(kernel.shape)}): a kernel [..., in, out] needs at "
@@ -224,7 +222,7 @@ def _checked_kernel_call(
     if value is not None:
         host_columns = layout._to_columns(value, axes, export_order=False)
         _prepare_weights(np.swapaxes(host_columns, -1, -2), "kernel")
-    _prepare_g_max(g_max, jnp.float32)  # checked here: inside the jit it is traced
+    _prepare_g_max(g_max, jnp.float32, "program_kernel")  # here: inside the jit it is traced
     sizes = tiles._kernel_input_sizes(kernel.shape, axes, max_input_size, max_output_size)
     statics = {
         "axes": axes,
@@ -665,8 +663,8 @@ def program_params(
       theirs). Only the programmed kernels are the copy's own variables:
       the others are the input's, so running the copy in training mode
       updates the model's BatchNorm statistics and advances its dropout
-      RNG, as a training step through the copy needs. The axes of every ``nnx.Linear``, ``Conv``,
-      ``LinearGeneral`` and ``Einsum`` kernel (and of their Fusion
+      RNG, as a training step through the copy needs. The axes of every
+      ``nnx.Linear``, ``Conv``, ``LinearGeneral`` and ``Einsum`` kernel (and of their Fusion
       counterparts) are known from the layer, including stacked layers
       made by ``nnx.vmap``/``nnx.scan`` (leading layer axes) and attention
       projections; each Fusion layer is programmed with its own settings
@@ -822,16 +820,9 @@ def program_params(
         # input's own, so that what the copy updates when it runs in training
         # mode (BatchNorm statistics, dropout's RNG count) is the model's, as a
         # training step that programs the model and runs the copy needs.
-        new = dict(nnx.to_flat_state(programmed))
-        chip = nnx.merge(
-            graphdef,
-            nnx.from_flat_state(
-                [
-                    (path, new[path] if path in done else var)
-                    for path, var in nnx.to_flat_state(state)
-                ]
-            ),
-        )
+        flat = zip(nnx.to_flat_state(state), nnx.to_flat_state(programmed), strict=True)
+        shared = [(path, new if path in done else old) for (path, old), (_, new) in flat]
+        chip = nnx.merge(graphdef, nnx.from_flat_state(shared))
         # The copy is the chip: its Fusion layers whose kernel was programmed use it
         # as programmed (deterministic), also where the input was in training mode.
         from fusion_jax.nnx import _FusionLayer

@@ -180,7 +180,7 @@ def program(
         >>> w_chip.shape
         (2, 3)
     """
-    model = _checked_settings(noise, key, gradient, "program", t_inference, g_max, strict_aihwkit)
+    model = _checked_settings(noise, key, gradient, "program", t_inference, strict_aihwkit)
     w = _prepare_weights(weights)
     if w.size == 0:
         raise ValueError(
@@ -197,6 +197,7 @@ def program(
         strict_aihwkit=strict_aihwkit,
         gradient=gradient,
         in_sizes=sizes,
+        where="program",
     )
 
 
@@ -206,20 +207,16 @@ def _checked_settings(
     gradient: str,
     caller: str,
     t_inference: Any = 0.0,
-    g_max: Any = None,
     strict_aihwkit: Any = False,
 ) -> NoiseModel | None:
-    """The noise model ``noise`` stands for, after checking every setting.
+    """The noise model ``noise`` stands for, after checking every setting but g_max.
 
-    ``gradient`` and ``g_max`` (errors naming ``caller`` and the value) here;
-    noise, key and ``t_inference`` by
+    ``gradient`` and ``strict_aihwkit`` here; noise, key and ``t_inference`` by
     :func:`fusion_jax._validation.check_settings`, the one check all entry
     points share.
     """
     _check_gradient_mode(gradient)
     _validation.check_flag(strict_aihwkit, "strict_aihwkit", caller)
-    if g_max is not None:
-        _validation.check_g_max(g_max, where=caller)
     model = resolve_noise(noise)
     _validation.check_settings(where=caller, noise=model, key=key, t_inference=t_inference)
     return model
@@ -236,14 +233,16 @@ def _program_prepared(
     gradient: str,
     axis: int = -1,
     in_sizes: tuple[int, ...] | None = None,
+    where: str | None = None,
 ) -> jax.Array:
     """:func:`program` of validated weights whose lines (outputs) lie along ``axis``.
 
-    ``in_sizes``: the input tile sizes along ``axis`` (None: one tile).
+    ``in_sizes``: the input tile sizes along ``axis`` (None: one tile);
+    ``where``: the entry point a g_max error names.
     """
     out_dtype = _validation.result_dtype(w.dtype)
     dtype = _validation.compute_dtype(w.dtype)
-    g = _prepare_g_max(g_max, dtype)
+    g = _prepare_g_max(g_max, dtype, where)
     return _program_jit(
         w,
         key,

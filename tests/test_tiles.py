@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from arrays import normal
 from noise_doubles import AbsoluteNoise, OffsetNoise
 
 import fusion_jax as fj
@@ -230,12 +231,8 @@ def test_export_of_conv_channel_larger_than_a_tile_is_refused(tmp_path):
 # --- tile-wise programming --------------------------------------------------------------------
 
 
-def rng_weights(shape, seed=0):
-    return jax.device_put(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
-
-
 def test_input_splits_program_each_tile_on_its_own():
-    w = rng_weights((5, 7))
+    w = normal((5, 7))
     tiled = fj.program(w, K, noise=READBACK, max_input_size=3)  # 7 -> 3, 2, 2
     pieces = [w[:, 0:3], w[:, 3:5], w[:, 5:7]]
     expected = jnp.concatenate(
@@ -247,7 +244,7 @@ def test_input_splits_program_each_tile_on_its_own():
 
 
 def test_output_splits_change_nothing(tmp_path):
-    w = rng_weights((5, 7))  # as in test_input_splits_program_each_tile_on_its_own
+    w = normal((5, 7))  # as in test_input_splits_program_each_tile_on_its_own
     base = fj.program(w, K, noise=READBACK, max_output_size=0)
     np.testing.assert_array_equal(fj.program(w, K, noise=READBACK, max_output_size=2), base)
     k = jnp.asarray(w.T)
@@ -267,7 +264,7 @@ def test_output_splits_change_nothing(tmp_path):
 
 
 def test_one_tile_is_the_untiled_path_even_with_random_noise():
-    w = rng_weights((4, 300))
+    w = normal((4, 300))
     key = jax.random.key(3)
     np.testing.assert_array_equal(
         fj.program(w, key, noise=AbsoluteNoise(0.5)),
@@ -277,12 +274,12 @@ def test_one_tile_is_the_untiled_path_even_with_random_noise():
 
 @pytest.mark.parametrize("gradient", ["exact", "ste"])
 def test_exact_gradient_keeps_the_identity_jacobian_with_tiles(gradient):
-    w = rng_weights((3, 7), seed=2)
+    w = normal((3, 7), seed=2)
     # Jitted: one compile costs less CPU than the Jacobians' many eager ops.
     program = lambda v: fj.program(v, noise=None, max_input_size=3, gradient=gradient)  # noqa: E731
     jac = jax.jit(jax.jacfwd(program))(w)
     np.testing.assert_allclose(jac.reshape(21, 21), np.eye(21), atol=2e-5)
-    k = rng_weights((7, 3), seed=2)
+    k = normal((7, 3), seed=2)
     jac = jax.jit(jax.jacrev(lambda v: fj.program_kernel(v, noise=None, max_input_size=3)))(k)
     np.testing.assert_allclose(jac.reshape(21, 21), np.eye(21), atol=2e-5)
     np.testing.assert_allclose(fj.program_kernel(k, noise=None, max_input_size=3), k, atol=1e-6)
@@ -290,7 +287,7 @@ def test_exact_gradient_keeps_the_identity_jacobian_with_tiles(gradient):
 
 def test_noisy_gradient_differs_between_tile_sizes():
     """The tiles are in the gradient path too: per-tile scales change d(program)/dw."""
-    w = rng_weights((2, 6), seed=4)
+    w = normal((2, 6), seed=4)
     loss = lambda v, m: jnp.sum(fj.program(v, K, noise=READBACK, max_input_size=m) ** 2)  # noqa: E731
     grad = jax.jit(jax.grad(loss), static_argnums=1)  # cheaper in CPU than the eager ops
     g3, g0 = grad(w, 3), grad(w, 0)
@@ -298,14 +295,14 @@ def test_noisy_gradient_differs_between_tile_sizes():
 
 
 def test_layouts_agree_dense():
-    w = rng_weights((3, 784), seed=5)  # [out, in]: inputs 392, 392
+    w = normal((3, 784), seed=5)  # [out, in]: inputs 392, 392
     rows = fj.program(w, K, noise=READBACK)
     kernel = fj.program_kernel(w.T, K, noise=READBACK)
     np.testing.assert_allclose(layout.kernel_to_rows(kernel), rows, rtol=2e-6, atol=1e-6)
 
 
 def test_layouts_agree_conv_on_channel_boundaries():
-    kernel = rng_weights((3, 3, 57, 6), seed=6)  # 513 inputs: 29 + 28 channels
+    kernel = normal((3, 3, 57, 6), seed=6)  # 513 inputs: 29 + 28 channels
     rows = layout.kernel_to_rows(kernel)
     programmed = layout.kernel_to_rows(fj.program_kernel(kernel, K, noise=READBACK))
     split = 29 * 9
@@ -320,7 +317,7 @@ def test_layouts_agree_conv_on_channel_boundaries():
 
 
 def test_stacked_kernels_are_tiled_layer_by_layer():
-    stack = rng_weights((3, 7, 2), seed=7)  # 3 scanned [in=7, out=2] layers
+    stack = normal((3, 7, 2), seed=7)  # 3 scanned [in=7, out=2] layers
     axes = layout.KernelAxes.dense().stacked()
     out = fj.program_kernel(stack, K, axes=axes, noise=READBACK, max_input_size=3)
     for i in range(3):
@@ -336,7 +333,7 @@ def test_stacked_kernels_are_tiled_layer_by_layer():
 
 def test_general_kernel_splits_its_flattened_inputs():
     """An attention output projection [heads, head_dim, out]: its 2 * 300 inputs split flat."""
-    kernel = rng_weights((2, 300, 3), seed=10)
+    kernel = normal((2, 300, 3), seed=10)
     axes = layout.KernelAxes.general(n_inputs=2, n_outputs=1)
     assert split_sizes(600, 512) == (300, 300)
     out = fj.program_kernel(kernel, K, axes=axes, noise=READBACK)
@@ -378,7 +375,7 @@ def test_simulation_equals_export_model_import(model, tmp_path):
 
 
 def test_program_params_threads_tile_sizes():
-    params = {"params": {"Dense_0": {"kernel": rng_weights((784, 3), seed=8)}}}
+    params = {"params": {"Dense_0": {"kernel": normal((784, 3), seed=8)}}}
     tiled = fj.program_params(params, K, noise=READBACK)
     untiled = fj.program_params(params, K, noise=READBACK, max_input_size=0)
     k = params["params"]["Dense_0"]["kernel"]
@@ -398,7 +395,7 @@ def test_program_params_threads_tile_sizes():
 
 
 def test_converter_stays_one_tile():
-    w = rng_weights((2, 784), seed=9)
+    w = normal((2, 784), seed=9)
     g, _ = fj.FusionConductanceConverter(40).convert_to_conductances(w)
     np.testing.assert_array_equal(np.asarray(g[0]), np.asarray(fj.convert_to_conductances(w)[0]))
     assert int((np.asarray(g[0]) >= 39.99).sum()) == 2  # one g_max per row, not per tile
@@ -452,11 +449,11 @@ def test_flax_conv_export_and_simulation_share_tiles(tmp_path, transpose_kernel)
     the file's rows its output channels, as the simulation programs them.
     """
     if transpose_kernel:
-        kernel = rng_weights((3, 3, 6, 57), seed=11)
+        kernel = normal((3, 3, 6, 57), seed=11)
         axes = layout.KernelAxes.conv(2, transpose_kernel=True)
         layouts = {"conv/kernel": axes}
     else:
-        kernel = rng_weights((3, 3, 57, 6), seed=11)
+        kernel = normal((3, 3, 57, 6), seed=11)
         axes, layouts = None, None
     params = {"params": {"conv": {"kernel": kernel}}}
     layers = layout.flax_to_layers(params, conv_window=True, layouts=layouts)
@@ -513,7 +510,7 @@ def test_nnx_layers_carry_tile_sizes():
 def test_linen_layers_carry_tile_sizes():
     import flax.linen as nn
 
-    x = rng_weights((2, 784), seed=12)
+    x = normal((2, 784), seed=12)
     for size in (512, 0):
         model = fj.linen.FusionDense(3, noise=READBACK, max_input_size=size)
         variables = model.init(K, x)
@@ -528,8 +525,8 @@ def test_linen_layers_carry_tile_sizes():
 
 
 def test_sweep_takes_tile_sizes():
-    w = rng_weights((784, 3), seed=13)
-    x = rng_weights((16, 784), seed=14)
+    w = normal((784, 3), seed=13)
+    x = normal((16, 784), seed=14)
     y = jnp.argmax(x @ w, -1)
 
     def run(**kw):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -67,7 +66,7 @@ def _check_read_noise_switch(model: Any) -> None:
     scale = _validation.concrete_value(model.read_noise_scale)
     if scale is None or scale.dtype.kind not in "biuf":
         return
-    default = next(f.default for f in dataclasses.fields(model) if f.name == "read_noise_scale")
+    default = type(model).__dataclass_fields__["read_noise_scale"].default
     if np.any((scale != default) & (scale != 0)):
         raise ValueError(
             f"{type(model).__name__}: read_noise_scale={np.asarray(scale).tolist()} has no "
