@@ -241,9 +241,9 @@ def _naming(module: nn.Module) -> Iterator[None]:
     """Restate an error raised while programming ``module``'s kernel with its path."""
     try:
         yield
-    except (TypeError, ValueError) as err:
-        if type(err) not in (TypeError, ValueError):  # ArgumentError names its argument
-            raise
+    except (TypeError, ValueError, FloatingPointError) as err:
+        if type(err) not in (TypeError, ValueError, FloatingPointError):
+            raise  # ArgumentError names its argument
         name = "/".join(module.path) or type(module).__name__
         raise type(err)(f"{name} ({type(module).__name__}): {err}") from err
 

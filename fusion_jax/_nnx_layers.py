@@ -57,7 +57,7 @@ class FusionLinearGeneral(_FusionLayer, nnx.LinearGeneral):
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``.
-        TypeError: if ``noise_stream`` is not a bool.
+        TypeError: if ``noise_stream`` is not a bool, or ``rngs`` is no ``nnx.Rngs``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -91,6 +91,7 @@ class FusionLinearGeneral(_FusionLayer, nnx.LinearGeneral):
         rngs: nnx.Rngs,
         **kwargs: Any,
     ) -> None:
+        self._check_rngs(rngs)
         super().__init__(in_features, out_features, rngs=rngs, **kwargs)
         self._init_fusion(
             g_max=g_max,
@@ -169,7 +170,7 @@ class FusionEinsum(_FusionLayer, nnx.Einsum):
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``.
-        TypeError: if ``noise_stream`` is not a bool.
+        TypeError: if ``noise_stream`` is not a bool, or ``rngs`` is no ``nnx.Rngs``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -200,6 +201,7 @@ class FusionEinsum(_FusionLayer, nnx.Einsum):
         rngs: nnx.Rngs,
         **kwargs: Any,
     ) -> None:
+        self._check_rngs(rngs)
         if einsum_str is None:
             # nnx.Einsum checks the string in its constructor; one given at
             # call time is checked there.

@@ -8,6 +8,7 @@ which is a no-op unless the caller wraps the computation in
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -32,6 +33,12 @@ def concrete_value(x: Any) -> np.ndarray | None:
         return np.asarray(x)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return None
+    except RuntimeError:
+        # A global array whose values lie partly on other processes' devices
+        # cannot be read here: checked as a traced one.
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return None
+        raise
 
 
 def check_g_max(
@@ -133,34 +140,177 @@ def _contain(name: str) -> str:
     return "contain" if name.endswith("s") else "contains"
 
 
+def _refuse_elements(
+    x: jax.Array,
+    is_bad: Callable[[Any, Any], Any],
+    traced_message: str,
+    error: Callable[[np.ndarray, np.ndarray, int], Exception],
+) -> None:
+    """The one engine of the value checks: refuse the elements of ``x`` that ``is_bad`` marks.
+
+    ``is_bad(v, xp)`` maps an array to its mask of refused elements, with
+    ``xp`` NumPy for a concrete ``x`` (a host copy: no compile) or
+    ``jax.numpy`` for a traced one. A concrete ``x`` with refused elements
+    raises ``error(value, mask, count)``; a traced one is checked with
+    ``checkify.debug_check`` (``traced_message``, with ``{count}``).
+    """
+    value = concrete_value(x)
+    if value is None:
+        bad = is_bad(x, jnp)
+        checkify.debug_check(~jnp.any(bad), traced_message, count=jnp.sum(bad))
+        return
+    bad = is_bad(value, np)
+    count = int(np.count_nonzero(bad))
+    if count:
+        raise error(value, bad, count)
+
+
+def _first(bad: np.ndarray) -> tuple[int, ...]:
+    """The index of the first refused element."""
+    return tuple(int(i) for i in np.argwhere(bad)[0])
+
+
+def _rows_listed(bad: np.ndarray) -> str:
+    """The rows (all axes but the last) holding refused elements: ``rows [0, 3]``."""
+    rows = np.argwhere(bad.any(axis=-1))
+    listed = [
+        tuple(int(i) for i in r) if len(r) > 1 else int(r[0]) for r in rows[:_MAX_LISTED_ROWS]
+    ]
+    more = f" and {len(rows) - _MAX_LISTED_ROWS} more" if len(rows) > _MAX_LISTED_ROWS else ""
+    return f"row{'s' if len(rows) != 1 else ''} {listed}{more}"
+
+
+def _shape_note(value: np.ndarray) -> str:
+    """How the rows named in a message are indexed: ``shape (2, 3), rows indexed [..., out]``."""
+    return f"shape {tuple(value.shape)}, rows indexed [..., out]"
+
+
 def check_finite(x: jax.Array, name: str) -> None:
     """Refuse NaN or Inf in ``x``, naming how many and in which rows.
 
     Concrete arrays raise :class:`ValueError`; traced arrays are checked with
     ``checkify.debug_check``.
     """
-    value = concrete_value(x)
-    if value is None:
-        bad = ~jnp.isfinite(x)
-        checkify.debug_check(
-            ~jnp.any(bad),
-            f"{name} {_contain(name)} {{count}} NaN or Inf values",
-            count=jnp.sum(bad),
+
+    def error(value: np.ndarray, bad: np.ndarray, count: int) -> Exception:
+        return ValueError(
+            f"{name} {_contain(name)} {count} NaN or Inf value{'s' if count != 1 else ''} "
+            f"in {_rows_listed(bad)} ({_shape_note(value)})."
         )
+
+    _refuse_elements(
+        x,
+        lambda v, xp: ~xp.isfinite(v),
+        f"{name} {_contain(name)} {{count}} NaN or Inf values",
+        error,
+    )
+
+
+#: A row whose largest magnitude lies below this many times the smallest normal
+#: number of its compute dtype cannot be programmed (see :func:`check_row_scale`).
+ROW_SCALE_MARGIN = 2.0**8
+
+
+def min_row_max(dtype: Any) -> float:
+    """The smallest largest-magnitude a row of ``dtype`` weights may have to be programmed.
+
+    ``ROW_SCALE_MARGIN`` times the smallest normal number of the compute
+    dtype: 3.0e-36 for float32 (and float16, bfloat16, which compute in it).
+    """
+    return float(jnp.finfo(compute_dtype(dtype)).tiny) * ROW_SCALE_MARGIN
+
+
+def check_row_scale(x: jax.Array, name: str) -> None:
+    """Refuse rows too small to program: their read-back would come back as zeros.
+
+    A row's slope back to weights is about its largest magnitude over
+    ``g_max`` (at most 40 uS). For a row whose largest magnitude is below
+    :func:`min_row_max` that slope falls near or below the smallest normal
+    number, which XLA flushes to 0 (on the CPU and GPUs): the whole row
+    would be read back as zeros. Such rows are refused, never zeroed
+    silently. Single subnormal values in an ordinary row are far below the
+    chip's resolution of that row and are programmed as 0, as any value that
+    small would be.
+
+    Concrete arrays raise :class:`ValueError`; traced arrays are checked with
+    ``checkify.debug_check``.
+    """
+    if not jnp.issubdtype(x.dtype, jnp.floating):
         return
-    bad = ~np.isfinite(value)
-    count = int(bad.sum())
-    if count == 0:
+    bound = min_row_max(x.dtype)
+
+    # Compared as bit patterns (for floats of one sign their order is the
+    # values' order): a traced comparison of subnormal floats would see them
+    # flushed to 0 by XLA, the very thing this check is about.
+    int_type = {2: np.int16, 4: np.int32, 8: np.int64}[jnp.dtype(x.dtype).itemsize]
+    magnitude_bits = int_type(np.iinfo(int_type).max)  # clears the sign bit
+    bound_bits = int(np.asarray(bound, x.dtype).view(int_type))
+
+    def too_small(v: Any, xp: Any) -> Any:
+        if xp is np:
+            bits = v.view(int_type)
+        else:
+            bits = jax.lax.bitcast_convert_type(v, int_type)
+        top = xp.max(bits & magnitude_bits, axis=-1, keepdims=True)
+        return (top > 0) & (top < bound_bits)
+
+    def error(value: np.ndarray, bad: np.ndarray, count: int) -> Exception:
+        top = np.abs(value).max(axis=-1)[bad[..., 0]]
+        return ValueError(
+            f"{name}: {count} row{'s are' if count != 1 else ' is'} too small to program "
+            f"({_rows_listed(bad)}, largest magnitude {top[0]!s}; {_shape_note(value)}). "
+            "A row's largest magnitude must be "
+            f"at least {bound:.4g} ({ROW_SCALE_MARGIN:g} times the smallest normal "
+            f"{compute_dtype(x.dtype)}): below it the slope back to weights, about max / g_max, "
+            "is flushed to 0 by XLA and the row would come back as zeros. Rescale the weights: "
+            "values are never changed silently."
+        )
+
+    _refuse_elements(
+        x,
+        too_small,
+        f"{name} {_contain(name)} {{count}} rows too small to program (largest magnitude "
+        f"below {bound:.4g}), which would come back as zeros",
+        error,
+    )
+
+
+def check_read_back(
+    x: jax.Array, where: str, *, kernel: bool = False, all_finite: Any = None
+) -> None:
+    """Refuse programmed weights that are NaN or Inf: the inputs were finite, so it overflowed.
+
+    The read-back is the noisy conductances times each row's fitted slope:
+    for weights within a small factor of their dtype's largest value (3.4e38
+    for float32, 65504 for float16) it can exceed it.
+
+    Concrete arrays raise :class:`FloatingPointError`; traced arrays are
+    checked with ``checkify.debug_check``. With ``kernel`` the first
+    non-finite weight is named by its index in the kernel's own layout.
+    ``all_finite``, whether all of ``x`` is finite as the program computed
+    it: when it is concrete and true, only that bool is fetched (``x`` is
+    not copied to the host).
+    """
+    if all_finite is not None and concrete_value(all_finite) is not None and bool(all_finite):
         return
-    rows = np.argwhere(bad.any(axis=-1))
-    listed = [
-        tuple(int(i) for i in r) if len(r) > 1 else int(r[0]) for r in rows[:_MAX_LISTED_ROWS]
-    ]
-    more = f" and {len(rows) - _MAX_LISTED_ROWS} more" if len(rows) > _MAX_LISTED_ROWS else ""
-    raise ValueError(
-        f"{name} {_contain(name)} {count} NaN or Inf value{'s' if count != 1 else ''} "
-        f"in row{'s' if len(rows) != 1 else ''} {listed}{more} "
-        f"(shape {tuple(value.shape)}, rows indexed [..., out])."
+
+    def error(value: np.ndarray, bad: np.ndarray, count: int) -> Exception:
+        first = _first(bad)
+        position = f"kernel index {first}" if kernel else _position(first)
+        return FloatingPointError(
+            f"{where}: {count} programmed weight{'s are' if count != 1 else ' is'} not finite "
+            f"(the first, {value[first]!s}, at {position}; shape "
+            f"{tuple(value.shape)}). The weights were finite: their noisy read-back overflows "
+            f"{value.dtype} (largest {float(jnp.finfo(value.dtype).max):.4g}), or the noise "
+            "model returned non-finite conductances. Rescale weights this close to the "
+            "largest value."
+        )
+
+    _refuse_elements(
+        x,
+        lambda v, xp: ~xp.isfinite(v),
+        f"{where}: {{count}} programmed weights are NaN or Inf (the read-back overflowed)",
+        error,
     )
 
 
@@ -424,32 +574,48 @@ def check_non_negative(x: jax.Array, name: str) -> None:
     Concrete arrays raise :class:`ValueError`; traced arrays are checked with
     ``checkify.debug_check``.
     """
-    value = concrete_value(x)
-    if value is None:
-        bad = x < 0
-        checkify.debug_check(
-            ~jnp.any(bad), f"{name} {_contain(name)} {{count}} negative values", count=jnp.sum(bad)
+
+    def error(value: np.ndarray, bad: np.ndarray, count: int) -> Exception:
+        return ValueError(
+            f"{name} must be >= 0 uS (magnitudes; the sign comes from the original weights): "
+            f"{count} negative value{'s' if count != 1 else ''} (smallest "
+            f"{float(value.min()):.4g}) in {_rows_listed(bad)} ({_shape_note(value)})."
         )
-        return
-    bad = value < 0
-    count = int(bad.sum())
-    if count == 0:
-        return
-    rows = np.argwhere(bad.any(axis=-1))
-    listed = [
-        tuple(int(i) for i in r) if len(r) > 1 else int(r[0]) for r in rows[:_MAX_LISTED_ROWS]
-    ]
-    more = f" and {len(rows) - _MAX_LISTED_ROWS} more" if len(rows) > _MAX_LISTED_ROWS else ""
-    raise ValueError(
-        f"{name} must be >= 0 uS (magnitudes; the sign comes from the original weights): "
-        f"{count} negative value{'s' if count != 1 else ''} (smallest {float(value.min()):.4g}) "
-        f"in row{'s' if len(rows) != 1 else ''} {listed}{more} (shape {tuple(value.shape)}, "
-        "rows indexed [..., out])."
+
+    _refuse_elements(
+        x, lambda v, xp: v < 0, f"{name} {_contain(name)} {{count}} negative values", error
     )
 
 
 #: Seeds are 32-bit words: ``jax.random.key(seed)`` of a uint32 seed.
 SEED_LIMIT = 2**32
+
+
+def seed_list(seeds: Any, where: str) -> list[int]:
+    """A sequence of seeds as Python ints, checked as :func:`check_seeds` does.
+
+    For the functions whose ``seeds`` is a sequence (one model or one chip
+    draw per seed): a single number is refused rather than read as one seed
+    (``sweep`` reads it as a count), and so is a float, which ``int()``
+    would truncate to another seed.
+
+    Raises:
+        TypeError: for PRNG keys instead of seeds.
+        ValueError: naming ``where``, for a single number; as
+            :func:`check_seeds` otherwise.
+    """
+    is_key = isinstance(seeds, jax.Array) and jnp.issubdtype(seeds.dtype, jax.dtypes.prng_key)
+    if not is_key and not isinstance(seeds, np.ndarray | jax.Array | str):
+        try:
+            seeds = list(seeds)  # a generator, a set, a range...
+        except TypeError:
+            pass
+    if np.ndim(seeds) == 0 and not is_key:
+        raise ValueError(
+            f"{where}: seeds must be a sequence of seeds, got {seeds!r}; for seeds 0 to n - 1 "
+            "pass range(n)."
+        )
+    return check_seeds(seeds).tolist()
 
 
 def check_seeds(seeds: Any, name: str = "seeds") -> np.ndarray:
@@ -459,9 +625,16 @@ def check_seeds(seeds: Any, name: str = "seeds") -> np.ndarray:
     a different seed than the one reported, so it is refused.
 
     Raises:
+        TypeError: for PRNG keys instead of seeds.
         ValueError: for an empty or non-integer sequence, or a seed out of
             range (the first few named).
     """
+    if isinstance(seeds, jax.Array) and jnp.issubdtype(seeds.dtype, jax.dtypes.prng_key):
+        raise TypeError(
+            f"{name} must be integer seeds (each becomes jax.random.key(seed)), got a PRNG key "
+            f"array of shape {tuple(seeds.shape)}; pass the seeds themselves, e.g. "
+            f"{name}=[0, 1, 2]."
+        )
     s = np.atleast_1d(np.asarray(seeds))
     if s.size == 0:
         raise ValueError(f"{name} is empty: at least one seed is needed.")

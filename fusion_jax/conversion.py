@@ -81,6 +81,7 @@ def _clip_keep_boundary_jvp(primals, tangents):
 def _prepare_weights(weights: Any, name: str = "weights") -> jax.Array:
     w = _validation.as_matrix_stack(weights, name)
     _validation.check_finite(w, name)
+    _validation.check_row_scale(w, name)
     return w
 
 
@@ -158,7 +159,8 @@ def convert_to_conductances(
         ArgumentError: if a concrete ``g_max`` is outside [10, 40] (a traced
             one is reported by ``jax.experimental.checkify``).
         ValueError: if ``weights`` has fewer than 2 dimensions, an empty last
-            axis, or NaN/Inf values (how many, and in which rows).
+            axis, NaN/Inf values (how many, and in which rows), or rows too
+            small to program (largest magnitude below 3.0e-36 in float32).
 
     References:
         aihwkit ``FusionConductanceConverter.convert_to_conductances``.
@@ -255,6 +257,7 @@ def convert_back_to_weights(
         ValueError: if ``params`` lacks ``original_weights``, the shapes differ,
             or the conductances hold NaN/Inf or negative values (conductances
             are magnitudes; the sign comes from the original weights).
+        FloatingPointError: if the read-back overflows the weights' dtype.
 
     References:
         aihwkit ``FusionConductanceConverter.convert_back_to_weights``;
@@ -289,9 +292,11 @@ def convert_back_to_weights(
     _validation.check_non_negative(g, "conductances")
     out_dtype = _validation.result_dtype(w.dtype)
     dtype = _validation.compute_dtype(jnp.result_type(w.dtype, g.dtype))
-    return _to_weights_jit(
+    w_hat = _to_weights_jit(
         g, w, strict_aihwkit=bool(strict_aihwkit), dtype=dtype, out_dtype=out_dtype
     )
+    _validation.check_read_back(w_hat, "convert_back_to_weights")
+    return w_hat
 
 
 @functools.partial(jax.jit, static_argnames=("strict_aihwkit", "dtype", "out_dtype"), inline=True)

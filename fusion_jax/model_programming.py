@@ -124,10 +124,12 @@ def program_kernel(
 
     Raises:
         ValueError: for a kernel with fewer than 2 dimensions, ``axes`` that
-            do not fit it, NaN/Inf values, a missing key when noise is on,
-            an unknown ``gradient``, a negative tile size, or a conv channel
-            (``kh * kw`` inputs) larger than ``max_input_size``.
+            do not fit it, NaN/Inf values or rows too small to program, a
+            missing key when noise is on, an unknown ``gradient``, a negative tile size, or a
+            conv channel (``kh * kw`` inputs) larger than ``max_input_size``.
         ArgumentError: for a concrete ``g_max`` outside [10, 40].
+        FloatingPointError: if the read-back overflows the kernel's dtype
+            (a noisy weight near its largest value read back larger).
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -175,7 +177,9 @@ class _KernelCall(NamedTuple):
     fold: int | None = None  # the kernel's key is fold_in(key, fold) (program_params' leaf key)
 
     def run(self) -> jax.Array:
-        return _run_grouped([self])[0]
+        ((kernel, finite),) = _run_grouped([self])
+        _validation.check_read_back(kernel, "program_kernel", kernel=True, all_finite=finite)
+        return kernel
 
     def group_token(self) -> tuple[Any, ...]:
         """Calls with equal tokens differ only in kernel values and key: one batched program."""
@@ -259,7 +263,7 @@ def _model_token(model: NoiseModel | None) -> Any:
     return (treedef, tuple(_value_token(leaf) for leaf in leaves))
 
 
-def _run_grouped(calls: Sequence[_KernelCall]) -> list[jax.Array]:
+def _run_grouped(calls: Sequence[_KernelCall]) -> list[tuple[jax.Array, jax.Array]]:
     """Run calls that differ only in kernel values and keys as one program.
 
     Same-shaped kernels of a model (the projections of every transformer
@@ -312,8 +316,10 @@ def _program_kernels_jit(
     strict_aihwkit: bool,
     gradient: str,
     in_sizes: tuple[int, ...],
-) -> tuple[jax.Array, ...]:
+) -> tuple[tuple[jax.Array, jax.Array], ...]:
     """program_kernel of checked kernels of one shape and settings, in one program.
+
+    Returns each programmed kernel with whether all of it is finite.
 
     Rearranging, programming and putting back are one jitted computation, so
     an eager call compiles once, and new values of ``g_max``,
@@ -336,7 +342,9 @@ def _program_kernels_jit(
         assert folds is None  # a lone kernel's key is folded by the caller
         programmed = _program_columns(columns[0], key, g_max, model, t_inference, **settings)
         shape = kernels[0].shape
-        return (layout._from_columns(programmed, axes, shape, export_order=export_order),)
+        return _with_finite(
+            (layout._from_columns(programmed, axes, shape, export_order=export_order),)
+        )
     shape = columns[0].shape
     n_layers = int(np.prod(shape[:-2], dtype=int))  # per kernel; 1 when not stacked
     layers = jnp.concatenate([c.reshape(-1, *shape[-2:]) for c in columns])
@@ -353,10 +361,17 @@ def _program_kernels_jit(
     programmed = _program_columns(
         layers, None, g_max, model, t_inference, layer_keys=layer_keys, **settings
     ).reshape(len(kernels), *shape)
-    return tuple(
-        layout._from_columns(programmed[i], axes, k.shape, export_order=export_order)
-        for i, k in enumerate(kernels)
+    return _with_finite(
+        tuple(
+            layout._from_columns(programmed[i], axes, k.shape, export_order=export_order)
+            for i, k in enumerate(kernels)
+        )
     )
+
+
+def _with_finite(kernels: tuple[jax.Array, ...]) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    """Each programmed kernel with whether all of it is finite (one bool on the device)."""
+    return tuple((k, jnp.all(jnp.isfinite(k))) for k in kernels)
 
 
 def _program_columns(
@@ -393,7 +408,7 @@ def _program_columns(
             gradient=gradient,
             axis=-2,
             in_sizes=in_sizes,
-        )
+        )[0]
 
     if columns.ndim == 2:
         return one(columns, key)
@@ -732,6 +747,8 @@ def program_params(
             path); if no leaf is selected; if ``layouts`` names a missing
             leaf; or if noise is on and ``key`` is ``None``.
         ArgumentError: for a concrete ``g_max`` outside [10, 40].
+        FloatingPointError: naming the leaf, if its read-back overflows its
+            dtype.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -930,6 +947,7 @@ def _program_tree(
             "program_params selected no leaf to program; the default selects leaves named "
             f"'kernel' with at least 2 dimensions. Leaves seen: [{shown}]."
         )
+    done = []
     for members in groups.values():
         for chunk in _chunks(members):
             try:
@@ -937,8 +955,14 @@ def _program_tree(
             except (TypeError, ValueError) as err:
                 _restate(err, ", ".join(name for _, _, name in chunk))
                 raise
-            for (index, _, _), kernel in zip(chunk, programmed, strict=True):
+            for (index, _, name), (kernel, finite) in zip(chunk, programmed, strict=True):
                 out[index] = kernel
+                done.append((kernel, finite, name))
+    # Checked once every chunk is dispatched: a concrete check waits for its kernel.
+    for kernel, finite, name in done:
+        _validation.check_read_back(
+            kernel, f"program_params: leaf {name!r}", kernel=True, all_finite=finite
+        )
     return jax.tree_util.tree_unflatten(treedef, out), programmed_paths
 
 

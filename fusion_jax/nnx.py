@@ -47,6 +47,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
@@ -133,6 +134,16 @@ class _FusionLayer(nnx.Module):
 
     #: The plain Flax forward pass, ``(layer, inputs, out_sharding) -> outputs``.
     _plain_call: Callable[..., jax.Array]
+
+    def _check_rngs(self, rngs: Any) -> None:
+        """Refuse constructor ``rngs`` that are no ``nnx.Rngs`` (Flax's layer fails obscurely)."""
+        if not isinstance(rngs, nnx.Rngs):
+            shown = f" {rngs!s}" if isinstance(rngs, int | float | str | np.number) else ""
+            raise TypeError(
+                f"{type(self).__name__}: rngs must be an nnx.Rngs, as for the Flax layer it "
+                "replaces (nnx.Rngs(0), or nnx.Rngs(params=0, noise=1) for a separate noise "
+                f"stream), got {type(rngs).__name__}{shown}."
+            )
 
     def _init_fusion(
         self,
@@ -259,9 +270,9 @@ class _FusionLayer(nnx.Module):
                 max_input_size=self.max_input_size,
                 max_output_size=self.max_output_size,
             )
-        except (TypeError, ValueError) as err:
-            if type(err) not in (TypeError, ValueError):  # ArgumentError names its argument
-                raise
+        except (TypeError, ValueError, FloatingPointError) as err:
+            if type(err) not in (TypeError, ValueError, FloatingPointError):
+                raise  # ArgumentError names its argument
             # The layer does not know its path in the model: name its class and shape.
             raise type(err)(f"{type(self).__name__} (kernel {tuple(kernel.shape)}): {err}") from err
 
@@ -446,7 +457,7 @@ class FusionLinear(_FusionLayer, nnx.Linear):
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``.
-        TypeError: if ``noise_stream`` is not a bool.
+        TypeError: if ``noise_stream`` is not a bool, or ``rngs`` is no ``nnx.Rngs``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -488,6 +499,7 @@ class FusionLinear(_FusionLayer, nnx.Linear):
         rngs: nnx.Rngs,
         **linear_kwargs: Any,
     ) -> None:
+        self._check_rngs(rngs)
         super().__init__(in_features, out_features, rngs=rngs, **linear_kwargs)
         self._init_fusion(
             g_max=g_max,
@@ -566,7 +578,7 @@ class FusionConv(_FusionLayer, nnx.Conv):
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``.
-        TypeError: if ``noise_stream`` is not a bool.
+        TypeError: if ``noise_stream`` is not a bool, or ``rngs`` is no ``nnx.Rngs``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -603,6 +615,7 @@ class FusionConv(_FusionLayer, nnx.Conv):
         rngs: nnx.Rngs,
         **conv_kwargs: Any,
     ) -> None:
+        self._check_rngs(rngs)
         super().__init__(in_features, out_features, kernel_size, strides, rngs=rngs, **conv_kwargs)
         self._init_fusion(
             g_max=g_max,
@@ -681,7 +694,7 @@ class FusionConvTranspose(_FusionLayer, nnx.ConvTranspose):
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
         ValueError: for an unknown ``gradient``.
-        TypeError: if ``noise_stream`` is not a bool.
+        TypeError: if ``noise_stream`` is not a bool, or ``rngs`` is no ``nnx.Rngs``.
 
     Example:
         >>> import jax.numpy as jnp
@@ -722,6 +735,7 @@ class FusionConvTranspose(_FusionLayer, nnx.ConvTranspose):
         rngs: nnx.Rngs,
         **conv_kwargs: Any,
     ) -> None:
+        self._check_rngs(rngs)
         super().__init__(in_features, out_features, kernel_size, strides, rngs=rngs, **conv_kwargs)
         self._init_fusion(
             g_max=g_max,

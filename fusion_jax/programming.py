@@ -157,6 +157,9 @@ def program(
 
     Raises:
         ArgumentError: for a concrete ``g_max`` outside [10, 40].
+        FloatingPointError: if the read-back overflows the weights' dtype (a
+            noisy weight near its largest value read back larger; traced:
+            reported by ``jax.experimental.checkify``).
         ValueError: for bad weights (see :func:`convert_to_conductances`), a
             missing key when noise is on, an unknown ``gradient``, or a
             ``t_inference`` that is NaN, Inf or negative, or a negative tile
@@ -188,7 +191,7 @@ def program(
             "at least one output row to program."
         )
     sizes = tiles._input_sizes(w.shape[-1], max_input_size, max_output_size, 1, w.shape[-2])
-    return _program_prepared(
+    w_hat, finite = _program_prepared(
         w,
         key,
         g_max,
@@ -199,6 +202,8 @@ def program(
         in_sizes=sizes,
         where="program",
     )
+    _validation.check_read_back(w_hat, "program", all_finite=finite)
+    return w_hat
 
 
 def _checked_settings(
@@ -234,11 +239,13 @@ def _program_prepared(
     axis: int = -1,
     in_sizes: tuple[int, ...] | None = None,
     where: str | None = None,
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
     """:func:`program` of validated weights whose lines (outputs) lie along ``axis``.
 
     ``in_sizes``: the input tile sizes along ``axis`` (None: one tile);
-    ``where``: the entry point a g_max error names.
+    ``where``: the entry point a g_max error names. Returns the read-back
+    and whether all of it is finite (computed on the device, so that an
+    eager caller's check fetches one bool, not the array).
     """
     out_dtype = _validation.result_dtype(w.dtype)
     dtype = _validation.compute_dtype(w.dtype)
@@ -275,7 +282,7 @@ def _program_jit(
     out_dtype: Any,
     axis: int,
     in_sizes: tuple[int, ...] | None,
-) -> jax.Array:
+) -> tuple[jax.Array, jax.Array]:
     # The noise model is data: its fields are traced here (a new value does
     # not recompile); inside an outer jit that closes over Python numbers
     # they are constants XLA can fold. Switches such as ``read_noise`` are
@@ -295,7 +302,8 @@ def _program_jit(
         w_hat = wc + jax.lax.stop_gradient(w_hat - wc)
     else:
         w_hat = _program_core(wc, key, g_max, noise, t_inference, strict_aihwkit, axis, in_sizes)
-    return w_hat.astype(out_dtype)
+    w_hat = w_hat.astype(out_dtype)
+    return w_hat, jnp.all(jnp.isfinite(w_hat))
 
 
 def _program_core(

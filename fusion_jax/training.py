@@ -679,7 +679,8 @@ def hardware_aware_experiment(
     Args:
         model: ``"mlp"`` (:class:`~fusion_jax.digits.MLP`, flat images) or
             ``"cnn"`` (:class:`~fusion_jax.digits.CNN`, 8x8 images).
-        seeds: One training run per model and one programming per seed.
+        seeds: Integer seeds (a sequence): one training run per model and one
+            programming per seed.
         g_max: g_max values (uS) to evaluate at, each in [10, 40].
         t_inference: Times since programming (s) to evaluate at.
         train_g_max: g_max of the hardware-aware training.
@@ -725,10 +726,7 @@ def hardware_aware_experiment(
     if model not in classes:
         raise ValueError(f"model must be 'mlp' or 'cnn', got {model!r}.")
     _check_gradient_mode(gradient)
-    seed_list = [int(s) for s in seeds]
-    if not seed_list:
-        raise ValueError("seeds is empty: the experiment needs at least one seed.")
-    _validation.check_seeds(seed_list)
+    seed_list = _validation.seed_list(seeds, "hardware_aware_experiment")
     g, seed_values, t = _check_grid(g_max, seed_list, t_inference, "hardware_aware_experiment")
     _validation.check_g_max(train_g_max, where="hardware_aware_experiment", name="train_g_max")
     _validation.check_t_inference(train_t_inference, "train_t_inference")

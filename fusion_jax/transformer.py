@@ -627,6 +627,7 @@ def programmed_accuracy(
         >>> acc.shape                           # g_max x models
         (2, 2)
     """
+    seeds = _validation.seed_list(seeds, "programmed_accuracy")
     if len(seeds) != len(models):
         raise ValueError(f"seeds must hold one seed per model ({len(models)}), got {len(seeds)}.")
     if np.shape(x) != np.shape(y):
@@ -638,7 +639,7 @@ def programmed_accuracy(
         params,
         (x, y),
         g_max=g_max,
-        seeds=[int(s) for s in seeds],
+        seeds=seeds,
         t_inference=[t_inference],
         noise=noise,
         strict_aihwkit=strict_aihwkit,
@@ -759,7 +760,7 @@ def transformer_experiment(
 
     Args:
         recipes: Training recipes; the first is the baseline of the gains.
-        seeds: One model per recipe and seed.
+        seeds: Integer seeds (a sequence): one model per recipe and seed.
         g_max: g_max values (uS) of the table.
         t_inference: Read time (s) of training and evaluation.
         noise: Chip noise model (training and evaluation).
@@ -796,11 +797,9 @@ def transformer_experiment(
         ...
     """
     recipes = tuple(recipes)
-    seed_list = [int(s) for s in seeds]
     if not recipes:
         raise ValueError("recipes is empty: the experiment needs at least one recipe.")
-    if not seed_list:
-        raise ValueError("seeds is empty: the experiment needs at least one seed.")
+    seed_list = _validation.seed_list(seeds, "transformer_experiment")
     g = np.atleast_1d(np.asarray(g_max, dtype=np.float64))
     _validation.check_g_max(g, where="transformer_experiment", name_values=True)
     data = histogram_task() if data is None else data

@@ -122,6 +122,18 @@ def compute(mesh: Any) -> dict[str, Any]:
     variables = linen.init(jax.random.key(0), x[:1])
     program = jax.jit(lambda v: fj.program_params(v, jax.random.key(7), g_max=15.0))
     out["programmed"] = _gather(program(place(variables)))
+    # Eagerly too, on the same mesh (each process holds whole kernels) and on a mesh whose
+    # "model" axis spans both processes: there the host checks cannot read every value.
+    eager = fj.program_params(place(variables), jax.random.key(7), g_max=15.0)
+    out["programmed_eagerly"] = _gather(eager)
+    if mesh is not None:
+        across = jax.make_mesh(
+            (1, jax.device_count()), ("data", "model"), axis_types=(AxisType.Explicit,) * 2
+        )
+        split = shard_params(variables, across)
+        assert not split["params"]["Dense_0"]["kernel"].is_fully_addressable
+        eager = fj.program_params(split, jax.random.key(7), g_max=15.0)
+    out["programmed_across"] = _gather(eager)
 
     # NNX hardware-aware training steps with the library's train_step.
     fusion = {"g_max": 20.0, "t_inference": 3600.0}  # the exact gradient, on split kernels

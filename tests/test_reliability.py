@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 from hypothesis import given
 from hypothesis import strategies as st
+from noise_doubles import OffsetNoise
 
 import fusion_jax as fj
 from fusion_jax import _atomic
@@ -297,6 +298,68 @@ def test_sweep_refuses_seeds_that_would_wrap_around(seeds):
         _check_grid([40.0], seeds, [1.0])
 
 
+@pytest.mark.parametrize("seeds", [KEY, jax.random.split(KEY, 3)])
+def test_keys_given_as_seeds_are_named(seeds):
+    from fusion_jax.training import hardware_aware_experiment
+
+    message = r"seeds must be integer seeds .* got a PRNG key array of shape"
+    with pytest.raises(TypeError, match=message):
+        _check_grid([40.0], seeds, [1.0])
+    with pytest.raises(TypeError, match=message):
+        hardware_aware_experiment(seeds=seeds)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        ((0.5, 1.5), "seeds must be a 1-D sequence of integers"),  # int() made them 0 and 1
+        (3, "seeds must be a sequence of seeds, got 3; for seeds 0 to n - 1 pass range"),
+        (jnp.array(3), "seeds must be a sequence of seeds, got Array(3"),
+    ],
+)
+def test_experiments_refuse_seeds_they_would_change(seeds, message):
+    from fusion_jax.training import hardware_aware_experiment
+    from fusion_jax.transformer import programmed_accuracy, transformer_experiment
+
+    calls = [
+        lambda: hardware_aware_experiment(seeds=seeds),
+        lambda: transformer_experiment(seeds=seeds),
+        lambda: programmed_accuracy([], np.zeros((1, 2)), np.zeros(1, np.int32), seeds),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+
+
+def test_seed_sequences_of_any_iterable_are_read_as_given():
+    from fusion_jax._validation import seed_list
+
+    assert seed_list((s for s in (4, 1)), "f") == [4, 1]  # a generator, read once
+    assert seed_list(range(3), "f") == seed_list(np.arange(3), "f") == [0, 1, 2]
+    assert seed_list(jnp.array([7, 2]), "f") == [7, 2]
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        lambda rngs: fj.nnx.FusionLinear(3, 2, rngs=rngs),
+        lambda rngs: fj.nnx.FusionConv(3, 2, (3, 3), rngs=rngs),
+        lambda rngs: fj.nnx.FusionConvTranspose(3, 2, (3, 3), rngs=rngs),
+        lambda rngs: fj.nnx.FusionLinearGeneral(3, 2, rngs=rngs),
+        lambda rngs: fj.nnx.FusionEinsum("ab,bc->ac", (3, 2), rngs=rngs),
+    ],
+)
+@pytest.mark.parametrize(
+    ("rngs", "shown"),
+    [(0, "int 0"), (np.int64(0), "int64 0"), (KEY, "PRNGKeyArray"), (None, "NoneType")],
+)
+def test_constructor_rngs_that_are_no_nnx_rngs_are_named(layer, rngs, shown):
+    # Flax's own layers fail with "'int' object has no attribute 'params'".
+    with pytest.raises(TypeError, match=r"^Fusion\w+: rngs must be an nnx.Rngs") as err:
+        layer(rngs)
+    assert str(err.value).endswith(f"got {shown}.")
+
+
 @pytest.mark.parametrize("seeds", [[2**32], [0, -3]])
 def test_training_seeds_that_would_wrap_around_are_refused(seeds):
     from fusion_jax.training import hardware_aware_experiment
@@ -457,6 +520,126 @@ def test_numpy_inputs_become_the_arrays_jnp_asarray_makes_without_a_compile(dtyp
 def test_x64_on_1e300_round_trips(x64):
     w = np.array([[1e300, -2e299, 3.0], [1e-300, 5e-301, 0.0]])
     np.testing.assert_allclose(np.asarray(fj.program(w, noise=None)), w, rtol=1e-12)
+
+
+# Row 1's largest magnitude, 1e-37, is a normal float32, but its slope back to weights
+# (about 1e-37 / g_max) is not: XLA flushes it to 0, and the row came back as zeros.
+TINY_ROW = np.array([[1.0, 2.0, 3.0], [1e-37, 5e-38, -3.3e-38]], np.float32)
+
+
+@pytest.mark.parametrize(
+    ("entry", "where"),
+    [
+        ("convert", "weights: 1 row is too small to program (row [1], largest magnitude 1e-37"),
+        ("program", "weights: 1 row is too small"),
+        ("program_kernel", "kernel: 1 row is too small to program (row [1]"),
+        ("program_params", "program_params: leaf 'dense/kernel': kernel: 1 row is too small"),
+        ("layer", "FusionLinear (kernel (3, 2)): kernel: 1 row is too small"),
+    ],
+)
+def test_rows_too_small_to_program_are_refused_not_zeroed(entry, where):
+    # One chip row per output at every entry point: row 1 is the kernel's output 1.
+    kernel = TINY_ROW.T
+    params = {"dense": {"kernel": kernel}}
+
+    def layer():
+        model = fj.nnx.FusionLinear(3, 2, noise=None, rngs=nnx.Rngs(0))
+        model.kernel[...] = kernel
+        return model(np.ones((1, 3), np.float32))
+
+    call = {
+        "convert": lambda: fj.convert_to_conductances(TINY_ROW),
+        "program": lambda: fj.program(TINY_ROW, noise=None),
+        "program_kernel": lambda: fj.program_kernel(kernel, noise=None),
+        "program_params": lambda: fj.program_params(params, None, noise=None),
+        "layer": layer,
+    }[entry]
+    with pytest.raises(ValueError, match=re.escape(where)) as err:
+        call()
+    assert "must be at least 3.009e-36 (256 times the smallest normal float32)" in str(err.value)
+
+
+def test_rows_just_large_enough_round_trip_and_tiny_single_values_pass():
+    from jax.experimental import checkify
+
+    # A row of subnormals is refused too; traced, under checkify.
+    checked = checkify.checkify(jax.jit(lambda w: fj.program(w, noise=None)))
+    subnormal = np.array([[1.0, 2.0, 3.0], [4e-39, -1e-40, 0.0]], np.float32)
+    err, _ = checked(jnp.asarray(subnormal))
+    with pytest.raises(checkify.JaxRuntimeError, match="weights contain 1 rows too small"):
+        err.throw()
+    # Rows from the bound up round-trip at the largest g_max, where their slope is smallest.
+    # (With noise, rows below the reference's floor of 1e-10 sit at tiny conductances, which
+    # a noise floor in absolute uS reads as about 0: the reference's mapping, not a flush.)
+    w = np.array([[4e-36, 2e-36, -1e-36], [1.0, 2.0, 3.0]], np.float32)
+    checked_40 = checkify.checkify(jax.jit(lambda w: fj.program(w, noise=None, g_max=40.0)))
+    err, out = checked_40(jnp.asarray(w))
+    err.throw()
+    np.testing.assert_allclose(np.asarray(out), w, rtol=1e-5)
+    # A single subnormal in an ordinary row lies far below the row's resolution: programmed
+    # as 0, as any value that small would be (0.5 * 2**-24 is the row's last bit).
+    np.testing.assert_array_equal(
+        np.asarray(fj.program(np.array([[0.5, -0.25, 1e-40]], np.float32), noise=None)),
+        [[0.5, -0.25, 0.0]],
+    )
+    # float16 rows are computed in float32: their smallest values are far above the bound.
+    w16 = np.array([[1.0, 3e-6, -6e-8], [6e-8, 0.0, 0.0]], np.float16)
+    out16 = np.asarray(fj.program(w16, noise=None))
+    assert out16.dtype == np.float16 and np.all((out16 != 0) == (w16 != 0))
+
+
+@pytest.mark.parametrize(
+    "entry", ["program", "program_kernel", "program_params", "layer", "convert_back"]
+)
+def test_a_read_back_that_overflows_is_refused_not_returned_as_inf(entry):
+    # Finite weights near float32's largest value; 20 uS added to every conductance
+    # (deterministic) reads row 0 back at 1.5 times its size, beyond float32's range.
+    big = np.float32(3e38)
+    w = np.array([[big, big / 2, big / 4], [1.0, 2.0, 3.0]], np.float32)
+    noise = OffsetNoise(gain=1.0, offset=-20.0)
+
+    def layer():
+        model = fj.nnx.FusionLinear(3, 2, noise=noise, rngs=nnx.Rngs(0))
+        model.kernel[...] = w.T
+        return model.programmed_kernel(KEY)
+
+    call = {
+        "program": lambda: fj.program(w, KEY, noise=noise),
+        "program_kernel": lambda: fj.program_kernel(w.T, KEY, noise=noise),
+        "program_params": lambda: fj.program_params({"d": {"kernel": w.T}}, KEY, noise=noise),
+        "layer": layer,
+        # the conductances as that noise reads them, converted back
+        "convert_back": lambda: fj.convert_back_to_weights(
+            fj.convert_to_conductances(w)[0] + 20.0, fj.convert_to_conductances(w)[1]
+        ),
+    }[entry]
+    where = {
+        "program": "program: ",
+        "program_kernel": "program_kernel: ",
+        "program_params": "program_params: leaf 'd/kernel': ",
+        "layer": "FusionLinear (kernel (3, 2)): program_kernel: ",
+        "convert_back": "convert_back_to_weights: ",
+    }[entry]
+    with pytest.raises(FloatingPointError, match=re.escape(where)) as err:
+        call()
+    # Named in the layout given: row 0 of the weights, output 0 of the kernels.
+    position = "row 0, column 0" if entry in ("program", "convert_back") else "kernel index (0, 0)"
+    assert f"programmed weight is not finite (the first, inf, at {position};" in str(err.value)
+    assert "overflows float32" in str(err.value)
+    # The same weights noise-free, and ordinary weights with the same noise, are finite.
+    np.testing.assert_allclose(np.asarray(fj.program(w, noise=None)), w, rtol=1e-6)
+    out = np.asarray(fj.program(w / np.float32(1e30), KEY, noise=noise))
+    assert np.all(np.isfinite(out))
+
+
+def test_a_read_back_overflow_is_reported_under_checkify():
+    from jax.experimental import checkify
+
+    noise = OffsetNoise(gain=1.0, offset=-20.0)
+    checked = checkify.checkify(jax.jit(lambda w: fj.program(w, KEY, noise=noise)))
+    err, _ = checked(jnp.array([[3e38, 1.5e38, 7.5e37]], jnp.float32))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"program: 1 programmed weights are NaN"):
+        err.throw()
 
 
 def test_string_t_inference_in_sweep_is_a_type_error():
