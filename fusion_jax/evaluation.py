@@ -29,7 +29,13 @@ from jaxtyping import Array, ArrayLike, Float, Int
 from fusion_jax import _validation, tiles
 from fusion_jax._atomic import atomic_open
 from fusion_jax.distributed import _global_array
-from fusion_jax.model_programming import Layouts, freeze_layouts, kernel_layouts, program_params
+from fusion_jax.model_programming import (
+    Layouts,
+    freeze_layouts,
+    kernel_layouts,
+    program_params,
+)
+from fusion_jax.model_programming import _check_kernels as _check_kernels_of
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
 from fusion_jax.units import format_time
 
@@ -286,6 +292,45 @@ def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any, Any, A
     return model_or_apply_fn, params, getattr(model_or_apply_fn, "kernel_layouts", None), None
 
 
+def _check_kernels(
+    params: Any,
+    graphdef: Any,
+    where: Any,
+    layouts: Any,
+    tile_sizes: tuple[tuple[str, int], ...],
+    stacked: bool,
+    seeds: np.ndarray,
+) -> None:
+    """Refuse kernels that cannot be programmed before the grid is compiled.
+
+    Each grid point programs the kernels inside the compiled grid, where a
+    traced check cannot report: NaN weights would surface as a NaN loss,
+    and rows too small to program would come back as zeros. The kernels are
+    checked here as :func:`program_params` checks them, on host copies (no
+    compile), with errors naming the leaf (and, with ``stacked``, the
+    parameter set). Values spread over other processes' devices are left to
+    the traced checks.
+    """
+    from flax import nnx
+
+    layout_map = dict(layouts) if isinstance(layouts, tuple) else layouts
+
+    def check(tree: Any, caller: str) -> None:
+        target = tree if graphdef is None else nnx.merge(graphdef, tree)
+        _check_kernels_of(target, caller, where=where, layouts=layout_map, **dict(tile_sizes))
+
+    if not stacked:
+        check(params, "sweep")
+        return
+    host = [_validation.concrete_value(leaf) for leaf in jax.tree.leaves(params)]
+    if any(value is None for value in host):
+        return
+    treedef = jax.tree.structure(params)
+    for i, seed in enumerate(seeds.tolist()):
+        one = jax.tree.unflatten(treedef, [value[i] for value in host])
+        check(one, f"sweep (parameter set {i}, seed {seed})")
+
+
 # --- the compiled evaluator ----------------------------------------------------------------
 
 
@@ -481,8 +526,12 @@ def sweep(
         ArgumentError: if a g_max value is outside [10, 40].
         ValueError: for an empty grid, negative times or seeds, evaluation
             data whose inputs and labels disagree, labels that are not class
-            indices of the model's logits, or ``stacked`` parameters
-            whose leading axis is not the number of seeds; all before compiling.
+            indices of the model's logits, ``stacked`` parameters whose
+            leading axis is not the number of seeds, or kernels that
+            :func:`program_params` refuses (NaN or Inf weights, rows too
+            small to program; the leaf named); all before compiling.
+        FloatingPointError: if a grid point's loss is not finite (its noisy
+            read-back overflowed), naming the point.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -511,7 +560,14 @@ def sweep(
                 f"stacked=True needs every parameter with a leading axis of {seed_values.size} "
                 f"(one set per seed), got leading sizes {sorted(sizes, key=str)}."
             )
+    given_tiles = {"max_input_size": max_input_size, "max_output_size": max_output_size}
+    tile_sizes = tuple(
+        (name, tiles.check_max_size(value, name))
+        for name, value in given_tiles.items()
+        if value is not None
+    )
     _check_labels(y, apply_fn, params, x, stacked)
+    _check_kernels(params, graphdef, where, frozen_layouts, tile_sizes, stacked, seed_values)
     model = resolve_noise(noise)
     devices = tuple(jax.devices() if devices is None else devices)
     if not devices:
@@ -548,12 +604,6 @@ def sweep(
 
     dtype = _validation.compute_dtype(jnp.float32)
     pg, ps, pt = padded(grid_g, dtype), padded(grid_s, np.uint32), padded(grid_t, dtype)
-    given_tiles = {"max_input_size": max_input_size, "max_output_size": max_output_size}
-    tile_sizes = tuple(
-        (name, tiles.check_max_size(value, name))
-        for name, value in given_tiles.items()
-        if value is not None
-    )
     pm = padded(grid_m, np.int32)
     evaluate = _evaluator(
         apply_fn,

@@ -851,6 +851,45 @@ def program_params(
     return _program_tree(params, key, given, where, layouts, {}, {})[0]
 
 
+def _check_kernels(
+    params: Any,
+    caller: str,
+    *,
+    where: Callable[[LeafPath, Any], bool] | None,
+    layouts: Layouts | None,
+    **given: Any,
+) -> None:
+    """The checks :func:`program_params` makes of each kernel it would program, without programming.
+
+    For callers that program the kernels inside a compiled function of
+    their own (:func:`fusion_jax.sweep`), where a traced check cannot
+    report: the weights are checked here, on host copies (no compile), with
+    errors naming ``caller`` and the leaf. ``given`` holds the settings
+    passed to ``program_params`` (tile sizes); noise is not drawn. Kernels
+    whose values are not all on this process are left to the traced checks.
+    """
+    from flax import nnx
+
+    given = {**given, "noise": None}
+    if isinstance(params, nnx.Module):
+        specs = _module_specs(params, strict=False)
+        state = nnx.state(params)
+        _program_tree(
+            state,
+            None,
+            given,
+            where,
+            layouts,
+            specs.axes,
+            specs.settings,
+            specs.masks,
+            caller=caller,
+            check_only=True,
+        )
+        return
+    _program_tree(params, None, given, where, layouts, {}, {}, caller=caller, check_only=True)
+
+
 def _program_tree(
     params: Any,
     key: PRNGKeyArray | None,
@@ -860,12 +899,17 @@ def _program_tree(
     module_axes: Mapping[LeafPath, KernelAxes | ValueError],
     module_settings: Mapping[LeafPath, Mapping[str, Any]],
     masks: Mapping[LeafPath, Any] | None = None,
+    *,
+    caller: str = "program_params",
+    check_only: bool = False,
 ) -> tuple[Any, set[LeafPath]]:
     """program_params on a pytree, with per-leaf axes, settings and masks read from a module.
 
     A kernel with a mask (a masked convolution's) is programmed times its
     mask, as its layer programs it: masked-out weights are not on the chip.
     Returns the programmed pytree and the paths of the leaves it programmed.
+    With ``check_only`` every check runs and nothing is programmed (the
+    pytree returned is ``None``); errors name ``caller``.
     """
     select = is_kernel if where is None else where
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
@@ -885,7 +929,7 @@ def _program_tree(
         name = _path_text(path) or "<root>"
         if np.ndim(leaf) < 2:
             raise ValueError(
-                f"program_params: `where` selected the leaf at {name!r} of shape "
+                f"{caller}: `where` selected the leaf at {name!r} of shape "
                 f"{tuple(np.shape(leaf))}, but only kernels with at least 2 dimensions "
                 "[..., in, out] can be programmed (biases stay digital)."
             )
@@ -893,11 +937,11 @@ def _program_tree(
         if axes is None:
             axes = module_axes.get(path)
             if isinstance(axes, ValueError):
-                raise ValueError(f"program_params: {axes}") from None
+                raise ValueError(f"{caller}: {axes}") from None
         if axes is None:
             if np.ndim(leaf) > 2:
                 raise ValueError(
-                    f"program_params: the kernel {name!r} of shape {tuple(np.shape(leaf))} has "
+                    f"{caller}: the kernel {name!r} of shape {tuple(np.shape(leaf))} has "
                     "rank above 2, and which of its axes are inputs, outputs or stacked layers "
                     "is unknown. Pass layouts={" + repr(name) + ": fj.layout.KernelAxes...} "
                     "(e.g. KernelAxes.conv(2) for a 2-D convolution, KernelAxes.dense().stacked() "
@@ -912,7 +956,7 @@ def _program_tree(
         model = default_model if model is DEFAULT_NOISE else resolve_noise(model)
         # The one check of the settings (a key when noise is on, ...), naming the kernel.
         _validation.check_settings(
-            where=f"program_params (kernel {name!r})",
+            where=f"{caller} (kernel {name!r})",
             noise=model,
             key=key,
             t_inference=settings["t_inference"],
@@ -931,7 +975,7 @@ def _program_tree(
                 max_output_size=settings["max_output_size"],
             )
         except (TypeError, ValueError) as err:
-            _restate(err, name)
+            _restate(err, name, caller)
             raise
         if call.key is not None:
             call = call._replace(fold=_path_hash(path))  # its key: leaf_key(key, path)
@@ -944,9 +988,11 @@ def _program_tree(
             " ..." if len(paths) > 8 else ""
         )
         raise ValueError(
-            "program_params selected no leaf to program; the default selects leaves named "
+            f"{caller} selected no leaf to program; the default selects leaves named "
             f"'kernel' with at least 2 dimensions. Leaves seen: [{shown}]."
         )
+    if check_only:
+        return None, programmed_paths
     done = []
     for members in groups.values():
         for chunk in _chunks(members):
@@ -961,7 +1007,7 @@ def _program_tree(
     # Checked once every chunk is dispatched: a concrete check waits for its kernel.
     for kernel, finite, name in done:
         _validation.check_read_back(
-            kernel, f"program_params: leaf {name!r}", kernel=True, all_finite=finite
+            kernel, f"{caller}: leaf {name!r}", kernel=True, all_finite=finite
         )
     return jax.tree_util.tree_unflatten(treedef, out), programmed_paths
 
@@ -991,10 +1037,10 @@ def _groupable(call: _KernelCall) -> bool:
     return len(call.statics["in_sizes"]) <= 1 or len(axes.inputs) == 1
 
 
-def _restate(err: Exception, names: str) -> None:
+def _restate(err: Exception, names: str, caller: str = "program_params") -> None:
     """Name the leaf (or leaves) in an error raised while programming them."""
     if isinstance(err, ArgumentError):
         return
     if type(err) in (TypeError, ValueError):  # ours: restate with the leaf's path
-        raise type(err)(f"program_params: leaf {names!r}: {err}") from err
-    err.add_note(f"(while programming the leaf {names!r} in program_params)")
+        raise type(err)(f"{caller}: leaf {names!r}: {err}") from err
+    err.add_note(f"(while programming the leaf {names!r} in {caller})")

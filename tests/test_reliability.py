@@ -535,6 +535,7 @@ TINY_ROW = np.array([[1.0, 2.0, 3.0], [1e-37, 5e-38, -3.3e-38]], np.float32)
         ("program_kernel", "kernel: 1 row is too small to program (row [1]"),
         ("program_params", "program_params: leaf 'dense/kernel': kernel: 1 row is too small"),
         ("layer", "FusionLinear (kernel (3, 2)): kernel: 1 row is too small"),
+        ("sweep", "sweep: leaf 'dense/kernel': kernel: 1 row is too small to program (row [1]"),
     ],
 )
 def test_rows_too_small_to_program_are_refused_not_zeroed(entry, where):
@@ -553,10 +554,45 @@ def test_rows_too_small_to_program_are_refused_not_zeroed(entry, where):
         "program_kernel": lambda: fj.program_kernel(kernel, noise=None),
         "program_params": lambda: fj.program_params(params, None, noise=None),
         "layer": layer,
+        "sweep": lambda: fj.sweep(
+            lambda p, x: x @ p["dense"]["kernel"],
+            params,
+            (np.ones((4, 3), np.float32), np.zeros(4, np.int32)),
+            g_max=[40.0],
+            seeds=[0],
+            t_inference=[1.0],
+        ),
     }[entry]
     with pytest.raises(ValueError, match=re.escape(where)) as err:
         call()
     assert "must be at least 3.009e-36 (256 times the smallest normal float32)" in str(err.value)
+
+
+def test_sweep_checks_each_kernel_before_its_compiled_grid():
+    """Inside the sweep's compiled grid a traced check cannot report: NaN weights would
+    surface as a NaN loss, rows too small to program as zeros. Each kernel (of each
+    parameter set, with ``stacked``) is checked before compiling, naming the leaf."""
+    data = (np.ones((4, 3), np.float32), np.zeros(4, np.int32))
+    grid = {"g_max": [40.0], "t_inference": [1.0]}
+    nan_kernel = np.ones((3, 2), np.float32)
+    nan_kernel[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"^sweep: leaf 'kernel': kernel contains 1 NaN or Inf"):
+        fj.sweep(_apply_fn, {"kernel": nan_kernel}, data, seeds=[0], **grid)
+    # One parameter set per seed: the second set's row 1 is too small; named with its seed.
+    sets = {"kernel": np.stack([np.ones((3, 2), np.float32), TINY_ROW.T])}
+    with pytest.raises(
+        ValueError, match=r"^sweep \(parameter set 1, seed 7\): leaf 'kernel': kernel: 1 row is"
+    ):
+        fj.sweep(_apply_fn, sets, data, seeds=[3, 7], stacked=True, **grid)
+    # An NNX module: its state is checked, as program_params checks the module.
+    layer = fj.nnx.FusionLinear(3, 2, rngs=nnx.Rngs(0))
+    layer.kernel[...] = nan_kernel
+    with pytest.raises(ValueError, match=r"^sweep: leaf 'kernel': kernel contains 1 NaN"):
+        fj.sweep(layer, None, data, seeds=[0], **grid)
+    # Ordinary kernels pass the check and are swept.
+    sets["kernel"][1] = 2.0
+    result = fj.sweep(_apply_fn, sets, data, seeds=[3, 7], stacked=True, noise=None, **grid)
+    np.testing.assert_array_equal(result.accuracy, np.ones((1, 2, 1)))
 
 
 def test_rows_just_large_enough_round_trip_and_tiny_single_values_pass():
