@@ -21,7 +21,12 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from fusion_jax import _validation, tiles
 from fusion_jax.layout import KernelAxes
-from fusion_jax.model_programming import LeafPath, _path_text, _plain_path, program_kernel
+from fusion_jax.model_programming import (
+    LeafPath,
+    _path_text,
+    _plain_path,
+    _program_layer_kernel,
+)
 from fusion_jax.programming import DEFAULT_NOISE, _check_gradient_mode, resolve_noise
 
 __all__ = [
@@ -221,31 +226,20 @@ def _program_as(
     settings: _Settings,
 ) -> jax.Array:
     """:func:`program_kernel` with ``settings``; an error names ``module`` (its path)."""
-    with _naming(module):
-        return program_kernel(
-            kernel,
-            key,
-            axes=axes,
-            g_max=settings.g_max,
-            noise=resolve_noise(settings.noise),
-            t_inference=settings.t_inference,
-            strict_aihwkit=settings.strict_aihwkit,
-            gradient=settings.gradient,
-            max_input_size=settings.max_input_size,
-            max_output_size=settings.max_output_size,
-        )
-
-
-@contextlib.contextmanager
-def _naming(module: nn.Module) -> Iterator[None]:
-    """Restate an error raised while programming ``module``'s kernel with its path."""
-    try:
-        yield
-    except (TypeError, ValueError, FloatingPointError) as err:
-        if type(err) not in (TypeError, ValueError, FloatingPointError):
-            raise  # ArgumentError names its argument
-        name = "/".join(module.path) or type(module).__name__
-        raise type(err)(f"{name} ({type(module).__name__}): {err}") from err
+    name = "/".join(module.path) or type(module).__name__
+    return _program_layer_kernel(
+        kernel,
+        key,
+        layer=f"{name} ({type(module).__name__})",
+        axes=axes,
+        g_max=settings.g_max,
+        noise=resolve_noise(settings.noise),
+        t_inference=settings.t_inference,
+        strict_aihwkit=settings.strict_aihwkit,
+        gradient=settings.gradient,
+        max_input_size=settings.max_input_size,
+        max_output_size=settings.max_output_size,
+    )
 
 
 def _run_programmed(

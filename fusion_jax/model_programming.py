@@ -165,6 +165,20 @@ def program_kernel(
     ).run()
 
 
+def _program_layer_kernel(kernel: Any, key: Any, *, layer: str, **settings: Any) -> jax.Array:
+    """:func:`program_kernel` for a layer named ``layer``, which every error names.
+
+    An error raised here (concrete values) is restated as ``"{layer}: ..."``;
+    a traced check (reported under ``checkify``) names ``layer`` the same way.
+    """
+    try:
+        return _checked_kernel_call(kernel, key, traced_prefix=f"{layer}: ", **settings).run()
+    except (TypeError, ValueError, FloatingPointError) as err:
+        if type(err) not in (TypeError, ValueError, FloatingPointError):
+            raise  # ArgumentError names its argument
+        raise type(err)(f"{layer}: {err}") from err
+
+
 class _KernelCall(NamedTuple):
     """One checked :func:`program_kernel` call, ready to run (alone or batched)."""
 
@@ -175,10 +189,14 @@ class _KernelCall(NamedTuple):
     t_inference: Any
     statics: dict[str, Any]
     fold: int | None = None  # the kernel's key is fold_in(key, fold) (program_params' leaf key)
+    traced_prefix: str = ""  # names the caller in traced checks (concrete errors are restated)
 
     def run(self) -> jax.Array:
         ((kernel, finite),) = _run_grouped([self])
-        _validation.check_read_back(kernel, "program_kernel", kernel=True, all_finite=finite)
+        where = "program_kernel"
+        if isinstance(kernel, jax.core.Tracer):
+            where = f"{self.traced_prefix}{where}"
+        _validation.check_read_back(kernel, where, kernel=True, all_finite=finite)
         return kernel
 
     def group_token(self) -> tuple[Any, ...]:
@@ -208,8 +226,15 @@ def _checked_kernel_call(
     gradient: GradientMode,
     max_input_size: int,
     max_output_size: int,
+    traced_prefix: str = "",
 ) -> _KernelCall:
-    """program_kernel's checks (each error raised here, eagerly where values are concrete)."""
+    """program_kernel's checks (each error raised here, eagerly where values are concrete).
+
+    A traced kernel's values are checked here, in the caller's trace, with
+    ``checkify.debug_check`` messages that start with ``traced_prefix`` (a
+    layer's or leaf's name): inside the compiled programming, shared by
+    every kernel of one shape, no message could name its caller.
+    """
     kernel = _validation.as_array(kernel, "kernel")
     axes = layout._as_axes(axes, kernel.ndim)
     axes.check(kernel.shape)
@@ -226,6 +251,9 @@ def _checked_kernel_call(
     if value is not None:
         host_columns = layout._to_columns(value, axes, export_order=False)
         _prepare_weights(np.swapaxes(host_columns, -1, -2), "kernel")
+    elif isinstance(kernel, jax.core.Tracer):
+        columns = layout._to_columns(kernel, axes, export_order=False)
+        _prepare_weights(jnp.swapaxes(columns, -1, -2), f"{traced_prefix}kernel")
     _prepare_g_max(g_max, jnp.float32, "program_kernel")  # here: inside the jit it is traced
     sizes = tiles._kernel_input_sizes(kernel.shape, axes, max_input_size, max_output_size)
     statics = {
@@ -234,7 +262,7 @@ def _checked_kernel_call(
         "gradient": gradient,
         "in_sizes": sizes,
     }
-    return _KernelCall(kernel, key, g_max, model, t_inference, statics)
+    return _KernelCall(kernel, key, g_max, model, t_inference, statics, traced_prefix=traced_prefix)
 
 
 def _value_token(value: Any) -> tuple[Any, ...]:
@@ -334,9 +362,9 @@ def _program_kernels_jit(
     # rest of the conversion on a CPU). Without tiles a row's result does not
     # depend on the order of its inputs; with tiles they are in export order.
     export_order = len(in_sizes) > 1
+    # The kernels' values were checked by _checked_kernel_call (on the host, or traced in
+    # the caller's trace, naming the caller).
     columns = [layout._to_columns(k, axes, export_order=export_order) for k in kernels]
-    for c in columns:
-        _prepare_weights(jnp.swapaxes(c, -1, -2), "kernel")  # traced: only inspected
     settings = {"strict_aihwkit": strict_aihwkit, "gradient": gradient, "in_sizes": in_sizes}
     if len(kernels) == 1:
         assert folds is None  # a lone kernel's key is folded by the caller
@@ -973,6 +1001,7 @@ def _program_tree(
                 gradient=settings["gradient"],
                 max_input_size=settings["max_input_size"],
                 max_output_size=settings["max_output_size"],
+                traced_prefix=f"{caller}: leaf {name!r}: ",
             )
         except (TypeError, ValueError) as err:
             _restate(err, name, caller)

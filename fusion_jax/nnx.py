@@ -56,9 +56,9 @@ from fusion_jax._static import has_array_leaves
 from fusion_jax.layout import KernelAxes
 from fusion_jax.model_programming import (
     _expected_kernel,
+    _program_layer_kernel,
     kernel_layouts,
     module_kernel_axes,
-    program_kernel,
 )
 from fusion_jax.programming import (
     DEFAULT_NOISE,
@@ -257,24 +257,20 @@ class _FusionLayer(nnx.Module):
             kernel = kernel * mask
         if axes is None:
             axes = module_kernel_axes(self, kernel.shape, type(self).__name__)
-        try:
-            return program_kernel(
-                kernel,
-                key,
-                axes=axes,
-                g_max=self.g_max,
-                noise=self.noise,
-                t_inference=self.t_inference,
-                strict_aihwkit=self.strict_aihwkit,
-                gradient=self.gradient,
-                max_input_size=self.max_input_size,
-                max_output_size=self.max_output_size,
-            )
-        except (TypeError, ValueError, FloatingPointError) as err:
-            if type(err) not in (TypeError, ValueError, FloatingPointError):
-                raise  # ArgumentError names its argument
-            # The layer does not know its path in the model: name its class and shape.
-            raise type(err)(f"{type(self).__name__} (kernel {tuple(kernel.shape)}): {err}") from err
+        return _program_layer_kernel(
+            kernel,
+            key,
+            # The layer does not know its path in the model: named by its class and shape.
+            layer=f"{type(self).__name__} (kernel {tuple(kernel.shape)})",
+            axes=axes,
+            g_max=self.g_max,
+            noise=self.noise,
+            t_inference=self.t_inference,
+            strict_aihwkit=self.strict_aihwkit,
+            gradient=self.gradient,
+            max_input_size=self.max_input_size,
+            max_output_size=self.max_output_size,
+        )
 
     def _noise_key(self, rngs: RngsLike | None) -> PRNGKeyArray | None:
         if self.noise is None:

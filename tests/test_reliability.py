@@ -1008,3 +1008,49 @@ def test_a_layer_with_a_nan_kernel_says_which_layer():
     bad["params"]["enc"]["kernel"] = bad["params"]["enc"]["kernel"].at[0, 4].set(jnp.nan)
     with pytest.raises(ValueError, match=r"^enc \(Dense\): kernel contains 1 NaN or Inf value"):
         fj.linen.fusionize(Net(), noise=None).apply(bad, x)
+
+
+def test_traced_checks_name_the_layer_or_leaf_under_checkify():
+    """Inside jit a bad kernel is reported by checkify naming what a concrete error names:
+    the NNX layer (class and kernel shape), the Linen layer (its path: here the second of
+    two layers), program_params' leaf; a traced read-back overflow names the layer too."""
+    import flax.linen as nn
+    from jax.experimental import checkify
+
+    def reported(f, *args):
+        err, _ = checkify.checkify(jax.jit(f))(*args)
+        return str(err.get())
+
+    layer = fj.nnx.FusionLinear(3, 5, noise=None, rngs=nnx.Rngs(0))
+    layer.kernel[...] = layer.kernel[...].at[1, 2].set(jnp.nan)
+    graphdef, state = nnx.split(layer)
+    x = jnp.ones((1, 3))
+    message = reported(lambda s, x: nnx.merge(graphdef, s)(x), state, x)
+    assert message.startswith("FusionLinear (kernel (3, 5)): kernel contains 1 NaN or Inf"), message
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(5, name="dec")(nn.Dense(5, name="enc")(x))
+
+    variables = Net().init(jax.random.key(0), x)
+    bad = jax.tree.map(lambda a: a, variables)
+    bad["params"]["dec"]["kernel"] = bad["params"]["dec"]["kernel"].at[4, 0].set(jnp.inf)
+    message = reported(fj.linen.fusionize(Net(), noise=None).apply, bad, x)
+    assert message.startswith("dec (Dense): kernel contains 1 NaN or Inf"), message
+    message = reported(lambda p: fj.program_params(p, None, noise=None), bad)
+    assert message.startswith("program_params: leaf 'params/dec/kernel': kernel contains 1"), (
+        message
+    )
+    # The good model reports nothing.
+    assert reported(fj.linen.fusionize(Net(), noise=None).apply, variables, x) == "None"
+
+    big = np.float32(3e38)
+    noise = OffsetNoise(gain=1.0, offset=-20.0)  # reads row 0 back at 1.5 times its size
+    overflowing = fj.nnx.FusionLinear(3, 2, noise=noise, rngs=nnx.Rngs(0))
+    overflowing.kernel[...] = np.array([[big, 1.0], [big / 2, 2.0], [big / 4, 3.0]], np.float32)
+    graphdef, state = nnx.split(overflowing)
+    message = reported(lambda s: nnx.merge(graphdef, s).programmed_kernel(KEY), state)
+    assert message.startswith(
+        "FusionLinear (kernel (3, 2)): program_kernel: 1 programmed weights are NaN or Inf"
+    ), message
