@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from fusion_jax._paths import path_text, plain_path
 from fusion_jax.errors import ArgumentError
 
 G_MAX_MIN = 10.0
@@ -589,6 +590,62 @@ def check_non_negative(x: jax.Array, name: str) -> None:
 
 #: Seeds are 32-bit words: ``jax.random.key(seed)`` of a uint32 seed.
 SEED_LIMIT = 2**32
+
+
+def check_seed(seed: Any, where: str, name: str = "seed") -> int:
+    """One integer seed in [0, 2**32), as a Python int.
+
+    A float is refused (``int()`` would truncate it to another seed), and
+    so is a PRNG key given for a seed.
+
+    Raises:
+        TypeError: naming ``where`` and ``name``, for a key or a value that
+            is not an integer.
+        ValueError: for a seed outside [0, 2**32).
+    """
+    if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+        raise TypeError(
+            f"{where}: {name} must be an integer seed (it becomes jax.random.key({name})), got "
+            f"a PRNG key; pass the seed itself, e.g. {name}=0."
+        )
+    kind = np.asarray(seed).dtype.kind if not isinstance(seed, str) else "U"
+    if isinstance(seed, bool | np.bool_) or np.ndim(seed) != 0 or kind not in "iu":
+        raise TypeError(f"{where}: {name} must be an integer, got {seed!r}.")
+    try:
+        return int(check_seeds(np.asarray([seed]), name)[0])
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+
+
+def check_leaves_finite(tree: Any, where: str, what: str = "parameter") -> None:
+    """Refuse NaN or Inf in any floating-point leaf of ``tree``, naming the leaf.
+
+    For parameters used inside a compiled function of the library's own (a
+    training epoch, a sweep's grid), where a traced check cannot report and
+    a NaN would surface only as a NaN loss. Checked on host copies (no
+    compile); leaves whose values are not all on this process are skipped.
+
+    Raises:
+        ValueError: naming ``where``, the first leaf holding NaN or Inf (its
+            path, after ``what``), how many, and the index of the first.
+    """
+    for keypath, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.inexact):
+            continue
+        value = concrete_value(leaf)
+        if value is None:
+            continue
+        name = path_text(plain_path(keypath)) or "<root>"
+
+        def error(value: np.ndarray, bad: np.ndarray, count: int, name: str = name) -> Exception:
+            return ValueError(
+                f"{where}: {what} {name!r} contains {count} NaN or Inf "
+                f"value{'s' if count != 1 else ''} (the first at index {_first(bad)}; shape "
+                f"{tuple(value.shape)})."
+            )
+
+        _refuse_elements(value, lambda v, xp: ~xp.isfinite(v), "", error)
 
 
 def seed_list(seeds: Any, where: str) -> list[int]:

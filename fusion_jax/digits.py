@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from fusion_jax import _validation
 from fusion_jax.nnx import FusionConv, FusionLinear
 
 __all__ = ["CNN", "MLP", "DigitsData", "load_digits_split"]
@@ -104,7 +105,9 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.25) -> DigitsData:
         The split, images flat ``[N, 64]`` float32 and labels int32.
 
     Raises:
-        ValueError: if ``test_fraction`` is not strictly between 0 and 1.
+        ValueError: if ``test_fraction`` is not strictly between 0 and 1, or
+            the seed lies outside [0, 2**32).
+        TypeError: for a seed that is not an integer.
 
     Example:
         >>> import fusion_jax.digits as fjd
@@ -123,7 +126,11 @@ def load_digits_split(seed: int = 0, test_fraction: float = 0.25) -> DigitsData:
     x = (np.asarray(bunch.data, dtype=np.float32) / _PIXEL_MAX).astype(np.float32)
     y = np.asarray(bunch.target, dtype=np.int32)
     x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=float(test_fraction), random_state=int(seed), stratify=y
+        x,
+        y,
+        test_size=float(test_fraction),
+        random_state=_validation.check_seed(seed, "load_digits_split"),
+        stratify=y,
     )
     return DigitsData(
         x_train=jnp.asarray(x_train),

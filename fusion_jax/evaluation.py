@@ -229,7 +229,12 @@ def _check_data(eval_data: Any) -> tuple[jax.Array, jax.Array]:
 
 
 def _check_labels(
-    y: jax.Array, apply_fn: ApplyFn, params: Any, x: jax.Array, stacked: bool
+    y: jax.Array,
+    apply_fn: ApplyFn,
+    params: Any,
+    x: jax.Array,
+    stacked: bool,
+    name: str = "eval_data labels",
 ) -> None:
     """Refuse labels that are not class indices of the model's logits (shapes only: no compile)."""
 
@@ -246,7 +251,7 @@ def _check_labels(
         first = tuple(int(i) for i in np.argwhere(bad)[0])
         where = f"example {first[0]}" + (f", position {first[1:]}" if len(first) > 1 else "")
         raise ValueError(
-            f"eval_data labels must be class indices in [0, {n_classes}) (the model's logits "
+            f"{name} must be class indices in [0, {n_classes}) (the model's logits "
             f"have {n_classes} classes); {int(bad.sum())} outside it, the first, "
             f"{int(labels[first])}, at {where}."
         )
@@ -308,8 +313,9 @@ def _check_kernels(
     and rows too small to program would come back as zeros. The kernels are
     checked here as :func:`program_params` checks them, on host copies (no
     compile), with errors naming the leaf (and, with ``stacked``, the
-    parameter set). Values spread over other processes' devices are left to
-    the traced checks.
+    parameter set), and every other floating-point parameter for NaN or
+    Inf. Values spread over other processes' devices are left to the traced
+    checks.
     """
     from flax import nnx
 
@@ -321,14 +327,15 @@ def _check_kernels(
 
     if not stacked:
         check(params, "sweep")
-        return
-    host = [_validation.concrete_value(leaf) for leaf in jax.tree.leaves(params)]
-    if any(value is None for value in host):
-        return
-    treedef = jax.tree.structure(params)
-    for i, seed in enumerate(seeds.tolist()):
-        one = jax.tree.unflatten(treedef, [value[i] for value in host])
-        check(one, f"sweep (parameter set {i}, seed {seed})")
+    else:
+        host = [_validation.concrete_value(leaf) for leaf in jax.tree.leaves(params)]
+        if all(value is not None for value in host):
+            treedef = jax.tree.structure(params)
+            for i, seed in enumerate(seeds.tolist()):
+                one = jax.tree.unflatten(treedef, [value[i] for value in host])
+                check(one, f"sweep (parameter set {i}, seed {seed})")
+    # The other parameters (biases, norms' scales): no NaN or Inf either.
+    _validation.check_leaves_finite(params, "sweep")
 
 
 # --- the compiled evaluator ----------------------------------------------------------------
@@ -527,9 +534,10 @@ def sweep(
         ValueError: for an empty grid, negative times or seeds, evaluation
             data whose inputs and labels disagree, labels that are not class
             indices of the model's logits, ``stacked`` parameters whose
-            leading axis is not the number of seeds, or kernels that
+            leading axis is not the number of seeds, kernels that
             :func:`program_params` refuses (NaN or Inf weights, rows too
-            small to program; the leaf named); all before compiling.
+            small to program; the leaf named) or other parameters holding
+            NaN or Inf; all before compiling.
         FloatingPointError: if a grid point's loss is not finite (its noisy
             read-back overflowed), naming the point.
 

@@ -40,7 +40,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from fusion_jax import _validation, tiles
 from fusion_jax.digits import CNN, MLP, DigitsData, load_digits_split
-from fusion_jax.evaluation import SweepResult, _check_grid, sweep
+from fusion_jax.evaluation import SweepResult, _check_grid, _check_labels, _nnx_apply, sweep
 from fusion_jax.model_programming import freeze_layouts, kernel_layouts
 from fusion_jax.programming import (
     DEFAULT_NOISE,
@@ -301,7 +301,7 @@ def _train_stack(
     models: Sequence[nnx.Module],
     x: jax.Array,
     y: jax.Array,
-    keys: PRNGKeyArray,
+    keys: PRNGKeyArray | int,
     *,
     optimizer: optax.GradientTransformation,
     loss_fn: LossFn,
@@ -312,18 +312,39 @@ def _train_stack(
 ) -> np.ndarray:
     """Train models of one architecture together, vmapped; update them in place.
 
+    ``keys``: one key per model for its mini-batch order, or for one model
+    the seed of its key (made after the checks: nothing compiles before).
     Returns the losses ``[models, epochs, steps]``.
 
     Raises:
+        ValueError: for bad data, labels or parameters (before compiling).
         FloatingPointError: if a loss is NaN or Inf (the models are left untrained).
     """
-    x, y = jnp.asarray(x), jnp.asarray(y)
+    x, y = (_validation.to_jax(a if isinstance(a, jax.Array) else np.asarray(a)) for a in (x, y))
     _check_training_args(x, y, epochs, batch_size)
     views = [_mode_view(m, training=True) for m in models]
     splits = [nnx.split(v, nnx.Param, ...) for v in views]
     graphdef = splits[0][0]
     if any(s[0] != graphdef for s in splits[1:]):
         raise ValueError("models trained together must have the same architecture and settings.")
+    # Inside the compiled epoch a NaN would surface only as a NaN loss ("diverged"):
+    # the data and the parameters are checked here, on host copies.
+    where = f"{label}train"
+    _validation.check_leaves_finite({"x": x, "y": y}, where, what="training data")
+    if loss_fn is cross_entropy:
+        if y.dtype.kind not in "iu":
+            raise ValueError(
+                f"{where}: y must be integer class labels for the default loss (cross_entropy), "
+                f"got dtype {y.dtype}; pass loss_fn= for other targets."
+            )
+        model_graphdef, state = nnx.split(models[0])
+        _check_labels(y, _nnx_apply(model_graphdef), state, x, False, name=f"{where}: y")
+    for i, (_, params_i, _) in enumerate(splits):
+        _validation.check_leaves_finite(
+            params_i, where if len(models) == 1 else f"{where} (model {i} of {len(models)})"
+        )
+    if isinstance(keys, int):
+        keys = jax.random.key(keys)[None]
     params = jax.tree.map(lambda *a: jnp.stack(a), *[s[1] for s in splits])
     rest = jax.tree.map(lambda *a: jnp.stack(a), *[s[2] for s in splits])
     opt_state = jax.vmap(optimizer.init)(params)
@@ -401,8 +422,12 @@ def train(
         :class:`TrainHistory`.
 
     Raises:
-        ValueError: for ``x``/``y`` of different lengths, ``epochs < 1`` or a
-            ``batch_size`` outside ``[1, n]``.
+        ValueError: for ``x``/``y`` of different lengths, ``epochs < 1``, a
+            ``batch_size`` outside ``[1, n]``, NaN or Inf in the data or in a
+            parameter (its path named), a seed outside [0, 2**32), or, with
+            the default loss, labels that are not integer class indices of
+            the model's outputs; all before compiling.
+        TypeError: for a ``seed`` that is not an integer (a float, a key).
         FloatingPointError: if the loss becomes NaN or Inf (the model is
             then left as it was).
 
@@ -428,7 +453,7 @@ def train(
         [model],
         x,
         y,
-        jax.random.key(int(seed))[None],
+        _validation.check_seed(seed, "train"),
         optimizer=_adam(1e-2) if optimizer is None else optimizer,
         loss_fn=loss_fn,
         epochs=epochs,

@@ -125,7 +125,9 @@ def histogram_task(
         A :class:`SequenceData`.
 
     Raises:
-        ValueError: for a non-positive size or ``vocab < 2``.
+        ValueError: for a non-positive size, ``vocab < 2`` or a seed outside
+            [0, 2**32).
+        TypeError: for a seed that is not an integer.
 
     Example:
         >>> from fusion_jax.transformer import histogram_task
@@ -144,7 +146,9 @@ def histogram_task(
     ):
         if int(value) < low:
             raise ValueError(f"{name} must be at least {low}, got {value}.")
-    k_train, k_test = jax.random.split(jax.random.key(int(seed)))
+    k_train, k_test = jax.random.split(
+        jax.random.key(_validation.check_seed(seed, "histogram_task"))
+    )
     x_train, y_train = _histogram_batch(k_train, int(n_train), int(seq_len), int(vocab))
     x_test, y_test = _histogram_batch(k_test, int(n_test), int(seq_len), int(vocab))
     return SequenceData(x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)

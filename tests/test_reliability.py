@@ -331,6 +331,65 @@ def test_experiments_refuse_seeds_they_would_change(seeds, message):
             call()
 
 
+@pytest.mark.parametrize("seed", [1.7, KEY, True, "0", np.float32(2.0)])
+def test_a_single_seed_must_be_an_integer(seed):
+    # int() would have truncated 1.7 to 1, and failed on a key with Python's own message.
+    from fusion_jax.digits import load_digits_split
+    from fusion_jax.training import train
+    from fusion_jax.transformer import histogram_task
+
+    calls = {
+        "train": lambda: train(None, None, None, seed=seed),
+        "histogram_task": lambda: histogram_task(seed=seed),
+        "load_digits_split": lambda: load_digits_split(seed=seed),
+    }
+    for where, call in calls.items():
+        with pytest.raises(TypeError, match=rf"^{where}: seed must be an integer"):
+            call()
+    with pytest.raises(ValueError, match=r"^train: seed must lie in \[0, 2\*\*32 - 1\]"):
+        train(None, None, None, seed=-1)
+
+
+def test_training_refuses_bad_data_labels_and_parameters_before_compiling():
+    """Inside the compiled epoch a NaN would surface only as 'training diverged ... lower the
+    learning rate': the data, the labels and the parameters are checked first, named."""
+    from compile_count import counting_compiles
+
+    from fusion_jax.training import train
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    y = rng.integers(0, 2, 8).astype(np.int32)
+    model = fj.nnx.FusionLinear(3, 2, noise=None, rngs=nnx.Rngs(0))  # 2 classes
+    bad_x = x.copy()
+    bad_x[5, 1] = np.nan
+    bad_y = y.copy()
+    bad_y[3] = 2
+    cases = [
+        (
+            (bad_x, y),
+            r"^train: training data 'x' contains 1 NaN or Inf value \(the first at "
+            r"index \(5, 1\); shape \(8, 3\)\)",
+        ),
+        ((x, bad_y), r"^train: y must be class indices in \[0, 2\) .* the first, 2, at example 3"),
+        ((x, y.astype(np.float32)), r"^train: y must be integer class labels for the default"),
+    ]
+    with counting_compiles() as compiles:
+        for (xi, yi), message in cases:
+            with pytest.raises(ValueError, match=message):
+                train(model, xi, yi, epochs=1, batch_size=4)
+        kernel = np.array(model.kernel[...])
+        kernel[1, 1] = np.inf
+        model.kernel.set_value(jax.device_put(kernel))  # no compile, unlike [...] =
+        with pytest.raises(
+            ValueError,
+            match=r"^train: parameter 'kernel' contains 1 NaN or Inf "
+            r"value \(the first at index \(1, 1\)",
+        ):
+            train(model, x, y, epochs=1, batch_size=4)
+        assert compiles() == 0
+
+
 def test_seed_sequences_of_any_iterable_are_read_as_given():
     from fusion_jax._validation import seed_list
 
@@ -589,6 +648,17 @@ def test_sweep_checks_each_kernel_before_its_compiled_grid():
     layer.kernel[...] = nan_kernel
     with pytest.raises(ValueError, match=r"^sweep: leaf 'kernel': kernel contains 1 NaN"):
         fj.sweep(layer, None, data, seeds=[0], **grid)
+    # The other parameters are checked for NaN and Inf too (a NaN bias made a NaN loss).
+    bias = np.zeros(2, np.float32)
+    bias[1] = np.nan
+    with pytest.raises(ValueError, match=r"^sweep: parameter 'bias' contains 1 NaN or Inf value"):
+        fj.sweep(
+            lambda p, x: x @ p["kernel"] + p["bias"],
+            {"kernel": np.ones((3, 2), np.float32), "bias": bias},
+            data,
+            seeds=[0],
+            **grid,
+        )
     # Ordinary kernels pass the check and are swept.
     sets["kernel"][1] = 2.0
     result = fj.sweep(_apply_fn, sets, data, seeds=[3, 7], stacked=True, noise=None, **grid)
