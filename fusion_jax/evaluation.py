@@ -489,7 +489,9 @@ def sweep(
         model_or_apply_fn: An ``nnx.Module`` (programmed as
             :func:`program_params` programs the module: each Fusion layer's
             tile sizes, a masked convolution's kernel times its mask;
-            evaluated in eval mode; pass ``params=None``) or a pure
+            evaluated in eval mode; pass ``params=None``; the sweep's
+            ``noise``, ``strict_aihwkit``, g_max and times replace the
+            layers' own settings) or a pure
             ``apply_fn(params, x) -> logits``, for example
             ``lambda p, x: linen_model.apply({"params": p}, x)``.
         params: The parameter pytree for ``apply_fn`` (``None`` for a module).
@@ -499,8 +501,9 @@ def sweep(
         g_max: g_max values in uS, each in [10, 40].
         seeds: A count ``S`` (seeds ``0..S-1``) or a sequence of seeds.
         t_inference: Inference times in seconds after programming.
-        noise: Noise model (default: the calibrated chip model); ``None``
-            programs without noise.
+        noise: Noise model of the chip under test, for every kernel
+            (default: the calibrated chip model, also for layers built with
+            another or none); ``None`` programs without noise.
         strict_aihwkit: Reproduce the reference's zeroed degenerate rows.
         where: Leaf selector for :func:`program_params` (default: kernels).
         layouts: Kernel axes for :func:`program_params`, needed for kernels
