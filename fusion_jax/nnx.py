@@ -182,7 +182,31 @@ class _FusionLayer(nnx.Module):
         self.deterministic = deterministic
         self.rng_collection = rng_collection
         self.noise_stream = noise_stream
+        self._check_tiles()
         self._init_noise_stream(model, rngs)
+
+    def _check_tiles(self) -> None:
+        """Refuse tile sizes the kernel cannot be split into here, not at the first call.
+
+        A convolution keeps whole input channels (``kh * kw`` inputs) on a
+        tile: a ``max_input_size`` below that cannot be mapped. Layers whose
+        kernel axes are known only at call time are checked then.
+        """
+        kernel = getattr(self, "kernel", None)
+        if kernel is None:
+            return
+        shape = tuple(kernel.shape)
+        name = f"{type(self).__name__} (kernel {shape})"
+        try:
+            axes = module_kernel_axes(self, shape, name)
+        except ValueError:
+            return  # an einsum string given at call time: checked then
+        if axes is None:
+            return
+        try:
+            tiles._kernel_input_sizes(shape, axes, self.max_input_size, self.max_output_size)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
 
     def _init_noise_stream(
         self, model: NoiseModel | None, rngs: nnx.Rngs | nnx.RngStream | None
@@ -297,7 +321,8 @@ class _FusionLayer(nnx.Module):
         if self.noise_key is None:
             raise ValueError(
                 f"{type(self).__name__} is in training mode (deterministic=False) with noise on, "
-                "but has no RNG stream: pass rngs= to the constructor or to the call, or use "
+                "but has no RNG stream: pass rngs= to the constructor (for a converted model: "
+                "fj.nnx.fusionize(model, rngs=nnx.Rngs(noise=0))) or to the call, or use "
                 "deterministic=True / model.eval() for the digital weights."
             )
         data = self.noise_key.get_value()
@@ -573,7 +598,8 @@ class FusionConv(_FusionLayer, nnx.Conv):
 
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
-        ValueError: for an unknown ``gradient``.
+        ValueError: for an unknown ``gradient``, or a ``max_input_size``
+            smaller than one input channel (``kh * kw`` inputs).
         TypeError: if ``noise_stream`` is not a bool, or ``rngs`` is no ``nnx.Rngs``.
 
     Example:
@@ -689,7 +715,8 @@ class FusionConvTranspose(_FusionLayer, nnx.ConvTranspose):
 
     Raises:
         ArgumentError: if ``g_max`` is outside [10, 40].
-        ValueError: for an unknown ``gradient``.
+        ValueError: for an unknown ``gradient``, or a ``max_input_size``
+            smaller than one input channel (``kh * kw`` inputs).
         TypeError: if ``noise_stream`` is not a bool, or ``rngs`` is no ``nnx.Rngs``.
 
     Example:

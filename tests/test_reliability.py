@@ -419,6 +419,29 @@ def test_constructor_rngs_that_are_no_nnx_rngs_are_named(layer, rngs, shown):
     assert str(err.value).endswith(f"got {shown}.")
 
 
+@pytest.mark.parametrize("cls", ["FusionConv", "FusionConvTranspose"])
+def test_a_tile_smaller_than_a_conv_channel_is_refused_when_the_layer_is_built(cls):
+    # Checked at the first call before; nnx.eval_shape: built without compiling.
+    def build(size):
+        layer = getattr(fj.nnx, cls)
+        return nnx.eval_shape(lambda: layer(4, 8, (3, 3), max_input_size=size, rngs=nnx.Rngs(0)))
+
+    message = rf"^{cls} \(kernel \(3, 3, 4, 8\)\): a group of 9 elements \(one conv input channel"
+    with pytest.raises(ValueError, match=message):
+        build(8)
+    assert build(9).max_input_size == 9  # one channel per tile fits
+
+
+def test_a_converted_layer_without_a_noise_stream_says_where_to_pass_rngs():
+    # fusionize's user built no Fusion layer: "pass rngs= to the constructor" alone left
+    # them without an answer.
+    model = nnx.Sequential(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    x = jnp.ones((1, 3))
+    with pytest.raises(ValueError, match=re.escape("fj.nnx.fusionize(model, rngs=nnx.Rngs(noise")):
+        fj.nnx.fusionize(model)(x)
+    assert fj.nnx.fusionize(model, rngs=nnx.Rngs(noise=0))(x).shape == (1, 2)  # the advice works
+
+
 @pytest.mark.parametrize("seeds", [[2**32], [0, -3]])
 def test_training_seeds_that_would_wrap_around_are_refused(seeds):
     from fusion_jax.training import hardware_aware_experiment
