@@ -453,10 +453,13 @@ def _program_columns(
 def leaf_key(key: PRNGKeyArray, path: LeafPath) -> PRNGKeyArray:
     """The PRNG key :func:`program_params` uses for the leaf at ``path``.
 
-    ``fold_in`` of a CRC-32 of the path's text: stable across runs and
-    processes (unlike Python's ``hash``), and independent of which other
-    leaves are selected, so adding a layer does not change the noise drawn
-    for the others.
+    ``fold_in`` of a CRC-32 of the path's text (``"a/b/kernel"``): stable
+    across runs and processes (unlike Python's ``hash``), and independent of
+    which other leaves are selected, so adding a layer does not change the
+    noise drawn for the others. A leading ``"params"`` (the collection of
+    Linen variables) is left out, so that ``program_params(variables, key)``
+    and ``program_params(variables["params"], key)`` (what a sweep's
+    ``apply_fn`` receives) draw the same chip.
 
     Args:
         key: The key given to :func:`program_params`; may be traced or vmapped.
@@ -472,11 +475,16 @@ def leaf_key(key: PRNGKeyArray, path: LeafPath) -> PRNGKeyArray:
         >>> bool((jax.random.key_data(fj.leaf_key(k, ("a", "kernel")))
         ...       == jax.random.key_data(fj.leaf_key(k, ("b", "kernel")))).all())
         False
+        >>> bool((jax.random.key_data(fj.leaf_key(k, ("params", "a", "kernel")))
+        ...       == jax.random.key_data(fj.leaf_key(k, ("a", "kernel")))).all())
+        True
     """
     return jax.random.fold_in(key, _path_hash(path))
 
 
 def _path_hash(path: LeafPath) -> int:
+    if len(path) > 1 and path[0] == "params":  # Linen variables' collection
+        path = path[1:]
     # 31 bits: fold_in takes a non-negative int32-representable value.
     return zlib.crc32(_path_text(path).encode()) & 0x7FFFFFFF
 

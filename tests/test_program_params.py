@@ -90,6 +90,10 @@ def test_linen_params_kernels_programmed_everything_else_untouched(linen_vars):
         )
     jax.tree.map(np.testing.assert_array_equal, q["LayerNorm_0"], p["LayerNorm_0"])
     LinenNet().apply(out, jnp.ones((1, 4, 4, 2)))
+    # The same chip whether the variables or their "params" are given (a sweep's apply_fn
+    # receives the latter).
+    alone = program_params(p, KEY, noise=NOISE, layouts=CONV_LAYOUT)
+    jax.tree.map(np.testing.assert_array_equal, alone, q)
 
 
 def test_linen_kernel_layouts_read_the_conv(linen_vars):
