@@ -460,3 +460,20 @@ def test_fusion_layers_left_unprogrammed_keep_their_mode():
     assert chip.layers[0].deterministic  # programmed: the chip
     assert not chip.layers[1].deterministic  # not programmed: still programs itself
     np.testing.assert_array_equal(chip.layers[1].kernel[...], net.layers[1].kernel[...])
+
+
+def test_a_lora_layer_gets_its_base_kernel_programmed_and_keeps_its_adapters_digital():
+    """README: program_params programs the leaves named kernel, nothing else; adapters are
+    programmed only when where= selects them."""
+    lora = nnx.LoRALinear(3, 2, lora_rank=1, rngs=nnx.Rngs(0))
+    lora.lora.lora_b[...] = jnp.ones((1, 2))  # zero-initialised: any value shows a change
+    chip = program_params(lora, KEY, noise=NOISE)
+    assert not np.allclose(chip.kernel[...], lora.kernel[...])
+    for name in ("lora_a", "lora_b"):
+        np.testing.assert_array_equal(getattr(chip.lora, name)[...], getattr(lora.lora, name)[...])
+    everything = program_params(
+        lora, KEY, noise=NOISE, where=lambda path, leaf: path[-1] in ("kernel", "lora_a")
+    )
+    # (lora_a [3, 1]: one row of three inputs; lora_b's rows have one input each, which a
+    # row's own slope reads back exactly whatever the noise)
+    assert not np.allclose(everything.lora.lora_a[...], lora.lora.lora_a[...])
