@@ -508,14 +508,19 @@ def _convert(
     plain = type(layer)
     kwargs = _constructor_kwargs(layer, plain)
     # Built abstractly: nothing is initialised; the parameters are the layer's own.
-    new = nnx.eval_shape(
-        lambda: fusion(
-            **kwargs,
-            **settings,
-            rng_collection=rng_collection,
-            rngs=nnx.Rngs(0),
+    try:
+        new = nnx.eval_shape(
+            lambda: fusion(
+                **kwargs,
+                **settings,
+                rng_collection=rng_collection,
+                rngs=nnx.Rngs(0),
+            )
         )
-    )
+    except ValueError as err:  # a setting this layer cannot take (a tile below a conv channel)
+        if type(err) is not ValueError:
+            raise
+        raise ValueError(f"fusionize: layer {_path_text(path) or '<root>'}: {err}") from None
     # Everything the abstract build left abstract is the layer's own: the kernel,
     # the bias, and arrays such as a convolution's mask.
     for name, value in vars(layer).items():

@@ -8,6 +8,7 @@ which is a no-op unless the caller wraps the computation in
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -590,6 +591,10 @@ def check_non_negative(x: jax.Array, name: str) -> None:
 
 #: Seeds are 32-bit words: ``jax.random.key(seed)`` of a uint32 seed.
 SEED_LIMIT = 2**32
+_SEED_RANGE = (
+    "must lie in [0, 2**32 - 1] (a key is made from a 32-bit seed; a larger or negative one "
+    "would wrap around)"
+)
 
 
 def check_seed(seed: Any, where: str, name: str = "seed") -> int:
@@ -608,13 +613,14 @@ def check_seed(seed: Any, where: str, name: str = "seed") -> int:
             f"{where}: {name} must be an integer seed (it becomes jax.random.key({name})), got "
             f"a PRNG key; pass the seed itself, e.g. {name}=0."
         )
-    kind = np.asarray(seed).dtype.kind if not isinstance(seed, str) else "U"
-    if isinstance(seed, bool | np.bool_) or np.ndim(seed) != 0 or kind not in "iu":
+    integer = isinstance(seed, numbers.Integral) or (
+        isinstance(seed, np.ndarray | jax.Array) and seed.ndim == 0 and seed.dtype.kind in "iu"
+    )
+    if isinstance(seed, bool | np.bool_) or not integer:
         raise TypeError(f"{where}: {name} must be an integer, got {seed!r}.")
-    try:
-        return int(check_seeds(np.asarray([seed]), name)[0])
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise ValueError(f"{where}: {name} {_SEED_RANGE}, got {int(seed)}.")
+    return int(seed)
 
 
 def check_leaves_finite(tree: Any, where: str, what: str = "parameter") -> None:
@@ -702,8 +708,5 @@ def check_seeds(seeds: Any, name: str = "seeds") -> np.ndarray:
     else:
         bad = s[(s < 0) | (s >= SEED_LIMIT)]
     if bad.size:
-        raise ValueError(
-            f"{name} must lie in [0, 2**32 - 1] (a key is made from a 32-bit seed; a larger "
-            f"or negative one would wrap around), got {bad.tolist()[:8]}."
-        )
+        raise ValueError(f"{name} {_SEED_RANGE}, got {bad.tolist()[:8]}.")
     return s.astype(np.int64)

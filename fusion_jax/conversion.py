@@ -78,10 +78,14 @@ def _clip_keep_boundary_jvp(primals, tangents):
     return out, tangent
 
 
-def _prepare_weights(weights: Any, name: str = "weights") -> jax.Array:
+def _prepare_weights(
+    weights: Any, name: str = "weights", check_name: str | None = None
+) -> jax.Array:
+    """``weights`` checked as a stack of rows; ``check_name`` (default ``name``) names them in
+    the value checks (a traced caller's layer or leaf: its other errors are restated)."""
     w = _validation.as_matrix_stack(weights, name)
-    _validation.check_finite(w, name)
-    _validation.check_row_scale(w, name)
+    _validation.check_finite(w, check_name or name)
+    _validation.check_row_scale(w, check_name or name)
     return w
 
 

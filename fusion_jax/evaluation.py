@@ -31,11 +31,11 @@ from fusion_jax._atomic import atomic_open
 from fusion_jax.distributed import _global_array
 from fusion_jax.model_programming import (
     Layouts,
+    _check_kernels_only,
     freeze_layouts,
     kernel_layouts,
     program_params,
 )
-from fusion_jax.model_programming import _check_kernels as _check_kernels_of
 from fusion_jax.programming import DEFAULT_NOISE, NoiseModel, resolve_noise
 from fusion_jax.units import format_time
 
@@ -297,7 +297,7 @@ def _as_apply(model_or_apply_fn: Any, params: Any) -> tuple[ApplyFn, Any, Any, A
     return model_or_apply_fn, params, getattr(model_or_apply_fn, "kernel_layouts", None), None
 
 
-def _check_kernels(
+def _check_before_grid(
     params: Any,
     graphdef: Any,
     where: Any,
@@ -306,16 +306,18 @@ def _check_kernels(
     stacked: bool,
     seeds: np.ndarray,
 ) -> None:
-    """Refuse kernels that cannot be programmed before the grid is compiled.
+    """Refuse parameters that cannot be evaluated on the chip, before the grid is compiled.
 
     Each grid point programs the kernels inside the compiled grid, where a
     traced check cannot report: NaN weights would surface as a NaN loss,
     and rows too small to program would come back as zeros. The kernels are
     checked here as :func:`program_params` checks them, on host copies (no
     compile), with errors naming the leaf (and, with ``stacked``, the
-    parameter set), and every other floating-point parameter for NaN or
-    Inf. Values spread over other processes' devices are left to the traced
-    checks.
+    parameter set and its seed); every other parameter (``nnx.Param`` of a
+    module) is checked for NaN or Inf. Values that cannot be read on this
+    process (global arrays spread over other processes' devices) are not
+    checked here; with ``stacked``, the kernels of such parameters are not
+    checked at all.
     """
     from flax import nnx
 
@@ -323,19 +325,25 @@ def _check_kernels(
 
     def check(tree: Any, caller: str) -> None:
         target = tree if graphdef is None else nnx.merge(graphdef, tree)
-        _check_kernels_of(target, caller, where=where, layouts=layout_map, **dict(tile_sizes))
+        _check_kernels_only(target, caller, where=where, layouts=layout_map, **dict(tile_sizes))
 
     if not stacked:
         check(params, "sweep")
     else:
-        host = [_validation.concrete_value(leaf) for leaf in jax.tree.leaves(params)]
+        leaves, treedef = jax.tree.flatten(params)
+        # Keys are not checked and stay whole (they cannot be copied to the host).
+        host = [leaf if _is_key(leaf) else _validation.concrete_value(leaf) for leaf in leaves]
         if all(value is not None for value in host):
-            treedef = jax.tree.structure(params)
             for i, seed in enumerate(seeds.tolist()):
-                one = jax.tree.unflatten(treedef, [value[i] for value in host])
-                check(one, f"sweep (parameter set {i}, seed {seed})")
-    # The other parameters (biases, norms' scales): no NaN or Inf either.
+                one = [value if _is_key(value) else value[i] for value in host]
+                check(jax.tree.unflatten(treedef, one), f"sweep (parameter set {i}, seed {seed})")
+    if graphdef is not None:  # a module's state: its parameters (buffers may hold -inf)
+        params = nnx.state(nnx.merge(graphdef, params), nnx.Param)
     _validation.check_leaves_finite(params, "sweep")
+
+
+def _is_key(leaf: Any) -> bool:
+    return isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
 # --- the compiled evaluator ----------------------------------------------------------------
@@ -517,8 +525,9 @@ def sweep(
             each Fusion layer's own, else 512.
         stacked: ``params`` holds one parameter set per seed on a leading
             axis (for example models trained with different seeds, stacked
-            with ``jax.tree.map(lambda *a: jnp.stack(a), *sets)``): seed
-            ``seeds[i]`` programs and evaluates ``params[i]``.
+            with ``jax.tree.map(lambda *a: jnp.stack(a), *sets)``, or a
+            module built by ``nnx.vmap``): seed ``seeds[i]`` programs and
+            evaluates ``params[i]``.
         chunk_size: Grid points per compiled call; by default as many as fit
             ``memory_budget_bytes`` (rounded to a multiple of the devices).
         eval_batch_size: Evaluate the data in batches of this size (a
@@ -561,6 +570,13 @@ def sweep(
         _validation.check_flag(flag, name, "sweep")
     x, y = _check_data(eval_data)
     apply_fn, params, found_layouts, graphdef = _as_apply(model_or_apply_fn, params)
+    if stacked and graphdef is not None:
+        # A module holding one model per seed (built by nnx.vmap): each point programs one
+        # set, whose kernels lack the seed axis: the layouts of one set (shapes only).
+        from flax import nnx
+
+        one = jax.eval_shape(lambda s: jax.tree.map(lambda a: a[0] if a.ndim else a, s), params)
+        found_layouts = kernel_layouts(nnx.merge(graphdef, one))
     frozen_layouts = freeze_layouts(found_layouts if layouts is None else layouts)
     if stacked:
         sizes = {
@@ -578,7 +594,7 @@ def sweep(
         if value is not None
     )
     _check_labels(y, apply_fn, params, x, stacked)
-    _check_kernels(params, graphdef, where, frozen_layouts, tile_sizes, stacked, seed_values)
+    _check_before_grid(params, graphdef, where, frozen_layouts, tile_sizes, stacked, seed_values)
     model = resolve_noise(noise)
     devices = tuple(jax.devices() if devices is None else devices)
     if not devices:

@@ -253,7 +253,8 @@ def _checked_kernel_call(
         _prepare_weights(np.swapaxes(host_columns, -1, -2), "kernel")
     elif isinstance(kernel, jax.core.Tracer):
         columns = layout._to_columns(kernel, axes, export_order=False)
-        _prepare_weights(jnp.swapaxes(columns, -1, -2), f"{traced_prefix}kernel")
+        # (only the debug checks carry the prefix: an error raised here is restated)
+        _prepare_weights(jnp.swapaxes(columns, -1, -2), "kernel", f"{traced_prefix}kernel")
     _prepare_g_max(g_max, jnp.float32, "program_kernel")  # here: inside the jit it is traced
     sizes = tiles._kernel_input_sizes(kernel.shape, axes, max_input_size, max_output_size)
     statics = {
@@ -866,9 +867,7 @@ def program_params(
     if isinstance(params, nnx.Module):
         specs = _module_specs(params, strict=False)
         graphdef, state = nnx.split(params)
-        programmed, done = _program_tree(
-            state, key, given, where, layouts, specs.axes, specs.settings, specs.masks
-        )
+        programmed, done = _program_tree(state, key, given, where, layouts, *specs)
         # Only the programmed kernels are new variables; every other one is the
         # input's own, so that what the copy updates when it runs in training
         # mode (BatchNorm statistics, dropout's RNG count) is the model's, as a
@@ -887,7 +886,7 @@ def program_params(
     return _program_tree(params, key, given, where, layouts, {}, {})[0]
 
 
-def _check_kernels(
+def _check_kernels_only(
     params: Any,
     caller: str,
     *,
@@ -907,23 +906,11 @@ def _check_kernels(
     from flax import nnx
 
     given = {**given, "noise": None}
+    specs: tuple[Any, ...] = ({}, {})
     if isinstance(params, nnx.Module):
-        specs = _module_specs(params, strict=False)
-        state = nnx.state(params)
-        _program_tree(
-            state,
-            None,
-            given,
-            where,
-            layouts,
-            specs.axes,
-            specs.settings,
-            specs.masks,
-            caller=caller,
-            check_only=True,
-        )
-        return
-    _program_tree(params, None, given, where, layouts, {}, {}, caller=caller, check_only=True)
+        specs = tuple(_module_specs(params, strict=False))
+        params = nnx.state(params)
+    _program_tree(params, None, given, where, layouts, *specs, caller=caller, check_only=True)
 
 
 def _program_tree(
@@ -987,7 +974,12 @@ def _program_tree(
             axes = KernelAxes.dense()
         settings = {**_SETTING_DEFAULTS, **module_settings.get(path, {}), **given}
         if masks and path in masks:
-            leaf = leaf * masks[path]
+            if check_only:  # on host copies where they can be read: no compile
+                values = [_validation.concrete_value(a) for a in (leaf, masks[path])]
+                readable = all(value is not None for value in values)
+                leaf = values[0] * values[1] if readable else leaf * masks[path]
+            else:
+                leaf = leaf * masks[path]
         model = settings["noise"]
         model = default_model if model is DEFAULT_NOISE else resolve_noise(model)
         # The one check of the settings (a key when noise is on, ...), naming the kernel.

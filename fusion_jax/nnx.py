@@ -185,6 +185,10 @@ class _FusionLayer(nnx.Module):
         self._check_tiles()
         self._init_noise_stream(model, rngs)
 
+    def _label(self, kernel_shape: tuple[int, ...]) -> str:
+        """How errors name the layer: it does not know its path in the model."""
+        return f"{type(self).__name__} (kernel {tuple(kernel_shape)})"
+
     def _check_tiles(self) -> None:
         """Refuse tile sizes the kernel cannot be split into here, not at the first call.
 
@@ -196,7 +200,7 @@ class _FusionLayer(nnx.Module):
         if kernel is None:
             return
         shape = tuple(kernel.shape)
-        name = f"{type(self).__name__} (kernel {shape})"
+        name = self._label(shape)
         try:
             axes = module_kernel_axes(self, shape, name)
         except ValueError:
@@ -284,8 +288,7 @@ class _FusionLayer(nnx.Module):
         return _program_layer_kernel(
             kernel,
             key,
-            # The layer does not know its path in the model: named by its class and shape.
-            layer=f"{type(self).__name__} (kernel {tuple(kernel.shape)})",
+            layer=self._label(kernel.shape),
             axes=axes,
             g_max=self.g_max,
             noise=self.noise,

@@ -329,16 +329,18 @@ def _train_stack(
         raise ValueError("models trained together must have the same architecture and settings.")
     # Inside the compiled epoch a NaN would surface only as a NaN loss ("diverged"):
     # the data and the parameters are checked here, on host copies.
+    # (targets are the loss function's: a custom one may read NaN as missing)
     where = f"{label}train"
-    _validation.check_leaves_finite({"x": x, "y": y}, where, what="training data")
+    _validation.check_leaves_finite({"x": x}, where, what="training data")
     if loss_fn is cross_entropy:
         if y.dtype.kind not in "iu":
             raise ValueError(
                 f"{where}: y must be integer class labels for the default loss (cross_entropy), "
                 f"got dtype {y.dtype}; pass loss_fn= for other targets."
             )
-        model_graphdef, state = nnx.split(models[0])
-        _check_labels(y, _nnx_apply(model_graphdef), state, x, False, name=f"{where}: y")
+        if _validation.concrete_value(y) is not None:  # (not spread over other processes)
+            model_graphdef, state = nnx.split(models[0])
+            _check_labels(y, _nnx_apply(model_graphdef), state, x, False, name=f"{where}: y")
     for i, (_, params_i, _) in enumerate(splits):
         _validation.check_leaves_finite(
             params_i, where if len(models) == 1 else f"{where} (model {i} of {len(models)})"
@@ -423,10 +425,11 @@ def train(
 
     Raises:
         ValueError: for ``x``/``y`` of different lengths, ``epochs < 1``, a
-            ``batch_size`` outside ``[1, n]``, NaN or Inf in the data or in a
+            ``batch_size`` outside ``[1, n]``, NaN or Inf in ``x`` or in a
             parameter (its path named), a seed outside [0, 2**32), or, with
             the default loss, labels that are not integer class indices of
-            the model's outputs; all before compiling.
+            the model's outputs (a custom ``loss_fn`` gets ``y`` as given);
+            all before compiling.
         TypeError: for a ``seed`` that is not an integer (a float, a key).
         FloatingPointError: if the loss becomes NaN or Inf (the model is
             then left as it was).

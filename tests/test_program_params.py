@@ -477,3 +477,5 @@ def test_a_lora_layer_gets_its_base_kernel_programmed_and_keeps_its_adapters_dig
     # (lora_a [3, 1]: one row of three inputs; lora_b's rows have one input each, which a
     # row's own slope reads back exactly whatever the noise)
     assert not np.allclose(everything.lora.lora_a[...], lora.lora.lora_a[...])
+    with pytest.raises(TypeError, match="LoRALinear"):  # fusionize has no counterpart for it
+        fj.nnx.fusionize(lora)

@@ -6,6 +6,7 @@ files are replaced all or nothing.
 """
 
 import dataclasses
+import functools
 import os
 import re
 import stat
@@ -26,7 +27,7 @@ import fusion_jax as fj
 from fusion_jax import _atomic
 from fusion_jax.chip_file import ChipFile, read_chip_file, write_chip_file
 from fusion_jax.cli import _common as cli_common
-from fusion_jax.evaluation import _check_grid
+from fusion_jax.evaluation import _check_before_grid, _check_grid
 from fusion_jax.noise import FusionChipNoise, PCMLikeNoise, calibrate
 
 KEY = jax.random.key(0)
@@ -346,8 +347,9 @@ def test_a_single_seed_must_be_an_integer(seed):
     for where, call in calls.items():
         with pytest.raises(TypeError, match=rf"^{where}: seed must be an integer"):
             call()
-    with pytest.raises(ValueError, match=r"^train: seed must lie in \[0, 2\*\*32 - 1\]"):
-        train(None, None, None, seed=-1)
+    for seed in (-1, 2**32, 2**64):  # integers out of range, however large
+        with pytest.raises(ValueError, match=rf"^train: seed must lie in .*, got {seed}\.$"):
+            train(None, None, None, seed=seed)
 
 
 def test_training_refuses_bad_data_labels_and_parameters_before_compiling():
@@ -430,6 +432,11 @@ def test_a_tile_smaller_than_a_conv_channel_is_refused_when_the_layer_is_built(c
     with pytest.raises(ValueError, match=message):
         build(8)
     assert build(9).max_input_size == 9  # one channel per tile fits
+    # fusionize knows the layer's path and names it.
+    plain = getattr(nnx, cls.removeprefix("Fusion"))
+    model = nnx.eval_shape(lambda: nnx.Sequential(plain(4, 8, (3, 3), rngs=nnx.Rngs(0))))
+    with pytest.raises(ValueError, match=r"^fusionize: layer layers/0: " + message[1:]):
+        fj.nnx.fusionize(model, max_input_size=8)
 
 
 def test_a_converted_layer_without_a_noise_stream_says_where_to_pass_rngs():
@@ -654,23 +661,40 @@ def test_sweep_checks_each_kernel_before_its_compiled_grid():
     """Inside the sweep's compiled grid a traced check cannot report: NaN weights would
     surface as a NaN loss, rows too small to program as zeros. Each kernel (of each
     parameter set, with ``stacked``) is checked before compiling, naming the leaf."""
+    from compile_count import counting_compiles
+
     data = (np.ones((4, 3), np.float32), np.zeros(4, np.int32))
     grid = {"g_max": [40.0], "t_inference": [1.0]}
     nan_kernel = np.ones((3, 2), np.float32)
     nan_kernel[2, 1] = np.nan
-    with pytest.raises(ValueError, match=r"^sweep: leaf 'kernel': kernel contains 1 NaN or Inf"):
-        fj.sweep(_apply_fn, {"kernel": nan_kernel}, data, seeds=[0], **grid)
-    # One parameter set per seed: the second set's row 1 is too small; named with its seed.
+    # One parameter set per seed: the second set's row 1 is too small; named with its seed
+    # (a key among the parameters is carried along, not checked).
     sets = {"kernel": np.stack([np.ones((3, 2), np.float32), TINY_ROW.T])}
-    with pytest.raises(
-        ValueError, match=r"^sweep \(parameter set 1, seed 7\): leaf 'kernel': kernel: 1 row is"
-    ):
-        fj.sweep(_apply_fn, sets, data, seeds=[3, 7], stacked=True, **grid)
+    keys = jax.random.split(KEY, 2)
+    with counting_compiles() as compiles:
+        with pytest.raises(ValueError, match=r"^sweep: leaf 'kernel': kernel contains 1 NaN or"):
+            fj.sweep(_apply_fn, {"kernel": nan_kernel}, data, seeds=[0], **grid)
+        with pytest.raises(
+            ValueError,
+            match=r"^sweep \(parameter set 1, seed 7\): leaf 'kernel': kernel: 1 row is",
+        ):
+            fj.sweep(_apply_fn, {**sets, "key": keys}, data, seeds=[3, 7], stacked=True, **grid)
+        assert compiles() == 0
     # An NNX module: its state is checked, as program_params checks the module.
     layer = fj.nnx.FusionLinear(3, 2, rngs=nnx.Rngs(0))
     layer.kernel[...] = nan_kernel
     with pytest.raises(ValueError, match=r"^sweep: leaf 'kernel': kernel contains 1 NaN"):
         fj.sweep(layer, None, data, seeds=[0], **grid)
+    # Only a module's parameters: a buffer may hold -inf (an additive mask), a Param may not.
+    layer.kernel[...] = np.ones((3, 2), np.float32)
+    layer.logit_mask = nnx.Variable(np.array([0.0, -np.inf], np.float32))
+    graphdef, state = nnx.split(layer)
+    check = functools.partial(_check_before_grid, where=None, layouts=None, tile_sizes=())
+    check(state, graphdef, stacked=False, seeds=np.array([0]))
+    layer.bias[...] = np.array([0.0, np.inf], np.float32)
+    graphdef, state = nnx.split(layer)
+    with pytest.raises(ValueError, match=r"^sweep: parameter 'bias' contains 1 NaN or Inf"):
+        check(state, graphdef, stacked=False, seeds=np.array([0]))
     # The other parameters are checked for NaN and Inf too (a NaN bias made a NaN loss).
     bias = np.zeros(2, np.float32)
     bias[1] = np.nan
@@ -1135,6 +1159,13 @@ def test_traced_checks_name_the_layer_or_leaf_under_checkify():
     assert message.startswith("program_params: leaf 'params/dec/kernel': kernel contains 1"), (
         message
     )
+    # An error raised while tracing names the leaf once.
+    with pytest.raises(TypeError) as err:
+        jax.jit(lambda k: fj.program_params({"d": {"kernel": k}}, None, noise=None))(
+            jnp.ones((3, 2), jnp.complex64)
+        )
+    assert str(err.value).startswith("program_params: leaf 'd/kernel': kernel must be a real")
+    assert str(err.value).count("leaf 'd/kernel'") == 1
     # The good model reports nothing.
     assert reported(fj.linen.fusionize(Net(), noise=None).apply, variables, x) == "None"
 

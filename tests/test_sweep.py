@@ -277,3 +277,24 @@ def test_labels_per_token_are_averaged_over_every_label():
     tokens = fj.sweep(tokens_fn, params, (x, per_token), **grid)
     np.testing.assert_allclose(tokens.accuracy, flat.accuracy)
     np.testing.assert_allclose(tokens.loss, flat.loss, rtol=1e-5)
+
+
+def test_a_module_of_stacked_models_sweeps_each_as_its_own_model():
+    """stacked=True with a module built by nnx.vmap (one model per seed): each point
+    programs its own set, with that set's kernel axes (the stacked module's layouts read the
+    seed axis as stacked layers, which a set's kernels lack)."""
+
+    @nnx.vmap(in_axes=0, out_axes=0)
+    def make(key):
+        return nnx.Linear(6, 3, rngs=nnx.Rngs(params=key))
+
+    models = make(jax.random.split(jax.random.key(0), 2))
+    _, x, y = _problem(4)
+    grid = dict(g_max=[20.0], t_inference=[3600.0])
+    both = fj.sweep(models, None, (x, y), seeds=[3, 4], stacked=True, **grid)
+    graphdef, state = nnx.split(models)
+    for i, seed in enumerate([3, 4]):
+        one = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+        chip = fj.program_params(one, jax.random.key(seed), **{k: v[0] for k, v in grid.items()})
+        loss = optax.softmax_cross_entropy_with_integer_labels(chip(x), y).mean()
+        np.testing.assert_allclose(both.loss[0, i, 0], loss, rtol=1e-5)
