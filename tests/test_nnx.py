@@ -411,3 +411,21 @@ def test_fusionize_gives_each_layer_its_own_noise_stream():
     assert not np.array_equal(first, second)
     x = fused(X)
     assert x.shape == (5, 2) and not np.array_equal(fused.layers[0].noise_key[...], first)
+
+
+def test_a_functional_step_advances_the_noise_stream_it_returns():
+    """README, Functional steps: merged with copy=True inside jax.grad, the layer's new
+    noise_key comes back as the auxiliary output; passed into the next step it draws new
+    noise (the same state in gives the same draw)."""
+    graphdef, params, rest = nnx.split(linear(noise=NOISE), nnx.Param, ...)
+
+    def loss(params, rest):
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        return jnp.sum(model(X) ** 2), nnx.state(model, nnx.Not(nnx.Param))
+
+    step = jax.jit(jax.grad(loss, has_aux=True))
+    grads, rest_1 = step(params, rest)
+    again, _ = step(params, rest)
+    grads_2, _ = step(params, rest_1)
+    jax.tree.map(np.testing.assert_array_equal, grads, again)
+    assert not np.allclose(grads["kernel"][...], grads_2["kernel"][...])
