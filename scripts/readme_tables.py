@@ -9,7 +9,11 @@ Every generated block of README.md sits between two markers::
 and this script rewrites the text between them with what the command
 registered for ``NAME`` prints now (in a ``text`` code block where the
 output is plain text). Nothing else in README.md changes. These tables
-are deterministic (fixed seeds). The speed tables are measurements of a
+are deterministic (fixed seeds) on one machine. XLA compiles for the CPU
+it runs on, so long trainings can end a few tenths of a point apart on
+another machine: when the tables were regenerated on another machine,
+the code that made the earlier ones gave the new numbers there too.
+The speed tables are measurements of a
 machine, not results of the code alone: each names the benchmark command
 (``benchmarks/``) that prints it.
 
