@@ -597,6 +597,11 @@ _SEED_RANGE = (
 )
 
 
+def is_typed_key(x: Any) -> bool:
+    """Whether ``x`` is an array of typed PRNG keys (``jax.random.key``)."""
+    return isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
 def check_seed(seed: Any, where: str, name: str = "seed") -> int:
     """One integer seed in [0, 2**32), as a Python int.
 
@@ -608,7 +613,7 @@ def check_seed(seed: Any, where: str, name: str = "seed") -> int:
             is not an integer.
         ValueError: for a seed outside [0, 2**32).
     """
-    if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
+    if is_typed_key(seed):
         raise TypeError(
             f"{where}: {name} must be an integer seed (it becomes jax.random.key({name})), got "
             f"a PRNG key; pass the seed itself, e.g. {name}=0."
@@ -667,7 +672,7 @@ def seed_list(seeds: Any, where: str) -> list[int]:
         ValueError: naming ``where``, for a single number; as
             :func:`check_seeds` otherwise.
     """
-    is_key = isinstance(seeds, jax.Array) and jnp.issubdtype(seeds.dtype, jax.dtypes.prng_key)
+    is_key = is_typed_key(seeds)
     if not is_key and not isinstance(seeds, np.ndarray | jax.Array | str):
         try:
             seeds = list(seeds)  # a generator, a set, a range...
@@ -692,7 +697,7 @@ def check_seeds(seeds: Any, name: str = "seeds") -> np.ndarray:
         ValueError: for an empty or non-integer sequence, or a seed out of
             range (the first few named).
     """
-    if isinstance(seeds, jax.Array) and jnp.issubdtype(seeds.dtype, jax.dtypes.prng_key):
+    if is_typed_key(seeds):
         raise TypeError(
             f"{name} must be integer seeds (each becomes jax.random.key(seed)), got a PRNG key "
             f"array of shape {tuple(seeds.shape)}; pass the seeds themselves, e.g. "

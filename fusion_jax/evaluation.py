@@ -332,18 +332,17 @@ def _check_before_grid(
     else:
         leaves, treedef = jax.tree.flatten(params)
         # Keys are not checked and stay whole (they cannot be copied to the host).
-        host = [leaf if _is_key(leaf) else _validation.concrete_value(leaf) for leaf in leaves]
+        host = [
+            leaf if _validation.is_typed_key(leaf) else _validation.concrete_value(leaf)
+            for leaf in leaves
+        ]
         if all(value is not None for value in host):
             for i, seed in enumerate(seeds.tolist()):
-                one = [value if _is_key(value) else value[i] for value in host]
+                one = [value if _validation.is_typed_key(value) else value[i] for value in host]
                 check(jax.tree.unflatten(treedef, one), f"sweep (parameter set {i}, seed {seed})")
     if graphdef is not None:  # a module's state: its parameters (buffers may hold -inf)
         params = nnx.state(nnx.merge(graphdef, params), nnx.Param)
     _validation.check_leaves_finite(params, "sweep")
-
-
-def _is_key(leaf: Any) -> bool:
-    return isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
 
 
 # --- the compiled evaluator ----------------------------------------------------------------

@@ -173,10 +173,9 @@ def _program_layer_kernel(kernel: Any, key: Any, *, layer: str, **settings: Any)
     """
     try:
         return _checked_kernel_call(kernel, key, traced_prefix=f"{layer}: ", **settings).run()
-    except (TypeError, ValueError, FloatingPointError) as err:
-        if type(err) not in (TypeError, ValueError, FloatingPointError):
-            raise  # ArgumentError names its argument
-        raise type(err)(f"{layer}: {err}") from err
+    except _RESTATED as err:
+        _restate(err, layer)
+        raise
 
 
 class _KernelCall(NamedTuple):
@@ -1003,8 +1002,8 @@ def _program_tree(
                 max_output_size=settings["max_output_size"],
                 traced_prefix=f"{caller}: leaf {name!r}: ",
             )
-        except (TypeError, ValueError) as err:
-            _restate(err, name, caller)
+        except _RESTATED as err:
+            _restate(err, f"{caller}: leaf {name!r}")
             raise
         if call.key is not None:
             call = call._replace(fold=_path_hash(path))  # its key: leaf_key(key, path)
@@ -1027,8 +1026,8 @@ def _program_tree(
         for chunk in _chunks(members):
             try:
                 programmed = _run_grouped([call for _, call, _ in chunk])
-            except (TypeError, ValueError) as err:
-                _restate(err, ", ".join(name for _, _, name in chunk))
+            except _RESTATED as err:
+                _restate(err, f"{caller}: leaf {', '.join(name for _, _, name in chunk)!r}")
                 raise
             for (index, _, name), (kernel, finite) in zip(chunk, programmed, strict=True):
                 out[index] = kernel
@@ -1066,10 +1065,19 @@ def _groupable(call: _KernelCall) -> bool:
     return len(call.statics["in_sizes"]) <= 1 or len(axes.inputs) == 1
 
 
-def _restate(err: Exception, names: str, caller: str = "program_params") -> None:
-    """Name the leaf (or leaves) in an error raised while programming them."""
+#: The errors programming raises that :func:`_restate` names the kernel's holder in.
+_RESTATED = (TypeError, ValueError, FloatingPointError)
+
+
+def _restate(err: Exception, holder: str) -> None:
+    """Name what holds the kernel (a layer, a leaf) in an error raised while programming it.
+
+    Ours (exactly ``TypeError``, ``ValueError``, ``FloatingPointError``) are
+    raised again as ``"{holder}: ..."``; any other gets a note; an
+    ``ArgumentError`` names its argument already. The caller re-raises.
+    """
     if isinstance(err, ArgumentError):
         return
-    if type(err) in (TypeError, ValueError):  # ours: restate with the leaf's path
-        raise type(err)(f"{caller}: leaf {names!r}: {err}") from err
-    err.add_note(f"(while programming the leaf {names!r} in {caller})")
+    if type(err) in _RESTATED:
+        raise type(err)(f"{holder}: {err}") from err
+    err.add_note(f"(while programming {holder})")
